@@ -1,0 +1,1 @@
+"""Celery workers: the actor API, the task runtime and the demo actors."""

@@ -1,0 +1,72 @@
+"""The Celery worker app: one Celery task per actor, all run through the Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from typing import Any
+
+import structlog
+from celery import Celery, Task
+from celery.signals import celeryd_after_setup, worker_process_init
+
+from services.worker import control  # noqa: F401  (registers the remote control command)
+from services.worker.actor import Actor, discover
+from services.worker.runtime import RetryLater, Runtime
+from shared.broker import make_celery
+from shared.db import Db
+from shared.settings import Settings
+
+log = structlog.get_logger("worker.app")
+
+DEFAULT_ACTOR_MODULES = ("services.worker.actors",)
+
+
+def load_actors(modules: tuple[str, ...] = DEFAULT_ACTOR_MODULES) -> list[Actor]:
+    return discover(importlib.import_module(m) for m in modules)
+
+
+def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, Runtime]:
+    app = make_celery(settings, "taskreaper-worker")
+    runtime = Runtime(settings, app)
+    for act in actors:
+        _register(app, runtime, act)
+
+    @celeryd_after_setup.connect(weak=False)
+    def _named(sender: str, **_: Any) -> None:
+        # Before the pool forks, so every child inherits the node name.
+        runtime.node = sender
+
+    @worker_process_init.connect(weak=False)
+    def _child_started(**_: Any) -> None:
+        runtime.start_process()
+
+    return app, runtime
+
+
+def _register(app: Celery, runtime: Runtime, act: Actor) -> None:
+    def run(self: Task, task_id: str) -> str:
+        try:
+            return runtime.execute(act, task_id, self.request.id)
+        except RetryLater as exc:
+            raise self.retry(countdown=1.0, exc=exc, max_retries=None) from exc
+
+    app.task(name=act.name, bind=True, queue=act.queue, acks_late=True)(run)
+
+
+async def publish_catalogue(settings: Settings, actors: list[Actor], attempts: int = 30) -> None:
+    """Writes the actor catalogue to the DB, where the API validates submissions against it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            db = await Db.connect(settings.database_url, min_size=1, max_size=1)
+            try:
+                for act in actors:
+                    await db.upsert_actor(act.name, act.queue, act.params, act.options)
+            finally:
+                await db.close()
+            log.info("worker.actors_published", actors=[a.name for a in actors])
+            return
+        except Exception as exc:
+            log.warning("worker.actors_publish_failed", attempt=attempt, error=str(exc))
+            await asyncio.sleep(1.0)
+    raise RuntimeError("could not publish the actor catalogue: database unreachable")

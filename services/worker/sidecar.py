@@ -1,0 +1,289 @@
+"""The sidecar: a small asyncio loop on a thread beside each pool process's task.
+
+It keeps the running execution's cancel token current (Redis event the moment it
+arrives, the heartbeat's DB read as the fallback poll), writes heartbeats and
+checkpoints over this process's single DB connection, keeps the execution
+registered in Redis, enforces the time limit, and runs the in-process watchdog.
+Task code reaches it only through `call()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import psutil
+import redis.asyncio as aioredis
+import structlog
+
+from services.worker.execution import Execution
+from services.worker.heartbeat import HeartbeatLog
+from shared.cancellation import event_matches
+from shared.db import Db
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.states import Outcome, TaskStatus
+
+log = structlog.get_logger("worker.sidecar")
+T = TypeVar("T")
+
+INTERRUPT_SIGNAL = signal.SIGUSR2
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, node: str) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.node = node
+        self.pid = os.getpid()
+        self.pid_started = psutil.Process(self.pid).create_time()
+        self.main_thread_id = threading.main_thread().ident
+        self.current: Execution | None = None
+        self.loop = asyncio.new_event_loop()
+        self.redis: aioredis.Redis | None = None
+        self._db: Db | None = None
+        self._db_lock: asyncio.Lock | None = None
+        self._pending: list[tuple[Execution, int, bool, Any]] = []
+        self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="taskreaper-sidecar", daemon=True)
+
+    # -- thread plumbing ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.redis = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2,
+                                       socket_timeout=None, health_check_interval=10)
+        self._db_lock = asyncio.Lock()
+        self.loop.create_task(self._listen())
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def db(self) -> Db:
+        assert self._db_lock is not None
+        async with self._db_lock:
+            if self._db is None:
+                # At most one connection per pool process, opened on first use.
+                self._db = await Db.connect(self.settings.database_url, min_size=0, max_size=1)
+            return self._db
+
+    # -- cancel events ------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        assert self.redis is not None
+        backoff = 0.1
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.keys.cancel_channel)
+                    backoff = 0.1
+                    async for message in pubsub.listen():
+                        if message and message.get("type") == "message":
+                            self._on_event(json.loads(message["data"]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker.cancel_listener_error", error=str(exc), retry_in=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        ex = self.current
+        if ex is None or ex.finished.is_set():
+            return
+        if event_matches(event, task_id=ex.id, actor=ex.actor, queue=ex.queue,
+                         started_at=ex.started_at):
+            self.trigger(ex, event.get("reason") or "cancelled", forced=bool(event.get("force")),
+                         via="event")
+
+    def trigger(self, ex: Execution, reason: str, *, forced: bool, via: str) -> None:
+        """Sets the token and arms the watchdog. Runs on the sidecar loop."""
+        first = ex.token.cancel(reason, forced=forced)
+        if first:
+            log.info("task.cancel_observed", task_id=ex.id, attempt=ex.attempt, via=via,
+                     reason=reason, forced=forced)
+            if ex.interruptible and ex.in_user_code:
+                signal.pthread_kill(self.main_thread_id, INTERRUPT_SIGNAL)
+        elif not forced:
+            return
+        grace = 0.0 if forced else self.settings.cancel_grace
+        for old in self._tasks.pop(f"watchdog:{ex.id}", []):
+            old.cancel()
+        self._tasks[f"watchdog:{ex.id}"] = [self.loop.create_task(self._watchdog(ex, grace))]
+
+    async def _watchdog(self, ex: Execution, grace: float) -> None:
+        await asyncio.sleep(grace)
+        if ex.finished.is_set():
+            return
+        try:
+            db = await self.db()
+            ended = await asyncio.wait_for(db.finish_task(
+                ex.task_id, ex.attempt, TaskStatus.CANCELLED, outcome=Outcome.KILLED,
+                done=ex.progress.done, failed=ex.progress.failed), 2.0)
+        except Exception as exc:
+            log.warning("task.watchdog_db_error", task_id=ex.id, error=str(exc))
+            ended = "unknown"
+        if ended is None:
+            return  # the task recorded its own end first
+        log.warning("task.watchdog_kill", task_id=ex.id, attempt=ex.attempt, pid=self.pid,
+                    grace=grace)
+        await self._unregister(ex)
+        os.kill(self.pid, signal.SIGKILL)
+
+    # -- execution lifecycle ------------------------------------------------------------
+
+    async def begin(self, ex: Execution) -> None:
+        self.current = ex
+        tasks = [self.loop.create_task(self._monitor(ex))]
+        if ex.time_limit:
+            tasks.append(self.loop.create_task(self._time_limit(ex, ex.time_limit)))
+        self._tasks[ex.id] = tasks
+
+    def _stop(self, ex: Execution) -> None:
+        ex.finished.set()
+        for t in [*self._tasks.pop(ex.id, []), *self._tasks.pop(f"watchdog:{ex.id}", [])]:
+            t.cancel()
+
+    async def _release(self, ex: Execution) -> None:
+        await self._unregister(ex)
+        if self.current is ex:
+            self.current = None
+
+    async def end(self, ex: Execution, status: TaskStatus, *, outcome: str | None,
+                  error: str | None) -> str | None:
+        """Flushes the checkpoint and records how the execution ended (fenced by attempt)."""
+        self._stop(ex)
+        ended: str | None = None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await self._flush_pending()
+                db = await self.db()
+                ended = await db.finish_task(ex.task_id, ex.attempt, status, outcome=outcome,
+                                             error=error, done=ex.progress.done,
+                                             failed=ex.progress.failed)
+                break
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    log.error("task.finish_unrecorded", task_id=ex.id, error=str(exc))
+                    break
+                log.warning("task.finish_retry", task_id=ex.id, error=str(exc))
+                await asyncio.sleep(1.0)
+        await self._release(ex)
+        return ended
+
+    async def requeue(self, ex: Execution, message_id: Any, eta: Any, error: str | None) -> Any:
+        """Ends this execution by handing the task to a new attempt (a retry)."""
+        self._stop(ex)
+        try:
+            await self._flush_pending()
+            db = await self.db()
+            return await db.requeue_execution(ex.task_id, ex.attempt, message_id, eta, error)
+        finally:
+            await self._release(ex)
+
+    async def _time_limit(self, ex: Execution, limit: float) -> None:
+        await asyncio.sleep(limit)
+        if ex.finished.is_set():
+            return
+        try:
+            db = await self.db()
+            await db.request_time_limit(ex.task_id, ex.attempt, self.settings.cancel_grace)
+        except Exception as exc:
+            log.warning("task.time_limit_db_error", task_id=ex.id, error=str(exc))
+        self.trigger(ex, "time_limit", forced=False, via="time_limit")
+
+    async def _monitor(self, ex: Execution) -> None:
+        interval = min(self.settings.heartbeat_interval, self.settings.cancel_poll_interval)
+        beats = HeartbeatLog(self.settings, ex)
+        while not ex.finished.is_set():
+            await self._register(ex)
+            await self._beat(ex)
+            beats.maybe_log()
+            await asyncio.sleep(interval)
+
+    async def _beat(self, ex: Execution) -> None:
+        p = ex.progress
+        try:
+            await self._flush_pending()
+            db = await self.db()
+            row = await db.heartbeat(
+                ex.task_id, ex.attempt, done=p.done, failed=p.failed, total=p.total,
+                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped))
+            if row is None:
+                state = await db.execution_state(ex.task_id)
+                why = "superseded" if state and state["attempt"] != ex.attempt else "ended"
+                self.trigger(ex, why, forced=False, via="poll")
+            elif row["status"] == TaskStatus.CANCELLING:
+                self.trigger(ex, row["cancel_reason"] or "cancelled",
+                             forced=bool(row["cancel_forced"]), via="poll")
+        except Exception as exc:
+            # The task keeps running through a DB outage; the next beat retries.
+            log.warning("task.heartbeat_failed", task_id=ex.id, error=str(exc))
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    async def save_result(self, ex: Execution, chunk: int, ok: bool, result: Any) -> bool:
+        try:
+            await self._flush_pending()
+            db = await self.db()
+            return await db.save_result(ex.task_id, ex.attempt, chunk, ok, result)
+        except Exception as exc:
+            log.warning("task.checkpoint_buffered", task_id=ex.id, chunk=chunk, error=str(exc))
+            self._pending.append((ex, chunk, ok, result))
+            return True
+
+    async def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        db = await self.db()
+        while self._pending:
+            ex, chunk, ok, result = self._pending[0]
+            await db.save_result(ex.task_id, ex.attempt, chunk, ok, result)
+            self._pending.pop(0)
+
+    # -- the execution registry: what runs where, without a broadcast ----------------------
+
+    async def _register(self, ex: Execution) -> None:
+        assert self.redis is not None
+        info = json.dumps({"task_id": ex.id, "attempt": ex.attempt, "node": self.node,
+                           "host": self.settings.hostname, "pid": self.pid,
+                           "pid_started": self.pid_started, "started_at": ex.started_at})
+        expires = time.time() + self.settings.heartbeat_timeout
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self.keys.executions, {ex.id: expires})
+                pipe.hset(self.keys.execution_info, ex.id, info)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
+
+    async def _unregister(self, ex: Execution) -> None:
+        assert self.redis is not None
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self.keys.executions, ex.id)
+                pipe.hdel(self.keys.execution_info, ex.id)
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
+
+    async def is_cancelled_message(self, message_id: str) -> bool:
+        assert self.redis is not None
+        try:
+            return await self.redis.zscore(self.keys.cancelled, message_id) is not None
+        except Exception:
+            return False  # the DB claim still decides

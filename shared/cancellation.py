@@ -1,0 +1,154 @@
+"""The first rung of the cancel ladder: the DB transaction, then the Redis event.
+
+Used by the API and by taskctl. The DB is the truth; the Redis event and the set of
+cancelled message ids only make the news travel fast.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from celery import Celery
+
+from shared.db import Db, Record
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.states import RESUMABLE, TERMINAL, TaskStatus
+from shared.submit import publish
+
+log = structlog.get_logger("cancellation")
+
+
+class CancelConflict(Exception):
+    """The task already ended in a way a cancel cannot change (or a resume cannot restart)."""
+
+    def __init__(self, message: str, row: Record) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+@dataclass
+class CancelOne:
+    row: Record
+    changed: bool
+
+
+@dataclass
+class CancelAll:
+    cancelled: list[uuid.UUID] = field(default_factory=list)
+    cancelling: list[uuid.UUID] = field(default_factory=list)
+    hastened: list[uuid.UUID] = field(default_factory=list)
+    audit_id: int | None = None
+    took_ms: float = 0.0
+
+
+def event_matches(event: dict[str, Any], *, task_id: str, actor: str, queue: str,
+                  started_at: float) -> bool:
+    """Does a cancel event concern this execution? Evaluated locally by every worker."""
+    if "ids" in event:
+        return task_id in event["ids"]
+    if not event.get("all"):
+        return False
+    if event.get("actor") not in (None, actor) or event.get("queue") not in (None, queue):
+        return False
+    # A cancel-all covers what was running when it committed, not what started after.
+    return started_at <= float(event.get("before", 0.0))
+
+
+class Canceller:
+    def __init__(self, settings: Settings, db: Db, redis: aioredis.Redis, celery: Celery) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.celery = celery
+        self.keys = Keys(settings.key_prefix)
+
+    async def cancel(self, task_id: uuid.UUID, *, by: str, reason: str | None = None,
+                     force: bool = False) -> CancelOne:
+        grace = 0.0 if force else self.settings.cancel_grace
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(self.db.q["lock_task"], task_id)
+            if row is None:
+                raise KeyError(task_id)
+            status = TaskStatus(row["status"])
+            if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
+                raise CancelConflict(f"task already {status}", row)
+            new: Record | None = None
+            if status is TaskStatus.QUEUED:
+                new = await conn.fetchrow(self.db.q["cancel_queued"], task_id, reason, by, force)
+            elif status is TaskStatus.RUNNING:
+                new = await conn.fetchrow(self.db.q["cancel_running"], task_id, reason, by, force,
+                                          grace)
+            elif status is TaskStatus.CANCELLING and force and not row["cancel_forced"]:
+                new = await conn.fetchrow(self.db.q["force_cancelling"], task_id)
+            if new is None:
+                return CancelOne(row=row, changed=False)
+            await self.db.insert_audit(
+                conn, by=by, reason=reason, scope={"task_id": str(task_id)}, forced=force,
+                cancelled=int(status is TaskStatus.QUEUED),
+                cancelling=int(status is not TaskStatus.QUEUED), task_ids=[task_id])
+        await self._announce({"ids": [str(task_id)], "force": force, "reason": reason},
+                             [new["message_id"]])
+        log.info("task.cancel_requested", task_id=str(task_id), was=str(status),
+                 now=new["status"], by=by, forced=force, reason=reason)
+        return CancelOne(row=new, changed=True)
+
+    async def cancel_all(self, *, by: str, reason: str | None = None, force: bool = False,
+                         actor: str | None = None, queue: str | None = None) -> CancelAll:
+        started = time.perf_counter()
+        grace = 0.0 if force else self.settings.cancel_grace
+        out = CancelAll()
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(self.db.q["cancel_all"], actor, queue, reason, by, force, grace)
+            committed_at = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
+            message_ids = []
+            for r in rows:
+                getattr(out, r["kind"]).append(r["id"])
+                message_ids.append(r["message_id"])
+            audit = await self.db.insert_audit(
+                conn, by=by, reason=reason, scope={"all": True, "actor": actor, "queue": queue},
+                forced=force, cancelled=len(out.cancelled),
+                cancelling=len(out.cancelling) + len(out.hastened),
+                task_ids=[*out.cancelled, *out.cancelling, *out.hastened])
+            out.audit_id = audit["id"]
+        await self._announce({"all": True, "actor": actor, "queue": queue, "force": force,
+                              "reason": reason, "before": committed_at}, message_ids)
+        out.took_ms = (time.perf_counter() - started) * 1000
+        log.info("task.cancel_all", by=by, forced=force, actor=actor, queue=queue,
+                 cancelled=len(out.cancelled), cancelling=len(out.cancelling),
+                 hastened=len(out.hastened), took_ms=round(out.took_ms, 1))
+        return out
+
+    async def resume(self, task_id: uuid.UUID) -> Record:
+        message_id = uuid.uuid4()
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(self.db.q["lock_task"], task_id)
+            if row is None:
+                raise KeyError(task_id)
+            status = TaskStatus(row["status"])
+            if status not in RESUMABLE:
+                why = "still active" if status not in TERMINAL else f"already {status}"
+                raise CancelConflict(f"cannot resume a task that is {why}", row)
+            new = await conn.fetchrow(self.db.q["resume_task"], task_id, message_id,
+                                      [s.value for s in RESUMABLE])
+        await publish(self.celery, new["actor"], task_id, message_id, new["queue"])
+        log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"])
+        return new
+
+    async def _announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
+        """Fast path only: a failure here delays the cancel until the workers' DB poll."""
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if message_ids:
+                    now = time.time()
+                    pipe.zadd(self.keys.cancelled, {str(m): now for m in message_ids})
+                pipe.publish(self.keys.cancel_channel, json.dumps(event))
+                await pipe.execute()
+        except Exception as exc:
+            log.warning("task.cancel_event_failed", error=str(exc))

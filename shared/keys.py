@@ -1,0 +1,49 @@
+"""Every Redis key and channel name, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def cancelled(self) -> str:
+        """Sorted set of cancelled task ids, scored by cancel time: the guard's fast path."""
+        return f"{self.prefix}:cancelled"
+
+    @property
+    def executions(self) -> str:
+        """Sorted set of live executions, member task id, score the expiry (epoch seconds)."""
+        return f"{self.prefix}:executions"
+
+    @property
+    def execution_info(self) -> str:
+        """Hash: task id -> JSON with attempt, host, pid, pid start time."""
+        return f"{self.prefix}:execution-info"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}:reaper:leader"
+
+    @property
+    def reaper_status(self) -> str:
+        return f"{self.prefix}:reaper:status"
+
+    @property
+    def celery_prefix(self) -> str:
+        """Celery's own keys (queues, unacked set, pidbox channels) live under this."""
+        return f"{self.prefix}:celery:"
+
+    def celery_key(self, name: str) -> str:
+        return f"{self.celery_prefix}{name}"

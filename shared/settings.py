@@ -1,0 +1,94 @@
+"""Settings: one frozen dataclass, built from the environment and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = ""
+    redis_url: str = ""
+    api_token: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8897
+    # Namespaces every Redis key, channel and Celery queue of one deployment.
+    key_prefix: str = "taskreaper"
+    default_queue: str = "default"
+    log_dir: str = "logs"
+    log_level: str = "INFO"
+    run_dir: str = ".run"
+    worker_concurrency: int = 2
+    # The worker writes progress to the DB at most this often.
+    heartbeat_interval: float = 1.0
+    # A running task whose heartbeat is older than this is presumed dead.
+    heartbeat_timeout: float = 30.0
+    reconcile_interval: float = 5.0
+    cancel_grace: float = 5.0
+    # Fallback DB poll for cancels whose Redis event was lost.
+    cancel_poll_interval: float = 2.0
+    # How long the reaper waits past a deadline before killing through the host.
+    kill_margin: float = 1.0
+    leader_ttl: float = 10.0
+    # Queued rows absent from every queue for this long are re-enqueued once.
+    lost_message_after: float = 60.0
+    # Fixed interval for the heartbeat log lines; 0 chooses it from the job size.
+    heartbeat_log_interval: float = 0.0
+    max_body_bytes: int = 1 << 20
+    db_pool_size: int = 10
+    history_retention_days: int = 30
+
+    @property
+    def hostname(self) -> str:
+        return socket.gethostname()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.name, raw, type(f.default))
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        for name in ("heartbeat_interval", "heartbeat_timeout", "reconcile_interval",
+                     "cancel_poll_interval", "leader_ttl"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
+        if self.cancel_grace < 0 or self.kill_margin < 0:
+            raise SettingsError("CANCEL_GRACE and KILL_MARGIN must not be negative")
+        if not 0 < self.port < 65536:
+            raise SettingsError("PORT must be between 1 and 65535")
+
+    def log_path(self, name: str) -> Path:
+        return Path(self.log_dir) / name
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

@@ -1,0 +1,144 @@
+"""Fixtures: real PostgreSQL and Redis (the configured ones, or embedded), a fresh
+database per test module from a migrated template, a Redis key prefix per module,
+and real Celery worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from shared.db import Db
+from shared.migrate import migrate
+from shared.settings import Settings
+from tests.support import WorkerProcess
+
+pytest_plugins = ["tests.fixtures_api"]
+
+TEST_TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    database_url = os.environ.get("DATABASE_URL", "")
+    redis_url = os.environ.get("REDIS_URL", "")
+    embedded = None
+    if not database_url or not redis_url:
+        from shared.embedded import EmbeddedServices
+
+        embedded = EmbeddedServices(Path(os.environ.get("RUN_DIR", ".run")))
+        urls = embedded.start()
+        database_url = database_url or urls[0]
+        redis_url = redis_url or urls[1]
+    yield database_url, redis_url
+    if embedded is not None:
+        embedded.stop()
+
+
+def _with_db(url: str, name: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def template_db(service_urls: tuple[str, str]) -> Iterator[str]:
+    name = f"tr_tpl_{uuid.uuid4().hex[:10]}"
+    admin = service_urls[0]
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        conn = await asyncpg.connect(_with_db(admin, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_drop_db(admin, name))
+
+
+async def _drop_db(admin: str, name: str) -> None:
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def settings(service_urls: tuple[str, str], template_db: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings for one test module: its own database and its own Redis namespace."""
+    admin, redis_url = service_urls
+    name = f"tr_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    prefix = f"trt-{uuid.uuid4().hex[:10]}"
+    logs = tmp_path_factory.mktemp("logs")
+    yield Settings.from_env(
+        {}, database_url=_with_db(admin, name), redis_url=redis_url, key_prefix=prefix,
+        api_token=TEST_TOKEN, log_dir=str(logs), heartbeat_interval=0.2, heartbeat_timeout=3.0,
+        reconcile_interval=0.5, cancel_grace=2.0, cancel_poll_interval=0.5, kill_margin=0.5,
+        leader_ttl=2.0, lost_message_after=5.0)
+
+    async def cleanup() -> None:
+        r = aioredis.from_url(redis_url)
+        try:
+            async for key in r.scan_iter(match=f"{prefix}*", count=1000):
+                await r.delete(key)
+        finally:
+            await r.aclose()
+        await _drop_db(admin, name)
+
+    asyncio.run(cleanup())
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Db]:
+    database = await Db.connect(settings.database_url, min_size=1, max_size=5)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator:
+    """Starts real worker processes; all of them are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(custom: Settings | None = None, *, concurrency: int = 2,
+              wait: bool = True) -> WorkerProcess:
+        w = WorkerProcess(custom or settings, concurrency=concurrency,
+                          log_path=tmp_path / f"worker-{len(started)}.log")
+        started.append(w.start())
+        return w.wait_ready() if wait else w
+
+    yield start
+    for w in started:
+        w.stop()
