@@ -42,6 +42,12 @@ class Settings:
     lost_message_after: float = 60.0
     # Fixed interval for the heartbeat log lines; 0 chooses it from the job size.
     heartbeat_log_interval: float = 0.0
+    # Prometheus endpoint of the reaper; 0 turns it off.
+    reaper_metrics_port: int = 9897
+    # How often the reaper asks every worker (a broadcast) for tasks it does not know.
+    orphan_scan_interval: float = 30.0
+    # Comma-separated modules whose actors the worker serves.
+    actor_modules: str = "services.worker.actors"
     max_body_bytes: int = 1 << 20
     db_pool_size: int = 10
     history_retention_days: int = 30

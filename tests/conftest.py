@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from shared.db import Db
 from shared.migrate import migrate
 from shared.settings import Settings
-from tests.support import WorkerProcess
+from tests.support import ServiceProcess, WorkerProcess
 
 pytest_plugins = ["tests.fixtures_api"]
 
@@ -142,3 +142,19 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator:
     yield start
     for w in started:
         w.stop()
+
+
+@pytest.fixture
+def start_reaper(settings: Settings, tmp_path: Path) -> Iterator:
+    """Starts real reaper replicas; all of them are stopped after the test."""
+    started: list[ServiceProcess] = []
+
+    def start(custom: Settings | None = None) -> ServiceProcess:
+        s = (custom or settings).with_(reaper_metrics_port=0)
+        proc = ServiceProcess("services.reaper", s, log_path=tmp_path / f"reaper-{len(started)}.log")
+        started.append(proc.start())
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

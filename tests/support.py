@@ -116,3 +116,39 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 pass
         psutil.wait_procs(tree, timeout=5)
+
+
+class ServiceProcess:
+    """A real `python -m <module>` daemon (the reaper, the API) in its own session."""
+
+    def __init__(self, module: str, settings: Settings, *, log_path: Path) -> None:
+        self.module = module
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module], cwd=ROOT,
+                                     env=settings_env(self.settings), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()

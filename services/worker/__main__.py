@@ -13,7 +13,7 @@ from shared.settings import Settings
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     configure_logging(settings, "worker")
-    actors = load_actors()
+    actors = load_actors(settings)
     asyncio.run(publish_catalogue(settings, actors))
     app, _ = create_worker_app(settings, actors)
     queues = sorted({a.queue for a in actors} | {settings.default_queue})

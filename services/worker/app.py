@@ -19,10 +19,8 @@ from shared.settings import Settings
 
 log = structlog.get_logger("worker.app")
 
-DEFAULT_ACTOR_MODULES = ("services.worker.actors",)
-
-
-def load_actors(modules: tuple[str, ...] = DEFAULT_ACTOR_MODULES) -> list[Actor]:
+def load_actors(settings: Settings) -> list[Actor]:
+    modules = [m.strip() for m in settings.actor_modules.split(",") if m.strip()]
     return discover(importlib.import_module(m) for m in modules)
 
 

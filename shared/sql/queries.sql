@@ -149,7 +149,8 @@ RETURNING *;
 
 -- name: stale_executions
 -- Running or cancelling rows whose heartbeat (or, without one, whose start) is too old.
-SELECT id, actor, status, attempt, worker, pid, heartbeat_at, started_at, cancel_reason
+SELECT id, actor, queue, status, attempt, message_id, worker, pid, heartbeat_at, started_at,
+       cancel_reason, resumes
 FROM tasks
 WHERE status IN ('running', 'cancelling')
   AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => $1);

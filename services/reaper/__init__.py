@@ -1,0 +1,1 @@
+"""The reaper: executes cancellations and makes the DB converge to reality."""

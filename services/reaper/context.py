@@ -1,0 +1,37 @@
+"""Everything the reaper's loops share: settings, connections, metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from services.reaper.celery_ops import CeleryOps
+from services.reaper.leader import LeaderLock
+from services.reaper.metrics import ReaperMetrics
+from shared.db import Db
+from shared.keys import Keys
+from shared.settings import Settings
+
+log = structlog.get_logger("reaper")
+
+
+@dataclass
+class ReaperContext:
+    settings: Settings
+    db: Db
+    redis: aioredis.Redis
+    celery: CeleryOps
+    keys: Keys
+    leader: LeaderLock
+    metrics: ReaperMetrics
+
+    async def publish_change(self, task_id: Any, status: str, **extra: Any) -> None:
+        try:
+            await self.redis.publish(self.keys.events_channel,
+                                     json.dumps({"id": str(task_id), "status": status, **extra}))
+        except Exception as exc:
+            log.warning("reaper.event_publish_failed", error=str(exc))

@@ -1,0 +1,135 @@
+"""The reconciler: each rule finds one kind of disagreement between the DB and reality
+and repairs it. Rules are small, independent, and cost O(active tasks)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from services.reaper.context import ReaperContext
+from shared.registry import live_executions, prune_expired
+from shared.states import Outcome
+from shared.submit import publish
+
+log = structlog.get_logger("reaper.reconcile")
+
+
+@dataclass
+class Pass:
+    """What one reconcile pass saw; shared between rules so each broadcast happens once."""
+
+    started: float = field(default_factory=time.time)
+    _active: dict[str, dict[str, Any]] | None = None
+
+    async def celery_active(self, ctx: ReaperContext, nodes: list[str] | None = None
+                            ) -> dict[str, dict[str, Any]]:
+        """task id -> request, for everything the workers execute right now (a broadcast)."""
+        if self._active is None:
+            self._active = {}
+            for node, requests in (await ctx.celery.active(nodes=nodes)).items():
+                for req in requests:
+                    tid = (req.get("kwargs") or {}).get("task_id")
+                    self._active[str(tid) if tid else req["id"]] = {**req, "node": node}
+        return self._active
+
+
+class Rule(Protocol):
+    name: str
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int: ...
+
+
+class Zombies:
+    """Running or cancelling rows whose heartbeat is stale (or never came) and that no
+    worker executes: `lost` (or `cancelled`), or a new attempt if the actor allows it."""
+
+    name = "zombies"
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        rows = await ctx.db.stale_executions(ctx.settings.heartbeat_timeout)
+        if not rows:
+            return 0
+        known = await live_executions(ctx.redis, ctx.keys, include_expired=True)
+        suspects = [r for r in rows if not (str(r["id"]) in known and known[str(r["id"])].alive)]
+        if not suspects:
+            return 0
+        # Only the workers that ran these executions can still be running them, unless a
+        # registry entry is missing altogether; then everyone is asked.
+        nodes = {known[str(r["id"])].node for r in suspects if str(r["id"]) in known}
+        everyone = any(str(r["id"]) not in known for r in suspects)
+        active = await p.celery_active(ctx, None if everyone else sorted(nodes))
+        found = 0
+        for row in suspects:
+            if str(row["id"]) in active:
+                continue  # alive but not beating (e.g. holding the GIL): not a zombie
+            found += 1
+            await self._settle(ctx, row)
+        return found
+
+    async def _settle(self, ctx: ReaperContext, row: Any) -> None:
+        actor = await ctx.db.get_actor(row["actor"])
+        allowed = int((actor["options"] or {}).get("auto_resume", 0)) if actor else 0
+        if row["status"] == "running" and row["resumes"] < allowed:
+            message_id = uuid.uuid4()
+            new = await ctx.db.requeue_execution(row["id"], row["attempt"], message_id, None,
+                                                 "execution lost; resumed automatically")
+            if new is not None:
+                await publish(ctx.celery.celery, row["actor"], row["id"], message_id, new["queue"])
+                log.warning("reaper.zombie_resumed", task_id=str(row["id"]),
+                            attempt=row["attempt"], resumes=new["resumes"])
+                await ctx.publish_change(row["id"], "queued", resumed=True)
+                return
+        status = await ctx.db.mark_dead(row["id"], row["attempt"], Outcome.GONE)
+        if status:
+            log.warning("reaper.zombie", task_id=str(row["id"]), attempt=row["attempt"],
+                        status=status, heartbeat_at=str(row["heartbeat_at"]),
+                        worker=row["worker"], pid=row["pid"])
+            await ctx.publish_change(row["id"], status, outcome=Outcome.GONE)
+
+
+class StaleRegistry:
+    """Registry entries of processes that stopped beating long ago: housekeeping."""
+
+    name = "stale_registry"
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        return await prune_expired(ctx.redis, ctx.keys, ctx.settings.heartbeat_timeout * 2)
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (Zombies(), StaleRegistry())
+
+
+class Reconciler:
+    def __init__(self, ctx: ReaperContext, rules: tuple[Rule, ...] = DEFAULT_RULES) -> None:
+        self.ctx = ctx
+        self.rules = rules
+        self.last: dict[str, Any] = {}
+
+    async def tick(self) -> dict[str, int]:
+        if not self.ctx.leader.is_leader:
+            return {}
+        ctx = self.ctx
+        p = Pass()
+        started = time.perf_counter()
+        findings: dict[str, int] = {}
+        for rule in self.rules:
+            try:
+                findings[rule.name] = await rule.run(ctx, p)
+            except Exception as exc:
+                log.warning("reaper.rule_failed", rule=rule.name, error=repr(exc))
+                findings[rule.name] = -1
+            if findings[rule.name] > 0:
+                ctx.metrics.findings.labels(rule=rule.name).inc(findings[rule.name])
+        took = time.perf_counter() - started
+        ctx.metrics.passes.inc()
+        ctx.metrics.pass_seconds.observe(took)
+        self.last = {"at": p.started, "took_ms": round(took * 1000, 2), "findings": findings}
+        await ctx.redis.hset(ctx.keys.reaper_status, mapping={
+            "leader": ctx.leader.identity, "last_pass_at": p.started,
+            "last_pass_ms": self.last["took_ms"],
+            **{f"found:{k}": v for k, v in findings.items()}})
+        return findings

@@ -1,0 +1,65 @@
+"""The live-execution registry in Redis: what runs where, readable in O(active).
+
+Each pool process refreshes its execution's entry with every heartbeat; an entry
+whose score (expiry) has passed belongs to a process that stopped beating.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.keys import Keys
+
+
+@dataclass(frozen=True)
+class LiveExecution:
+    task_id: str
+    attempt: int
+    node: str
+    host: str
+    pid: int
+    pid_started: float
+    started_at: float
+    expires: float
+
+    @property
+    def alive(self) -> bool:
+        return self.expires > time.time()
+
+
+async def live_executions(redis: aioredis.Redis, keys: Keys, *, include_expired: bool = False
+                          ) -> dict[str, LiveExecution]:
+    low = "-inf" if include_expired else time.time()
+    scored = await redis.zrangebyscore(keys.executions, low, "+inf", withscores=True)
+    if not scored:
+        return {}
+    ids = [m.decode() if isinstance(m, bytes) else m for m, _ in scored]
+    infos = await redis.hmget(keys.execution_info, ids)
+    out: dict[str, LiveExecution] = {}
+    for (_, score), tid, raw in zip(scored, ids, infos, strict=True):
+        if raw is None:
+            continue
+        info: dict[str, Any] = json.loads(raw)
+        out[tid] = LiveExecution(task_id=tid, attempt=int(info["attempt"]), node=info["node"],
+                                 host=info.get("host", ""), pid=int(info["pid"]),
+                                 pid_started=float(info["pid_started"]),
+                                 started_at=float(info["started_at"]), expires=float(score))
+    return out
+
+
+async def prune_expired(redis: aioredis.Redis, keys: Keys, older_than: float) -> int:
+    """Drops entries that expired more than `older_than` seconds ago (their process died)."""
+    cutoff = time.time() - older_than
+    stale = await redis.zrangebyscore(keys.executions, "-inf", cutoff)
+    if not stale:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.executions, *stale)
+        pipe.hdel(keys.execution_info, *stale)
+        await pipe.execute()
+    return len(stale)
