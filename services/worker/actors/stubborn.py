@@ -19,10 +19,11 @@ from shared.params import Range
 
 def _hold_gil(seconds: float) -> None:
     # PyDLL keeps the GIL during the foreign call, unlike CDLL.
+    # One long call: between calls the interpreter could hand the GIL to another thread.
     libc = ctypes.PyDLL(ctypes.util.find_library("c"))
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
-        libc.usleep(ctypes.c_uint(int(min(left, 1.0) * 1_000_000)))
+        libc.sleep(ctypes.c_uint(max(1, int(left))))
 
 
 @actor(queue="default")

@@ -1,0 +1,17 @@
+"""Actors that only the tests load (ACTOR_MODULES=services.worker.actors,tests.actors)."""
+
+from __future__ import annotations
+
+from services.worker.actor import actor
+from services.worker.actors.distill import distill
+from services.worker.context import TaskContext
+
+
+@actor(time_limit=1.5)
+def limited(ctx: TaskContext, chunks: int = 100, chunk_seconds: float = 0.1) -> None:
+    distill.fn(ctx, chunks=chunks, chunk_seconds=chunk_seconds)
+
+
+@actor(auto_resume=2)
+def resilient(ctx: TaskContext, chunks: int = 30, chunk_seconds: float = 0.1) -> None:
+    distill.fn(ctx, chunks=chunks, chunk_seconds=chunk_seconds)
