@@ -21,7 +21,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "global_keyprefix": keys.celery_prefix,
-            "visibility_timeout": 3600,
+            "visibility_timeout": settings.visibility_timeout,
             "socket_timeout": 5,
             "socket_connect_timeout": 5,
         },

@@ -32,7 +32,6 @@ with warnings.catch_warnings():
     # platformdirs warns at import when XDG_RUNTIME_DIR is unset; its fallback is fine here.
     warnings.simplefilter("ignore")
     import pgserver
-    from pgserver.utils import PostmasterInfo
 
 log = structlog.get_logger("embedded")
 logging.getLogger("pgserver").setLevel(logging.WARNING)
@@ -91,9 +90,9 @@ class EmbeddedServices:
     def server_pids(self) -> list[int]:
         """PIDs of the running servers (postmaster and redis-server), for tests and tooling."""
         pids = [p.pid for p in self._redis.processes()]
-        info = PostmasterInfo.read_from_pgdata(self._postgres.pgdata)
-        if info is not None and info.is_running():
-            pids.append(info.pid)
+        postmaster = self._postgres.postmaster()
+        if postmaster is not None:
+            pids.append(postmaster.pid)
         return pids
 
     def _stop_servers(self) -> None:
@@ -174,11 +173,25 @@ class _Postgres:
             pgserver.psql([*base, "-c", f'CREATE DATABASE "{DATABASE}"'])
             log.info("embedded.database_created", database=DATABASE)
 
+    def postmaster(self) -> psutil.Process | None:
+        """The running postmaster of this data directory, if any.
+
+        Read here rather than through pgserver, which rejects the file while postgres is
+        still writing it.
+        """
+        try:
+            first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
+            proc = psutil.Process(abs(int(first)))  # negative while in single-user mode
+            if proc.name().startswith("postgres") and proc.status() != psutil.STATUS_ZOMBIE:
+                return proc
+        except (OSError, ValueError, psutil.Error):
+            pass
+        return None
+
     def stop(self) -> None:
-        info = PostmasterInfo.read_from_pgdata(self.pgdata)
-        if info is None or not info.is_running() or info.process is None:
+        postmaster = self.postmaster()
+        if postmaster is None:
             return
-        postmaster = info.process
         user = self._server.system_user if self._server else _pg_system_user()
         try:
             # fast: roll back open transactions and disconnect clients instead of waiting for them
@@ -203,13 +216,18 @@ class _Redis:
         self._child: subprocess.Popen[bytes] | None = None
 
     def processes(self) -> list[psutil.Process]:
-        """redis-server processes serving this directory (the config path is in their title)."""
-        needle = str(self.conf)
+        """redis-server processes serving this directory.
+
+        Matched by working directory (Redis chdirs to its `dir`): the process title cannot be
+        trusted, Redis truncates it to the length of the original command line.
+        """
         found = []
-        for proc in psutil.process_iter(["cmdline"]):
-            cmdline = proc.info.get("cmdline") or []
-            if any(needle in part for part in cmdline) and "redis-server" in " ".join(cmdline):
-                found.append(proc)
+        for proc in psutil.process_iter(["name"]):
+            if not (proc.info.get("name") or "").startswith("redis-server"):
+                continue
+            with contextlib.suppress(psutil.Error):
+                if Path(proc.cwd()) == self.dir:
+                    found.append(proc)
         return found
 
     def ensure_running(self) -> str:
@@ -283,7 +301,7 @@ class _Redis:
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
-            # Keeps the config path in the process title so a leftover server can be found.
+            # Names the config in `ps`, so a person can tell which run a server belongs to.
             'proc-title-template "{title} {listen-addr} {config-file}"',
             "",
         ]))

@@ -35,6 +35,8 @@ class Settings:
     cancel_grace: float = 5.0
     # Fallback DB poll for cancels whose Redis event was lost.
     cancel_poll_interval: float = 2.0
+    # A forced cancel still lets a task that wakes at once exit on its own this long.
+    force_window: float = 0.2
     # How long the reaper waits past a deadline before killing through the host.
     kill_margin: float = 1.0
     leader_ttl: float = 10.0
@@ -46,6 +48,8 @@ class Settings:
     reaper_metrics_port: int = 9897
     # How often the reaper asks every worker (a broadcast) for tasks it does not know.
     orphan_scan_interval: float = 30.0
+    # Seconds before Redis hands an unacknowledged message to another worker.
+    visibility_timeout: float = 3600.0
     # Comma-separated modules whose actors the worker serves.
     actor_modules: str = "services.worker.actors"
     max_body_bytes: int = 1 << 20

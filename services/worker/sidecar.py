@@ -119,7 +119,7 @@ class Sidecar:
                 signal.pthread_kill(self.main_thread_id, INTERRUPT_SIGNAL)
         elif not forced:
             return
-        grace = 0.0 if forced else self.settings.cancel_grace
+        grace = self.settings.force_window if forced else self.settings.cancel_grace
         for old in self._tasks.pop(f"watchdog:{ex.id}", []):
             old.cancel()
         self._tasks[f"watchdog:{ex.id}"] = [self.loop.create_task(self._watchdog(ex, grace))]
