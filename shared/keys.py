@@ -33,6 +33,11 @@ class Keys:
         return f"{self.prefix}:execution-info"
 
     @property
+    def workers(self) -> str:
+        """Hash: Celery node name -> JSON with host, pid and start time of its main process."""
+        return f"{self.prefix}:workers"
+
+    @property
     def leader(self) -> str:
         return f"{self.prefix}:reaper:leader"
 

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
+import time
 from typing import Any
 
+import psutil
+import redis
 import structlog
 from celery import Celery, Task
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import (
+    celeryd_after_setup,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from services.worker import control  # noqa: F401  (registers the remote control command)
 from services.worker.actor import Actor, discover
 from services.worker.runtime import RetryLater, Runtime
 from shared.broker import make_celery
 from shared.db import Db
+from shared.keys import Keys
 from shared.settings import Settings
 
 log = structlog.get_logger("worker.app")
@@ -39,7 +49,34 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
     def _child_started(**_: Any) -> None:
         runtime.start_process()
 
+    @worker_ready.connect(weak=False)
+    def _ready(**_: Any) -> None:
+        announce_worker(settings, runtime.node, present=True)
+
+    @worker_shutdown.connect(weak=False)
+    def _gone(**_: Any) -> None:
+        announce_worker(settings, runtime.node, present=False)
+
     return app, runtime
+
+
+def announce_worker(settings: Settings, node: str, *, present: bool) -> None:
+    """Records this worker's main process, so operators' tools can tell it from look-alikes."""
+    keys = Keys(settings.key_prefix)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        if present:
+            me = psutil.Process()
+            client.hset(keys.workers, node, json.dumps({
+                "node": node, "host": settings.hostname, "pid": me.pid,
+                "pid_started": me.create_time(), "concurrency": settings.worker_concurrency,
+                "started_at": time.time()}))
+        else:
+            client.hdel(keys.workers, node)
+    except redis.RedisError as exc:
+        log.warning("worker.announce_failed", node=node, error=str(exc))
+    finally:
+        client.close()
 
 
 def _register(app: Celery, runtime: Runtime, act: Actor) -> None:
