@@ -20,6 +20,7 @@ from shared.keys import Keys
 class LiveExecution:
     task_id: str
     attempt: int
+    message_id: str
     node: str
     host: str
     pid: int
@@ -45,7 +46,8 @@ async def live_executions(redis: aioredis.Redis, keys: Keys, *, include_expired:
         if raw is None:
             continue
         info: dict[str, Any] = json.loads(raw)
-        out[tid] = LiveExecution(task_id=tid, attempt=int(info["attempt"]), node=info["node"],
+        out[tid] = LiveExecution(task_id=tid, attempt=int(info["attempt"]),
+                                 message_id=info.get("message_id", ""), node=info["node"],
                                  host=info.get("host", ""), pid=int(info["pid"]),
                                  pid_started=float(info["pid_started"]),
                                  started_at=float(info["started_at"]), expires=float(score))

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import structlog
 
 from services.reaper.context import ReaperContext
+from shared.queues import message_ids
 from shared.registry import live_executions, prune_expired
 from shared.states import Outcome
 from shared.submit import publish
@@ -23,18 +24,24 @@ class Pass:
     """What one reconcile pass saw; shared between rules so each broadcast happens once."""
 
     started: float = field(default_factory=time.time)
+    extra: dict[str, int] = field(default_factory=dict)
     _active: dict[str, dict[str, Any]] | None = None
 
     async def celery_active(self, ctx: ReaperContext, nodes: list[str] | None = None
                             ) -> dict[str, dict[str, Any]]:
-        """task id -> request, for everything the workers execute right now (a broadcast)."""
-        if self._active is None:
-            self._active = {}
-            for node, requests in (await ctx.celery.active(nodes=nodes)).items():
-                for req in requests:
-                    tid = (req.get("kwargs") or {}).get("task_id")
-                    self._active[str(tid) if tid else req["id"]] = {**req, "node": node}
-        return self._active
+        """task id -> request, for everything the workers execute right now (a broadcast).
+
+        Asking only some nodes is quicker and is not remembered for the rest of the pass."""
+        if self._active is not None:
+            return self._active
+        found: dict[str, dict[str, Any]] = {}
+        for node, requests in (await ctx.celery.active(nodes=nodes)).items():
+            for req in requests:
+                tid = (req.get("kwargs") or {}).get("task_id")
+                found[str(tid) if tid else req["id"]] = {**req, "node": node}
+        if nodes is None:
+            self._active = found
+        return found
 
 
 class Rule(Protocol):
@@ -91,6 +98,122 @@ class Zombies:
             await ctx.publish_change(row["id"], status, outcome=Outcome.GONE)
 
 
+class Undead:
+    """Executions registered as live whose row is terminal or belongs to a newer attempt:
+    their writes are already fenced off, so they are killed at once (verified)."""
+
+    name = "undead"
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        live = await live_executions(ctx.redis, ctx.keys)
+        if not live:
+            return 0
+        rows = {str(r["id"]): r for r in await ctx.db.active_by_ids(list(live))}
+        found = 0
+        for tid, entry in live.items():
+            row = rows.get(tid)
+            if row is not None and row["status"] in ("running", "cancelling") \
+                    and row["attempt"] == entry.attempt:
+                continue
+            found += 1
+            replies = await ctx.celery.kill(message_id=entry.message_id, task_id=tid,
+                                            node=entry.node, pid=entry.pid,
+                                            pid_started=entry.pid_started)
+            killed = any(r.get("killed") for r in replies)
+            ctx.metrics.kills.labels(result="killed" if killed else "refused").inc()
+            log.warning("reaper.undead", task_id=tid, attempt=entry.attempt, node=entry.node,
+                        pid=entry.pid, row_status=row["status"] if row else None, killed=killed)
+        return found
+
+
+class BrokerScan:
+    """What only Celery itself knows, asked at a low rate (a broadcast and a queue scan):
+    orphans (executing or waiting with no row: revoked, and killed if executing), undead
+    executions our registry does not list, and lost messages (rows queued for a long time
+    whose message is nowhere: re-enqueued once, then `lost`)."""
+
+    name = "broker_scan"
+
+    def __init__(self) -> None:
+        self._last = 0.0
+        self.orphans = 0
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        if time.time() - self._last < ctx.settings.orphan_scan_interval:
+            return 0
+        self._last = time.time()
+        found = await self._celery_side(ctx, p)
+        return found + await self._lost_messages(ctx, p)
+
+    async def _celery_side(self, ctx: ReaperContext, p: Pass) -> int:
+        active = await p.celery_active(ctx)
+        waiting = await ctx.celery.reserved_and_scheduled()
+        requests = [(req, True) for req in active.values()]
+        requests += [({**req, "node": node}, False)
+                     for node, items in waiting.items() for req in items]
+        ids = []
+        for req, _ in requests:
+            tid = (req.get("kwargs") or {}).get("task_id")
+            try:
+                ids.append(uuid.UUID(str(tid)))
+            except ValueError:
+                pass
+        rows = {str(r["id"]): r for r in await ctx.db.active_by_ids(ids)} if ids else {}
+        orphans = 0
+        undead = 0
+        revoke: list[str] = []
+        for req, executing in requests:
+            tid = str((req.get("kwargs") or {}).get("task_id"))
+            row = rows.get(tid)
+            if row is None:
+                orphans += 1
+                revoke.append(req["id"])
+                if executing:
+                    await ctx.celery.kill(message_id=req["id"], task_id=None, node=req["node"])
+                log.warning("reaper.orphan", message_id=req["id"], task=req.get("name"),
+                            node=req["node"], executing=executing)
+            elif executing and str(row["message_id"]) == req["id"] \
+                    and row["status"] not in ("running", "cancelling"):
+                undead += 1
+                await ctx.celery.kill(message_id=req["id"], task_id=tid, node=req["node"])
+                log.warning("reaper.undead", task_id=tid, node=req["node"],
+                            row_status=row["status"], via="inspect")
+        await ctx.celery.revoke(revoke)
+        self.orphans = orphans
+        if orphans:
+            ctx.metrics.findings.labels(rule="orphans").inc(orphans)
+        if undead:
+            ctx.metrics.findings.labels(rule="undead").inc(undead)
+        p.extra["orphans"] = orphans
+        return orphans + undead
+
+    async def _lost_messages(self, ctx: ReaperContext, p: Pass) -> int:
+        rows = await ctx.db.stranded_queued(ctx.settings.lost_message_after)
+        if not rows:
+            return 0
+        queues = sorted({r["queue"] for r in rows})
+        present = await message_ids(ctx.redis, ctx.keys, queues)
+        waiting = await ctx.celery.reserved_and_scheduled()
+        present |= {req["id"] for items in waiting.values() for req in items}
+        found = 0
+        for row in rows:
+            if str(row["message_id"]) in present:
+                continue
+            found += 1
+            if row["requeues"] == 0:
+                new = uuid.uuid4()
+                if await ctx.db.requeue_message(row["id"], row["message_id"], new):
+                    await publish(ctx.celery.celery, row["actor"], row["id"], new, row["queue"])
+                    log.warning("reaper.message_requeued", task_id=str(row["id"]))
+            elif await ctx.db.mark_queued_lost(row["id"], row["message_id"]):
+                log.warning("reaper.message_lost", task_id=str(row["id"]))
+                await ctx.publish_change(row["id"], "lost", outcome=Outcome.GONE)
+        if found:
+            ctx.metrics.findings.labels(rule="lost_messages").inc(found)
+        p.extra["lost_messages"] = found
+        return found
+
+
 class StaleRegistry:
     """Registry entries of processes that stopped beating long ago: housekeeping."""
 
@@ -100,13 +223,14 @@ class StaleRegistry:
         return await prune_expired(ctx.redis, ctx.keys, ctx.settings.heartbeat_timeout * 2)
 
 
-DEFAULT_RULES: tuple[Rule, ...] = (Zombies(), StaleRegistry())
+def default_rules() -> tuple[Rule, ...]:
+    return (Zombies(), Undead(), BrokerScan(), StaleRegistry())
 
 
 class Reconciler:
-    def __init__(self, ctx: ReaperContext, rules: tuple[Rule, ...] = DEFAULT_RULES) -> None:
+    def __init__(self, ctx: ReaperContext, rules: tuple[Rule, ...] | None = None) -> None:
         self.ctx = ctx
-        self.rules = rules
+        self.rules = rules if rules is not None else default_rules()
         self.last: dict[str, Any] = {}
 
     async def tick(self) -> dict[str, int]:
@@ -119,6 +243,8 @@ class Reconciler:
         for rule in self.rules:
             try:
                 findings[rule.name] = await rule.run(ctx, p)
+                findings.update(p.extra)
+                p.extra.clear()
             except Exception as exc:
                 log.warning("reaper.rule_failed", rule=rule.name, error=repr(exc))
                 findings[rule.name] = -1

@@ -259,7 +259,8 @@ class Sidecar:
 
     async def _register(self, ex: Execution) -> None:
         assert self.redis is not None
-        info = json.dumps({"task_id": ex.id, "attempt": ex.attempt, "node": self.node,
+        info = json.dumps({"task_id": ex.id, "attempt": ex.attempt,
+                           "message_id": str(ex.message_id), "node": self.node,
                            "host": self.settings.hostname, "pid": self.pid,
                            "pid_started": self.pid_started, "started_at": ex.started_at})
         expires = time.time() + self.settings.heartbeat_timeout

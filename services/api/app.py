@@ -1,0 +1,103 @@
+"""The application factory: routes, middlewares, and the resources each app owns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+
+from services.api import events, health, openapi, system, tasks
+from services.api.errors import error_middleware
+from services.api.metrics import Metrics, metrics_handler, metrics_middleware
+from services.api.state import (
+    CANCELLER,
+    CELERY,
+    DB,
+    KEYS,
+    METRICS,
+    REDIS,
+    SETTINGS,
+    SSE_KEEPALIVE,
+    STOPPING,
+)
+from shared.broker import make_celery
+from shared.cancellation import Canceller
+from shared.db import Db
+from shared.keys import Keys
+from shared.settings import Settings
+
+log = structlog.get_logger("api")
+
+
+def create_app(settings: Settings, *, sse_keepalive: float = 15.0) -> web.Application:
+    metrics = Metrics()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        # Metrics outermost, so they count the JSON error responses too.
+        middlewares=[metrics_middleware(metrics), error_middleware],
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = Keys(settings.key_prefix)
+    app[METRICS] = metrics
+    app[STOPPING] = asyncio.Event()
+    app[SSE_KEEPALIVE] = sse_keepalive
+    app.cleanup_ctx.extend([_database, _redis, _celery, _canceller])
+    app.on_shutdown.append(_stop_streams)
+    _routes(app.router, metrics)
+    if not settings.api_token:
+        log.warning("api.no_token", hint="set API_TOKEN; every mutating call is refused")
+    return app
+
+
+def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
+    router.add_get("/healthz", health.healthz)
+    router.add_get("/readyz", health.readyz)
+    router.add_get("/metrics", metrics_handler(metrics))
+    router.add_get("/api/v1/openapi.json", openapi.openapi_json)
+    # The literal path first, so it is never read as a task id.
+    router.add_post("/api/v1/tasks/cancel-all", tasks.cancel_all)
+    router.add_post("/api/v1/tasks", tasks.submit_task)
+    router.add_get("/api/v1/tasks", tasks.list_tasks)
+    router.add_get("/api/v1/tasks/{id}", tasks.get_task)
+    router.add_get("/api/v1/tasks/{id}/results", tasks.task_results)
+    router.add_post("/api/v1/tasks/{id}/cancel", tasks.cancel_task)
+    router.add_post("/api/v1/tasks/{id}/resume", tasks.resume_task)
+    router.add_get("/api/v1/actors", system.list_actors)
+    router.add_get("/api/v1/system/status", system.system_status)
+    router.add_get("/api/v1/events", events.stream_events)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # No connection at start-up: the API comes up (and answers /healthz) while the
+    # database is down, and serves 503 until it is back.
+    app[DB] = await Db.connect(settings.database_url, min_size=0, max_size=settings.db_pool_size)
+    yield
+    await app[DB].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    app[REDIS] = aioredis.from_url(app[SETTINGS].redis_url, decode_responses=True,
+                                   socket_connect_timeout=2, socket_timeout=5,
+                                   health_check_interval=30)
+    yield
+    await app[REDIS].aclose()
+
+
+async def _celery(app: web.Application) -> AsyncIterator[None]:
+    app[CELERY] = make_celery(app[SETTINGS])
+    yield
+    app[CELERY].close()
+
+
+async def _canceller(app: web.Application) -> AsyncIterator[None]:
+    app[CANCELLER] = Canceller(app[SETTINGS], app[DB], app[REDIS], app[CELERY])
+    log.info("api.ready", key_prefix=app[SETTINGS].key_prefix)
+    yield
+
+
+async def _stop_streams(app: web.Application) -> None:
+    app[STOPPING].set()

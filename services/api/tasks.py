@@ -1,0 +1,174 @@
+"""The task endpoints: submit, list, inspect, results, cancel, cancel-all and resume."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from services.api.auth import authenticate
+from services.api.errors import ApiError
+from services.api.events import publish_event
+from services.api.inputs import (
+    NAME_MAX,
+    NAME_RE,
+    QUEUE_MAX,
+    QUEUE_RE,
+    REASON_MAX,
+    Body,
+    json_object,
+    query_int,
+    query_name,
+    task_id,
+)
+from services.api.serialize import decode_cursor, encode_cursor, result_json, task_json
+from services.api.state import CANCELLER, CELERY, DB, METRICS
+from shared.cancellation import CancelConflict
+from shared.db import Record
+from shared.states import TaskStatus
+from shared.submit import InvalidKwargs, UnknownActor, submit
+
+log = structlog.get_logger("api.tasks")
+
+LIST_DEFAULT = 50
+LIST_MAX = 500
+# Far enough for any schedule, near enough that the arithmetic cannot overflow.
+MAX_COUNTDOWN = 366 * 24 * 3600.0
+_STATUSES = [s.value for s in TaskStatus]
+
+
+def _task_response(row: Record, status: int) -> web.Response:
+    headers = {"Location": f"/api/v1/tasks/{row['id']}"} if status == 202 else None
+    return web.json_response(task_json(row), status=status, headers=headers)
+
+
+def _not_found(tid: object) -> ApiError:
+    return ApiError(404, "not_found", f"no task {tid}")
+
+
+def _conflict(exc: CancelConflict) -> ApiError:
+    return ApiError(409, "conflict", str(exc), details={"status": exc.row["status"]})
+
+
+async def submit_task(request: web.Request) -> web.Response:
+    by = authenticate(request)
+    body = Body(await json_object(request), {"actor", "kwargs", "queue", "countdown", "eta"})
+    actor = body.string("actor", max_length=NAME_MAX, pattern=NAME_RE, required=True)
+    kwargs = body.object("kwargs")
+    queue = body.string("queue", max_length=QUEUE_MAX, pattern=QUEUE_RE)
+    countdown = body.number("countdown", minimum=0, maximum=MAX_COUNTDOWN)
+    eta = body.timestamp("eta")
+    if "countdown" in body.data and "eta" in body.data:
+        body.problem("eta", "countdown and eta are mutually exclusive")
+    body.done()
+    assert actor is not None
+    try:
+        row = await submit(request.app[DB], request.app[CELERY], actor=actor, kwargs=kwargs,
+                           queue=queue, countdown=countdown, eta=eta)
+    except UnknownActor as exc:
+        raise ApiError(422, exc.code, str(exc)) from None
+    except InvalidKwargs as exc:
+        raise ApiError(422, exc.code, f"invalid kwargs: {exc}", details=exc.problems) from None
+    request.app[METRICS].submitted.labels(actor).inc()
+    log.info("task.submitted", task_id=str(row["id"]), actor=actor, queue=row["queue"], by=by,
+             eta=row["eta"].isoformat() if row["eta"] else None)
+    await publish_event(request.app, "task.submitted", task_id=str(row["id"]), actor=actor,
+                        status=row["status"])
+    return _task_response(row, 202)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    status = request.query.get("status")
+    if status is not None and status not in _STATUSES:
+        raise ApiError(400, "invalid_query", f"status must be one of {', '.join(_STATUSES)}")
+    actor = query_name(request, "actor")
+    limit = query_int(request, "limit", default=LIST_DEFAULT, minimum=1, maximum=LIST_MAX)
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor) if cursor is not None else None
+    # One row more than asked tells whether another page exists.
+    rows = await request.app[DB].list_tasks(status=status, actor=actor, after=after,
+                                            limit=limit + 1)
+    page = rows[:limit]
+    following = encode_cursor(page[-1]) if len(rows) > limit else None
+    return web.json_response({"items": [task_json(r) for r in page], "next": following})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    tid = task_id(request)
+    row = await request.app[DB].get_task(tid)
+    if row is None:
+        raise _not_found(tid)
+    return _task_response(row, 200)
+
+
+async def task_results(request: web.Request) -> web.Response:
+    tid = task_id(request)
+    db = request.app[DB]
+    if await db.get_task(tid) is None:
+        raise _not_found(tid)
+    items = [result_json(r) for r in await db.list_results(tid)]
+    return web.json_response({"task_id": str(tid), "items": items})
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    by = authenticate(request)
+    tid = task_id(request)
+    body = Body(await json_object(request, optional=True), {"reason", "force"})
+    reason = body.string("reason", max_length=REASON_MAX)
+    force = bool(body.boolean("force"))
+    body.done()
+    try:
+        outcome = await request.app[CANCELLER].cancel(tid, by=by, reason=reason, force=force)
+    except KeyError:
+        raise _not_found(tid) from None
+    except CancelConflict as exc:
+        raise _conflict(exc) from None
+    if not outcome.changed:
+        # Repeating a cancel is harmless: it reports where the first one got to.
+        return _task_response(outcome.row, 200)
+    metrics = request.app[METRICS]
+    metrics.cancels.labels("one", str(force).lower()).inc()
+    metrics.cancelled_tasks.labels(outcome.row["status"]).inc()
+    await publish_event(request.app, "task.cancel_requested", task_id=str(tid),
+                        status=outcome.row["status"], by=by, forced=force)
+    return _task_response(outcome.row, 202)
+
+
+async def cancel_all(request: web.Request) -> web.Response:
+    by = authenticate(request)
+    body = Body(await json_object(request, optional=True), {"reason", "force", "actor", "queue"})
+    reason = body.string("reason", max_length=REASON_MAX)
+    force = bool(body.boolean("force"))
+    actor = body.string("actor", max_length=NAME_MAX, pattern=NAME_RE)
+    queue = body.string("queue", max_length=QUEUE_MAX, pattern=QUEUE_RE)
+    body.done()
+    out = await request.app[CANCELLER].cancel_all(by=by, reason=reason, force=force, actor=actor,
+                                                  queue=queue)
+    metrics = request.app[METRICS]
+    metrics.cancels.labels("all", str(force).lower()).inc()
+    for effect, ids in (("cancelled", out.cancelled), ("cancelling", out.cancelling),
+                        ("hastened", out.hastened)):
+        metrics.cancelled_tasks.labels(effect).inc(len(ids))
+    summary = {"cancelled": len(out.cancelled), "cancelling": len(out.cancelling),
+               "hastened": len(out.hastened)}
+    await publish_event(request.app, "tasks.cancel_all", by=by, forced=force, actor=actor,
+                        queue=queue, **summary)
+    # Orphans (Celery work without a row) are the reaper's to find; none are known here.
+    return web.json_response({**summary, "orphans": 0, "took_ms": round(out.took_ms, 1),
+                              "audit_id": out.audit_id}, status=202)
+
+
+async def resume_task(request: web.Request) -> web.Response:
+    by = authenticate(request)
+    tid = task_id(request)
+    Body(await json_object(request, optional=True), set()).done()
+    try:
+        row = await request.app[CANCELLER].resume(tid)
+    except KeyError:
+        raise _not_found(tid) from None
+    except CancelConflict as exc:
+        raise _conflict(exc) from None
+    request.app[METRICS].resumed.inc()
+    log.info("task.resume_requested", task_id=str(tid), by=by)
+    await publish_event(request.app, "task.resumed", task_id=str(tid), status=row["status"],
+                        by=by)
+    return _task_response(row, 202)

@@ -1,0 +1,231 @@
+"""`make run`: the API, the reaper and a worker in the foreground, on one machine.
+
+Without DATABASE_URL / REDIS_URL it starts embedded PostgreSQL and Redis under RUN_DIR.
+Ctrl-C or SIGTERM stops every child process group, then the embedded servers; if any child
+dies on its own, the others are stopped too and the exit status is non-zero.
+
+    python -m services.run                # api, reaper and worker
+    python -m services.run worker         # one more worker against the same services
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import secrets
+import shlex
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
+
+import structlog
+from honcho.manager import Manager
+from honcho.printer import Message, Printer
+
+from shared.logs import configure_logging
+from shared.migrate import migrate_url
+from shared.settings import Settings
+
+log = structlog.get_logger("run")
+
+PROCESS_NAMES = ("api", "reaper", "worker")
+_READY_TIMEOUT = 120.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings, "run")
+    embedded = None
+    with _sigterm_exits():
+        try:
+            if not settings.database_url or not settings.redis_url:
+                # Imported here so a deployment with real servers never loads the wheels.
+                from shared.embedded import EmbeddedServices
+
+                embedded = EmbeddedServices(Path(settings.run_dir))
+                database_url, redis_url = embedded.start()
+                settings = settings.with_(database_url=settings.database_url or database_url,
+                                          redis_url=settings.redis_url or redis_url)
+            applied = asyncio.run(migrate_url(settings.database_url))
+            log.info("run.migrated", applied=applied)
+            token_file = Path(settings.run_dir) / "api-token"
+            if not settings.api_token:
+                settings = settings.with_(api_token=_load_or_create_token(token_file))
+            _print_banner(settings, args.processes, embedded is not None, token_file)
+            return _supervise(settings, args.processes)
+        finally:
+            if embedded is not None:
+                with _signals_ignored():  # a second Ctrl-C must not strand the servers
+                    embedded.stop()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("processes", nargs="*", metavar="PROCESS",
+                        help=f"which of {', '.join(PROCESS_NAMES)} to run (default: all)")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.processes) - set(PROCESS_NAMES))
+    if unknown:
+        parser.error(f"unknown process {', '.join(unknown)}; choose from {', '.join(PROCESS_NAMES)}")
+    args.processes = list(dict.fromkeys(args.processes)) or list(PROCESS_NAMES)
+    return args
+
+
+def _commands(names: list[str]) -> dict[str, list[str]]:
+    # A node name per run, so `make worker` beside `make run` is a distinct Celery node.
+    node = f"run{os.getpid()}@%h"
+    every = {
+        "api": [sys.executable, "-m", "services.api"],
+        "reaper": [sys.executable, "-m", "services.reaper"],
+        "worker": [sys.executable, "-m", "services.worker", "-n", node],
+    }
+    return {name: every[name] for name in names}
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "API_TOKEN": settings.api_token,
+        "WORKER_CONCURRENCY": str(settings.worker_concurrency),
+        # Lines reach the terminal as they are written, not when a buffer fills.
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def _supervise(settings: Settings, names: list[str]) -> int:
+    """Runs the children under honcho: prefixed, coloured output; one exits, all stop."""
+    manager = Manager(Printer(sys.stdout))
+    env = _child_env(settings)
+    for name, argv in _commands(names).items():
+        # exec: the shell honcho starts becomes the service, so its process group is the
+        # service's own and a group signal reaches Celery's pool children too.
+        manager.add_process(name, "exec " + shlex.join(argv), env=env)
+    done = threading.Event()
+    if "api" in names:
+        threading.Thread(target=_announce_ready, args=(manager, settings, done),
+                         name="ready-probe", daemon=True).start()
+    try:
+        manager.loop()
+    finally:
+        done.set()
+    rc = manager.returncode
+    # Services never finish on their own, so even a clean exit of one is a failure.
+    return rc if rc else 1
+
+
+def _announce_ready(manager: Manager, settings: Settings, done: threading.Event) -> None:
+    url = f"{_api_base(settings)}/readyz"
+    started = time.monotonic()
+    while not done.is_set() and time.monotonic() - started < _READY_TIMEOUT:
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if response.status == 200:
+                    took = time.monotonic() - started
+                    _system_line(manager, f"ready in {took:.1f}s: {_api_base(settings)}\n")
+                    return
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 while a dependency comes up
+        done.wait(0.2)
+    if not done.is_set():
+        _system_line(manager, f"API not ready after {_READY_TIMEOUT:.0f}s; see {settings.log_dir}/\n")
+
+
+def _system_line(manager: Manager, text: str) -> None:
+    # The manager's queue is the only writer to the terminal, so lines never interleave.
+    manager.events.put(Message(type="line", data=text, time=datetime.datetime.now(),
+                               name="system", colour=None))
+
+
+def _load_or_create_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.info("run.token_created", path=str(path))
+    return token
+
+
+def _api_base(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _print_banner(settings: Settings, names: list[str], embedded: bool, token_file: Path) -> None:
+    source = f"embedded, data in {settings.run_dir}/" if embedded else "configured"
+    token_origin = (f"saved in {token_file}" if os.environ.get("API_TOKEN", "") == ""
+                    else "from API_TOKEN")
+    lines = [
+        "",
+        f"  taskreaper: {', '.join(names)}",
+        f"  PostgreSQL  {_redact(settings.database_url)}  ({source})",
+        f"  Redis       {_redact(settings.redis_url)}",
+        f"  Logs        {settings.log_dir}/",
+    ]
+    if "api" in names:
+        base = _api_base(settings)
+        lines += [
+            f"  API         {base}  (health: {base}/readyz)",
+            f"  API token   {settings.api_token}  ({token_origin})",
+            f"  Try         curl -H 'Authorization: Bearer {settings.api_token}' "
+            f"{base}/api/v1/system/status",
+        ]
+    lines += ["  Stop        Ctrl-C", ""]
+    print("\n".join(lines), flush=True)
+
+
+@contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM during startup unwinds like Ctrl-C, so `finally` stops what was started."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
