@@ -1,0 +1,92 @@
+"""Servers a test may stop and start again: a Redis without persistence and a PostgreSQL.
+
+The shared services of the machine are never restarted by tests; these are private.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+
+import pgserver
+import psutil
+import redis
+
+from shared.embedded import _redis_server_binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """Keeps nothing on disk: a restart loses every queue, like the CI server would."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [str(_redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("private redis did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class PostgresServer:
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._server: pgserver.PostgresServer | None = None
+
+    def start(self) -> PostgresServer:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._server = pgserver.PostgresServer(self.pgdata, cleanup_mode=None)
+        return self
+
+    @property
+    def admin_url(self) -> str:
+        assert self._server is not None
+        info = self._server.get_postmaster_info()
+        return f"postgresql://postgres@/postgres?host={info.socket_dir}&port={info.port}"
+
+    def url_for(self, database: str) -> str:
+        return self.admin_url.replace("/postgres?", f"/{database}?")
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata,
+                        user=self._server.system_user)
+
+    def postmaster(self) -> psutil.Process | None:
+        pidfile = self.pgdata / "postmaster.pid"
+        if not pidfile.exists():
+            return None
+        return psutil.Process(int(pidfile.read_text().split("\n", 1)[0]))
