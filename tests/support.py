@@ -84,7 +84,11 @@ class WorkerProcess:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
                     raise AssertionError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
-                replies = app.control.ping(destination=[self.node], timeout=0.5)
+                try:
+                    replies = app.control.ping(destination=[self.node], timeout=0.5)
+                except Exception:  # the broker is restarting; ask again
+                    time.sleep(0.2)
+                    continue
                 if replies and len(self.children()) >= self.concurrency:
                     return self
             raise AssertionError(f"worker {self.node} not ready after {timeout}s")

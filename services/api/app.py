@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 
@@ -27,6 +26,7 @@ from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
 from shared.keys import Keys
+from shared.redis_client import connect
 from shared.settings import Settings
 
 log = structlog.get_logger("api")
@@ -67,7 +67,8 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_post("/api/v1/tasks/{id}/resume", tasks.resume_task)
     router.add_get("/api/v1/actors", system.list_actors)
     router.add_get("/api/v1/system/status", system.system_status)
-    router.add_get("/api/v1/events", events.stream_events)
+    # HEAD would hold a connection open with nothing to send.
+    router.add_get("/api/v1/events", events.stream_events, allow_head=False)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -80,9 +81,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
-    app[REDIS] = aioredis.from_url(app[SETTINGS].redis_url, decode_responses=True,
-                                   socket_connect_timeout=2, socket_timeout=5,
-                                   health_check_interval=30)
+    app[REDIS] = connect(app[SETTINGS].redis_url, decode=True)
     yield
     await app[REDIS].aclose()
 

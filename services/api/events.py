@@ -10,6 +10,7 @@ from typing import Any
 import redis.exceptions
 import structlog
 from aiohttp import web
+from redis.asyncio.client import PubSub
 
 from services.api.state import KEYS, REDIS, SSE_KEEPALIVE, STOPPING
 
@@ -61,7 +62,7 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         await pubsub.aclose()
 
 
-async def _relay(request: web.Request, response: web.StreamResponse, pubsub: Any) -> None:
+async def _relay(request: web.Request, response: web.StreamResponse, pubsub: PubSub) -> None:
     app = request.app
     keepalive = app[SSE_KEEPALIVE]
     stopping = app[STOPPING]

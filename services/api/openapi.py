@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 from aiohttp import web
@@ -40,10 +39,9 @@ def _json(schema: Schema, description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _obj(properties: dict[str, Schema], required: list[str] | None = None, *,
-         closed: bool = True) -> Schema:
-    schema: Schema = {"type": "object", "properties": properties,
-                      "additionalProperties": not closed}
+def _obj(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    """A closed object: the API refuses fields it does not know."""
+    schema: Schema = {"type": "object", "properties": properties, "additionalProperties": False}
     if required:
         schema["required"] = required
     return schema
@@ -91,10 +89,6 @@ def _schemas() -> dict[str, Schema]:
             "percent": _nullable(number), "current_chunk": _nullable(integer),
             "eta_seconds": _nullable(number),
         }, ["done", "failed", "total", "percent", "current_chunk", "eta_seconds"]),
-        "Cancel": _obj({
-            "requested_at": _TIME, "reason": _nullable(string), "by": _nullable(string),
-            "forced": {"type": "boolean"}, "deadline": _nullable(_TIME),
-        }, ["requested_at", "reason", "by", "forced", "deadline"]),
         "Task": _obj({
             "id": {"type": "string", "format": "uuid"}, "actor": string, "queue": string,
             "kwargs": {"type": "object", "additionalProperties": True},
@@ -104,7 +98,11 @@ def _schemas() -> dict[str, Schema]:
             "started_at": _nullable(_TIME), "finished_at": _nullable(_TIME),
             "worker": _nullable(string), "outcome": _nullable(string),
             "error": _nullable(string), "resumes": integer,
-            "cancel": {**_ref("Cancel"), "nullable": True},
+            # Inline: OpenAPI 3.0 ignores `nullable` beside a $ref.
+            "cancel": _nullable(_obj({
+                "requested_at": _TIME, "reason": _nullable(string), "by": _nullable(string),
+                "forced": {"type": "boolean"}, "deadline": _nullable(_TIME),
+            }, ["requested_at", "reason", "by", "forced", "deadline"])),
         }, ["id", "actor", "queue", "kwargs", "status", "attempt", "progress", "heartbeat_at",
             "created_at", "started_at", "finished_at", "worker", "outcome", "error", "cancel"]),
         "TaskPage": _obj({"items": {"type": "array", "items": _ref("Task")},
@@ -147,7 +145,6 @@ def _schemas() -> dict[str, Schema]:
     }
 
 
-@cache
 def document() -> Schema:
     task, page = _ref("Task"), _ref("TaskPage")
     anything = {"type": "object", "additionalProperties": True}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +13,9 @@ from aiohttp import web
 from services.api.serialize import actor_json
 from services.api.state import DB, KEYS, REDIS, SETTINGS
 from shared.db import Db
+from shared.queues import queue_lengths, unacked_count
+from shared.registry import live_executions
+from shared.states import TERMINAL
 
 
 async def list_actors(request: web.Request) -> web.Response:
@@ -31,37 +35,35 @@ async def system_status(request: web.Request) -> web.Response:
     db, redis, keys = app[DB], app[REDIS], app[KEYS]
     counts = await db.counts()
     queues = sorted({app[SETTINGS].default_queue, *(a["queue"] for a in await db.list_actors())})
-    now = time.time()
+    registered = await live_executions(redis, keys, include_expired=True)
+    live = {tid: e for tid, e in registered.items() if e.alive}
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrangebyscore(keys.executions, now, "+inf", withscores=True)
-        pipe.zcount(keys.executions, "-inf", f"({now}")
-        for queue in queues:
-            pipe.llen(keys.celery_key(queue))
-        pipe.hlen(keys.celery_key("unacked"))
+        pipe.hgetall(keys.workers)
         pipe.get(keys.leader)
         pipe.hgetall(keys.reaper_status)
-        live, expired, *lengths, unacked, leader, reaper = await pipe.execute()
-    expiries = dict(live)
-    infos = await redis.hmget(keys.execution_info, list(expiries)) if expiries else []
-    executions = []
-    workers: dict[str, int] = {}
-    for tid, raw in zip(expiries, infos, strict=True):
-        info = _json_or_text(raw) if raw else {}
-        info = info if isinstance(info, dict) else {}
-        executions.append({**info, "task_id": tid, "expires_at": expiries[tid]})
-        node = str(info.get("node") or info.get("host") or "unknown")
-        workers[node] = workers.get(node, 0) + 1
+        announced, leader, reaper = await pipe.execute()
     return web.json_response({
         "counts": counts,
-        "queues": {q: {"ready": n} for q, n in zip(queues, lengths, strict=True)},
-        "unacked": unacked,
-        "executions": executions,
-        "expired_executions": expired,
-        "workers": [{"node": n, "executions": c} for n, c in sorted(workers.items())],
-        "inconsistencies": await _inconsistencies(db, set(expiries)),
+        "queues": {q: {"ready": n} for q, n in (await queue_lengths(redis, keys, queues)).items()},
+        "unacked": await unacked_count(redis, keys),
+        "workers": _workers(announced, Counter(e.node for e in live.values())),
+        "executions": [dataclasses.asdict(e) for e in live.values()],
+        "expired_executions": len(registered) - len(live),
+        "inconsistencies": await _inconsistencies(db, set(live)),
         "reaper": {"leader": leader,
                    "status": {k: _json_or_text(v) for k, v in reaper.items()} or None},
     })
+
+
+def _workers(announced: dict[str, str], running: Counter[str]) -> list[dict[str, Any]]:
+    """Announced worker main processes, plus any node seen only through its executions."""
+    out = {}
+    for node, raw in announced.items():
+        info = _json_or_text(raw)
+        out[node] = {**(info if isinstance(info, dict) else {}), "node": node}
+    for node in running.keys() - out.keys():
+        out[node] = {"node": node}
+    return [{**out[n], "executions": running.get(n, 0)} for n in sorted(out)]
 
 
 def _uuids(values: set[str]) -> list[uuid.UUID]:
@@ -77,11 +79,12 @@ def _uuids(values: set[str]) -> list[uuid.UUID]:
 async def _inconsistencies(db: Db, live: set[str]) -> dict[str, list[str]]:
     """Rows and executions that disagree; the reaper's reconciler settles them. O(active)."""
     active = {str(r["id"]) for r in await db.active_rows()}
-    unregistered = sorted(active - live)
     stray = live - active
     # A live execution whose row is not running: finished a moment ago, or undead.
     rows = await db.active_by_ids(_uuids(stray)) if stray else []
-    undead = sorted(str(r["id"]) for r in rows if r["status"] not in ("running", "cancelling"))
-    unknown = sorted(stray - {str(r["id"]) for r in rows})
-    return {"running_without_execution": unregistered, "execution_of_terminal_task": undead,
-            "execution_without_task": unknown}
+    return {
+        "running_without_execution": sorted(active - live),
+        "execution_of_terminal_task": sorted(
+            str(r["id"]) for r in rows if r["status"] in TERMINAL),
+        "execution_without_task": sorted(stray - {str(r["id"]) for r in rows}),
+    }

@@ -36,6 +36,7 @@ def load_actors(settings: Settings) -> list[Actor]:
 
 def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, Runtime]:
     app = make_celery(settings, "taskreaper-worker")
+    app.conf.broker_transport = "services.worker.transport:Transport"
     runtime = Runtime(settings, app)
     for act in actors:
         _register(app, runtime, act)

@@ -206,3 +206,25 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 SELECT id, actor, status, attempt, worker, pid, done, failed, total, current_chunk,
        eta_seconds, heartbeat_at, started_at, created_at
 FROM tasks WHERE status IN ('running', 'cancelling') ORDER BY started_at;
+
+-- name: active_queues
+-- Queues that still hold work in the DB's view (served by the partial index).
+SELECT DISTINCT queue FROM tasks WHERE status IN ('queued', 'running', 'cancelling');
+
+-- name: force_kill_all
+-- taskctl force-kill: every non-terminal row ends now, in one statement. Rows that ran
+-- (or were being cancelled) were killed; queued ones never started.
+WITH doomed AS (
+    SELECT id, status FROM tasks
+    WHERE status IN ('queued', 'running', 'cancelling')
+    FOR UPDATE
+)
+UPDATE tasks t
+SET status = 'cancelled', finished_at = now(),
+    outcome = CASE WHEN doomed.status = 'queued' THEN 'never_started' ELSE 'killed' END,
+    cancel_requested_at = coalesce(t.cancel_requested_at, now()),
+    cancel_reason = $1, cancel_by = $2, cancel_forced = true,
+    cancel_deadline = least(coalesce(t.cancel_deadline, now()), now())
+FROM doomed
+WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling')
+RETURNING t.id, t.message_id, doomed.status AS was;
