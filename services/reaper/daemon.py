@@ -6,7 +6,6 @@ import asyncio
 import os
 import socket
 
-import redis.asyncio as aioredis
 import structlog
 from prometheus_client import start_http_server
 
@@ -20,6 +19,7 @@ from services.reaper.supervisor import Supervisor
 from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys
+from shared.redis_client import connect
 from shared.settings import Settings
 
 log = structlog.get_logger("reaper")
@@ -36,7 +36,7 @@ async def _connect_db(settings: Settings) -> Db:
 
 async def run_reaper(settings: Settings, stop: asyncio.Event) -> None:
     keys = Keys(settings.key_prefix)
-    redis = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    redis = connect(settings.redis_url)
     celery = make_celery(settings, "taskreaper-reaper")
     db = await _connect_db(settings)
     identity = f"{socket.gethostname()}:{os.getpid()}"
