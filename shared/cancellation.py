@@ -44,6 +44,8 @@ class CancelAll:
     cancelled: list[uuid.UUID] = field(default_factory=list)
     cancelling: list[uuid.UUID] = field(default_factory=list)
     hastened: list[uuid.UUID] = field(default_factory=list)
+    # Celery work with no row that the reaper knows of; it revokes and kills them.
+    orphans: int = 0
     audit_id: int | None = None
     took_ms: float = 0.0
 
@@ -119,6 +121,7 @@ class Canceller:
             out.audit_id = audit["id"]
         await self._announce({"all": True, "actor": actor, "queue": queue, "force": force,
                               "reason": reason, "before": committed_at}, message_ids)
+        out.orphans = await self._orphans_and_scan()
         out.took_ms = (time.perf_counter() - started) * 1000
         log.info("task.cancel_all", by=by, forced=force, actor=actor, queue=queue,
                  cancelled=len(out.cancelled), cancelling=len(out.cancelling),
@@ -140,6 +143,17 @@ class Canceller:
         await publish(self.celery, new["actor"], task_id, message_id, new["queue"])
         log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"])
         return new
+
+    async def _orphans_and_scan(self) -> int:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.scan_request, "1", ex=60)
+                pipe.hget(self.keys.reaper_status, "found:orphans")
+                _, found = await pipe.execute()
+            return max(0, int(found or 0))
+        except Exception as exc:
+            log.warning("task.orphan_scan_request_failed", error=str(exc))
+            return 0
 
     async def _announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
         """Fast path only: a failure here delays the cancel until the workers' DB poll."""

@@ -42,6 +42,11 @@ class Keys:
         return f"{self.prefix}:reaper:leader"
 
     @property
+    def scan_request(self) -> str:
+        """Set by cancel-all: the reaper looks for orphans at once instead of on schedule."""
+        return f"{self.prefix}:reaper:scan-request"
+
+    @property
     def reaper_status(self) -> str:
         return f"{self.prefix}:reaper:status"
 

@@ -152,8 +152,7 @@ async def cancel_all(request: web.Request) -> web.Response:
                "hastened": len(out.hastened)}
     await publish_event(request.app, "tasks.cancel_all", by=by, forced=force, actor=actor,
                         queue=queue, **summary)
-    # Orphans (Celery work without a row) are the reaper's to find; none are known here.
-    return web.json_response({**summary, "orphans": 0, "took_ms": round(out.took_ms, 1),
+    return web.json_response({**summary, "orphans": out.orphans, "took_ms": round(out.took_ms, 1),
                               "audit_id": out.audit_id}, status=202)
 
 

@@ -43,8 +43,9 @@ class CeleryOps:
 
     async def reserved_and_scheduled(self, timeout: float = 1.0) -> dict[str, list[dict[str, Any]]]:
         inspect = self.celery.control.inspect(timeout=timeout)
-        reserved = await self._run(inspect.reserved) or {}
-        scheduled = await self._run(inspect.scheduled) or {}
+        reserved, scheduled = await asyncio.gather(self._run(inspect.reserved),
+                                                   self._run(inspect.scheduled))
+        reserved, scheduled = reserved or {}, scheduled or {}
         out: dict[str, list[dict[str, Any]]] = {}
         for node, items in reserved.items():
             out.setdefault(node, []).extend(items)

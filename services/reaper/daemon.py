@@ -14,7 +14,7 @@ from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
 from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
-from services.reaper.reconcile import Reconciler
+from services.reaper.reconcile import BrokerScan, Reconciler
 from services.reaper.supervisor import Supervisor
 from shared.broker import make_celery
 from shared.db import Db
@@ -68,6 +68,8 @@ async def run_reaper(settings: Settings, stop: asyncio.Event) -> None:
     supervisor.every("leadership", settings.leader_ttl / 3, lead)
     supervisor.every("cancel_executor", min(0.25, settings.reconcile_interval), executor.tick)
     supervisor.every("reconcile", settings.reconcile_interval, reconciler.tick)
+    supervisor.every("broker_scan", min(0.5, settings.orphan_scan_interval),
+                     BrokerScan(ctx).tick)
     log.info("reaper.started", identity=identity, reconcile_interval=settings.reconcile_interval)
     try:
         await stop.wait()

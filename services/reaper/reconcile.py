@@ -24,6 +24,7 @@ class Pass:
     """What one reconcile pass saw; shared between rules so each broadcast happens once."""
 
     started: float = field(default_factory=time.time)
+    # Findings by kind when a rule has more than one.
     extra: dict[str, int] = field(default_factory=dict)
     _active: dict[str, dict[str, Any]] | None = None
 
@@ -127,23 +128,32 @@ class Undead:
 
 
 class BrokerScan:
-    """What only Celery itself knows, asked at a low rate (a broadcast and a queue scan):
+    """What only Celery itself knows, asked at a low rate in a loop of its own (broadcasts
+    wait up to a second for replies, and must not slow the reconcile pass):
     orphans (executing or waiting with no row: revoked, and killed if executing), undead
     executions our registry does not list, and lost messages (rows queued for a long time
     whose message is nowhere: re-enqueued once, then `lost`)."""
 
     name = "broker_scan"
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: ReaperContext) -> None:
+        self.ctx = ctx
         self._last = 0.0
-        self.orphans = 0
 
-    async def run(self, ctx: ReaperContext, p: Pass) -> int:
-        if time.time() - self._last < ctx.settings.orphan_scan_interval:
-            return 0
+    async def tick(self) -> None:
+        """Runs often; scans when due or when a cancel-all asked for it."""
+        ctx = self.ctx
+        if not ctx.leader.is_leader:
+            return
+        due = time.time() - self._last >= ctx.settings.orphan_scan_interval
+        if not due and not await ctx.redis.getdel(ctx.keys.scan_request):
+            return
         self._last = time.time()
+        p = Pass()
         found = await self._celery_side(ctx, p)
-        return found + await self._lost_messages(ctx, p)
+        found += await self._lost_messages(ctx, p)
+        await ctx.redis.hset(ctx.keys.reaper_status, mapping={
+            "last_scan_at": p.started, **{f"found:{k}": v for k, v in p.extra.items()}})
 
     async def _celery_side(self, ctx: ReaperContext, p: Pass) -> int:
         active = await p.celery_active(ctx)
@@ -179,16 +189,17 @@ class BrokerScan:
                 log.warning("reaper.undead", task_id=tid, node=req["node"],
                             row_status=row["status"], via="inspect")
         await ctx.celery.revoke(revoke)
-        self.orphans = orphans
         if orphans:
             ctx.metrics.findings.labels(rule="orphans").inc(orphans)
         if undead:
             ctx.metrics.findings.labels(rule="undead").inc(undead)
         p.extra["orphans"] = orphans
+        p.extra["undead_unregistered"] = undead
         return orphans + undead
 
     async def _lost_messages(self, ctx: ReaperContext, p: Pass) -> int:
         rows = await ctx.db.stranded_queued(ctx.settings.lost_message_after)
+        p.extra["lost_messages"] = 0
         if not rows:
             return 0
         queues = sorted({r["queue"] for r in rows})
@@ -224,7 +235,7 @@ class StaleRegistry:
 
 
 def default_rules() -> tuple[Rule, ...]:
-    return (Zombies(), Undead(), BrokerScan(), StaleRegistry())
+    return (Zombies(), Undead(), StaleRegistry())
 
 
 class Reconciler:
@@ -243,8 +254,6 @@ class Reconciler:
         for rule in self.rules:
             try:
                 findings[rule.name] = await rule.run(ctx, p)
-                findings.update(p.extra)
-                p.extra.clear()
             except Exception as exc:
                 log.warning("reaper.rule_failed", rule=rule.name, error=repr(exc))
                 findings[rule.name] = -1
