@@ -186,3 +186,7 @@ class Db:
                              ) -> list[Record]:
         """Ends every non-terminal row as cancelled; runs inside the caller's transaction."""
         return await conn.fetch(self.q["force_kill_all"], reason, by)
+
+    async def prune_history(self, days: int, limit: int = 1000) -> int:
+        status = await self.pool.execute(self.q["prune_history"], days, limit)
+        return int(status.split()[-1])

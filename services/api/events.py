@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any
 
 import redis.exceptions
@@ -13,6 +12,7 @@ from aiohttp import web
 from redis.asyncio.client import PubSub
 
 from services.api.state import KEYS, REDIS, SSE_KEEPALIVE, STOPPING
+from shared.events import encode
 
 log = structlog.get_logger("api.events")
 
@@ -22,7 +22,7 @@ _POLL = 0.5
 
 async def publish_event(app: web.Application, kind: str, **fields: Any) -> None:
     """Best effort: the DB row is the record, the event only makes the news travel."""
-    payload = json.dumps({"type": kind, "at": time.time(), **fields}, default=str)
+    payload = encode(kind, **fields)
     try:
         await app[REDIS].publish(app[KEYS].events_channel, payload)
     except redis.exceptions.RedisError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +12,7 @@ from services.reaper.celery_ops import CeleryOps
 from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
 from shared.db import Db
+from shared.events import encode
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -32,6 +32,7 @@ class ReaperContext:
     async def publish_change(self, task_id: Any, status: str, **extra: Any) -> None:
         try:
             await self.redis.publish(self.keys.events_channel,
-                                     json.dumps({"id": str(task_id), "status": status, **extra}))
+                                     encode("task.changed", task_id=str(task_id), status=status,
+                                            **extra))
         except Exception as exc:
             log.warning("reaper.event_publish_failed", error=str(exc))

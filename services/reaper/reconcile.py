@@ -234,8 +234,19 @@ class StaleRegistry:
         return await prune_expired(ctx.redis, ctx.keys, ctx.settings.heartbeat_timeout * 2)
 
 
+class Retention:
+    """Finished tasks older than the retention period are deleted, a batch per pass."""
+
+    name = "retention"
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        if ctx.settings.history_retention_days <= 0:
+            return 0
+        return await ctx.db.prune_history(ctx.settings.history_retention_days)
+
+
 def default_rules() -> tuple[Rule, ...]:
-    return (Zombies(), Undead(), StaleRegistry())
+    return (Zombies(), Undead(), StaleRegistry(), Retention())
 
 
 class Reconciler:

@@ -26,6 +26,7 @@ from services.worker.execution import Execution
 from services.worker.heartbeat import HeartbeatLog
 from shared.cancellation import event_matches
 from shared.db import Db
+from shared.events import encode
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.states import Outcome, TaskStatus
@@ -51,6 +52,7 @@ class Sidecar:
         self._db_lock: asyncio.Lock | None = None
         self._pending: list[tuple[Execution, int, bool, Any]] = []
         self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
+        self._published: dict[str, tuple[Any, ...]] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskreaper-sidecar", daemon=True)
 
@@ -145,8 +147,19 @@ class Sidecar:
 
     # -- execution lifecycle ------------------------------------------------------------
 
+    async def publish(self, kind: str, ex: Execution, **fields: Any) -> None:
+        assert self.redis is not None
+        p = ex.progress
+        try:
+            await self.redis.publish(self.keys.events_channel, encode(
+                kind, task_id=ex.id, attempt=ex.attempt, actor=ex.actor, done=p.done,
+                failed=p.failed, total=p.total, current_chunk=p.current, **fields))
+        except Exception as exc:
+            log.debug("worker.event_publish_failed", error=str(exc))
+
     async def begin(self, ex: Execution) -> None:
         self.current = ex
+        await self.publish("task.changed", ex, status=TaskStatus.RUNNING, worker=self.node)
         tasks = [self.loop.create_task(self._monitor(ex))]
         if ex.time_limit:
             tasks.append(self.loop.create_task(self._time_limit(ex, ex.time_limit)))
@@ -183,6 +196,8 @@ class Sidecar:
                 log.warning("task.finish_retry", task_id=ex.id, error=str(exc))
                 await asyncio.sleep(1.0)
         await self._release(ex)
+        if ended:
+            await self.publish("task.changed", ex, status=ended)
         return ended
 
     async def requeue(self, ex: Execution, message_id: Any, eta: Any, error: str | None) -> Any:
@@ -227,12 +242,22 @@ class Sidecar:
                 state = await db.execution_state(ex.task_id)
                 why = "superseded" if state and state["attempt"] != ex.attempt else "ended"
                 self.trigger(ex, why, forced=False, via="poll")
-            elif row["status"] == TaskStatus.CANCELLING:
+            else:
+                await self._publish_progress(ex)
+            if row is not None and row["status"] == TaskStatus.CANCELLING:
                 self.trigger(ex, row["cancel_reason"] or "cancelled",
                              forced=bool(row["cancel_forced"]), via="poll")
         except Exception as exc:
             # The task keeps running through a DB outage; the next beat retries.
             log.warning("task.heartbeat_failed", task_id=ex.id, error=str(exc))
+
+    async def _publish_progress(self, ex: Execution) -> None:
+        p = ex.progress
+        now = (p.done, p.failed, p.total, p.current)
+        if now != self._published.get(ex.id):
+            self._published = {ex.id: now}
+            await self.publish("task.progress", ex,
+                               eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped))
 
     # -- checkpoints --------------------------------------------------------------------
 

@@ -228,3 +228,13 @@ SET status = 'cancelled', finished_at = now(),
 FROM doomed
 WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling')
 RETURNING t.id, t.message_id, doomed.status AS was;
+
+-- name: prune_history
+-- Results go with their task (ON DELETE CASCADE). Bounded per call.
+WITH old AS (
+    SELECT id FROM tasks
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'lost')
+      AND finished_at < now() - make_interval(days => $1)
+    ORDER BY finished_at LIMIT $2
+)
+DELETE FROM tasks t USING old WHERE t.id = old.id;
