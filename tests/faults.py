@@ -1,12 +1,16 @@
 """Servers a test may stop and start again: a Redis without persistence and a PostgreSQL.
 
 The shared services of the machine are never restarted by tests; these are private.
+Their files live under /tmp rather than pytest's folder, which is private to root and
+so unreadable for the PostgreSQL server's own user.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +19,7 @@ import pgserver
 import psutil
 import redis
 
-from shared.embedded import _redis_server_binary
+from shared.embedded import redis_server_binary
 
 
 def free_port() -> int:
@@ -24,11 +28,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def scratch_dir(name: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"taskreaper-{name}-"))
+    path.chmod(0o755)
+    return path
+
+
 class RedisServer:
     """Keeps nothing on disk: a restart loses every queue, like the CI server would."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    def __init__(self) -> None:
+        self.workdir = scratch_dir("redis")
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +49,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [str(_redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
+            [str(redis_server_binary()), "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -57,11 +67,16 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(10)
 
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
 
 class PostgresServer:
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+    def __init__(self) -> None:
+        self.root = scratch_dir("pg")
+        self.pgdata = self.root / "data"
+        self.pgdata.mkdir()
         self._server: pgserver.PostgresServer | None = None
 
     def start(self) -> PostgresServer:
@@ -84,6 +99,13 @@ class PostgresServer:
             return
         pgserver.pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pgdata,
                         user=self._server.system_user)
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def postmaster(self) -> psutil.Process | None:
         pidfile = self.pgdata / "postmaster.pid"

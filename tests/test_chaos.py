@@ -11,7 +11,6 @@ import os
 import random
 import time
 import uuid
-from pathlib import Path
 
 import psutil
 
@@ -29,12 +28,12 @@ from tests.support import wait_for
 
 
 async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_reaper,
-                               tmp_path: Path) -> None:
+                               private_redis: RedisServer) -> None:
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
     seconds = float(os.environ.get("CHAOS_SECONDS", "75"))
     print(f"chaos seed={seed} seconds={seconds}")
     rng = random.Random(seed)
-    server = RedisServer(tmp_path / "redis").start()
+    server = private_redis
     s = settings.with_(redis_url=server.url, cancel_grace=1.0, lost_message_after=3.0,
                        orphan_scan_interval=1.0, visibility_timeout=5.0)
     celery = make_celery(s)
@@ -138,4 +137,3 @@ async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_r
         assert row["n"] == row["kwargs"]["chunks"], dict(row)
     celery.close()
     await r.aclose()
-    server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -35,49 +34,47 @@ async def _row(db: Db, tid: uuid.UUID, predicate, timeout: float, what: str):
 
 
 async def test_redis_restart_during_running_tasks_and_a_cancel(
-        settings: Settings, db: Db, start_worker, start_reaper, tmp_path: Path) -> None:
+        settings: Settings, db: Db, start_worker, start_reaper, private_redis: RedisServer
+) -> None:
     # given a private Redis, a worker and a reaper on it, and two distills running
-    server = RedisServer(tmp_path / "redis").start()
-    try:
-        s = settings.with_(redis_url=server.url)
-        start_worker(s)
-        start_reaper(s)
-        celery = make_celery(s)
-        r = aioredis.from_url(s.redis_url)
-        canceller = Canceller(s, db, r, celery)
-        keep = await submit(db, celery, actor="distill", kwargs={"chunks": 40, "chunk_seconds": 0.1})
-        stop = await submit(db, celery, actor="distill", kwargs={"chunks": 400, "chunk_seconds": 0.1})
-        for tid in (keep["id"], stop["id"]):
-            await _row(db, tid, lambda x: x["status"] == "running" and x["done"] >= 2, 20,
-                       "running")
-        # when Redis goes away, a cancel is made meanwhile, and Redis comes back empty
-        server.stop()
-        t0 = time.monotonic()
-        await canceller.cancel(stop["id"], by="test")
-        await asyncio.sleep(1.0)
-        server.start()
-        # then the cancel is honoured through the DB poll
-        cancelled = await _row(db, stop["id"], lambda x: x["status"] in TERMINAL, 10, "cancelled")
-        assert cancelled["status"] == "cancelled", dict(cancelled)
-        assert time.monotonic() - t0 < 1.0 + settings.cancel_poll_interval + 2.0
-        # and the other task completes, every chunk saved once
-        done = await _row(db, keep["id"], lambda x: x["status"] in TERMINAL, 30, "finished")
-        assert done["status"] == "succeeded", dict(done)
-        assert [x["chunk"] for x in await db.list_results(keep["id"])] == list(range(40))
-        # and the worker has reconnected: a new task runs
-        again = await submit(db, celery, actor="distill", kwargs={"chunks": 2, "chunk_seconds": 0.01})
-        ok = await _row(db, again["id"], lambda x: x["status"] in TERMINAL, 30, "new task")
-        assert ok["status"] == "succeeded"
-        assert await db.counts(history=False) == {k: 0 for k in (await db.counts(history=False))}
-        celery.close()
-        await r.aclose()
-    finally:
-        server.stop()
+    server = private_redis
+    s = settings.with_(redis_url=server.url)
+    start_worker(s)
+    start_reaper(s)
+    celery = make_celery(s)
+    r = aioredis.from_url(s.redis_url)
+    canceller = Canceller(s, db, r, celery)
+    keep = await submit(db, celery, actor="distill", kwargs={"chunks": 40, "chunk_seconds": 0.1})
+    stop = await submit(db, celery, actor="distill", kwargs={"chunks": 400, "chunk_seconds": 0.1})
+    for tid in (keep["id"], stop["id"]):
+        await _row(db, tid, lambda x: x["status"] == "running" and x["done"] >= 2, 20,
+                   "running")
+    # when Redis goes away, a cancel is made meanwhile, and Redis comes back empty
+    server.stop()
+    t0 = time.monotonic()
+    await canceller.cancel(stop["id"], by="test")
+    await asyncio.sleep(1.0)
+    server.start()
+    # then the cancel is honoured through the DB poll
+    cancelled = await _row(db, stop["id"], lambda x: x["status"] in TERMINAL, 10, "cancelled")
+    assert cancelled["status"] == "cancelled", dict(cancelled)
+    assert time.monotonic() - t0 < 1.0 + settings.cancel_poll_interval + 2.0
+    # and the other task completes, every chunk saved once
+    done = await _row(db, keep["id"], lambda x: x["status"] in TERMINAL, 30, "finished")
+    assert done["status"] == "succeeded", dict(done)
+    assert [x["chunk"] for x in await db.list_results(keep["id"])] == list(range(40))
+    # and the worker has reconnected: a new task runs
+    again = await submit(db, celery, actor="distill", kwargs={"chunks": 2, "chunk_seconds": 0.01})
+    ok = await _row(db, again["id"], lambda x: x["status"] in TERMINAL, 30, "new task")
+    assert ok["status"] == "succeeded"
+    assert await db.counts(history=False) == {k: 0 for k in (await db.counts(history=False))}
+    celery.close()
+    await r.aclose()
 
 
 @pytest.fixture
-async def private_pg(tmp_path: Path):
-    server = PostgresServer(tmp_path / "pg").start()
+async def private_pg():
+    server = PostgresServer().start()
     conn = await asyncpg.connect(server.admin_url)
     await conn.execute("CREATE DATABASE faults")
     await conn.close()
@@ -85,7 +82,7 @@ async def private_pg(tmp_path: Path):
     await migrate(conn)
     await conn.close()
     yield server
-    server.stop()
+    server.remove()
 
 
 async def test_postgres_restart_mid_run(settings: Settings, private_pg: PostgresServer,
