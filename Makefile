@@ -35,3 +35,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Operator tools, benchmarks and the dashboard screenshot.
+-include mk/*.mk

@@ -121,9 +121,10 @@ class Db:
 
     async def finish_task(self, task_id: uuid.UUID, attempt: int, status: TaskStatus, *,
                           outcome: str | None = None, error: str | None = None,
-                          done: int | None = None, failed: int | None = None) -> str | None:
+                          done: int | None = None, failed: int | None = None,
+                          total: int | None = None) -> str | None:
         return await self.pool.fetchval(self.q["finish_task"], task_id, attempt, str(status),
-                                        outcome, error, done, failed)
+                                        outcome, error, done, failed, total)
 
     async def request_time_limit(self, task_id: uuid.UUID, attempt: int, grace: float
                                  ) -> datetime | None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from services.api import events, health, openapi, system, tasks
+from services.api import dashboard, events, health, openapi, system, tasks
 from services.api.errors import error_middleware
 from services.api.metrics import Metrics, metrics_handler, metrics_middleware
 from services.api.state import (
@@ -69,6 +69,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_get("/api/v1/system/status", system.system_status)
     # HEAD would hold a connection open with nothing to send.
     router.add_get("/api/v1/events", events.stream_events, allow_head=False)
+    dashboard.add_routes(router)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

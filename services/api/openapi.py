@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.api.dashboard import asset_names
 from services.api.inputs import NAME_MAX, NAME_PATTERN, QUEUE_MAX, QUEUE_PATTERN, REASON_MAX
 from services.api.tasks import LIST_DEFAULT, LIST_MAX, MAX_COUNTDOWN
 from shared.states import TaskStatus
@@ -145,6 +146,11 @@ def _schemas() -> dict[str, Schema]:
     }
 
 
+def _asset_name() -> Schema:
+    names = asset_names()
+    return {"type": "string", "enum": list(names)} if names else {"type": "string"}
+
+
 def document() -> Schema:
     task, page = _ref("Task"), _ref("TaskPage")
     anything = {"type": "object", "additionalProperties": True}
@@ -222,6 +228,20 @@ def document() -> Schema:
                 "get": _op("OpenAPI document", {200: _json(anything, "This document")},
                            errors=()),
             },
+            "/": {"get": _op("Dashboard", {
+                200: {"description": "The operator dashboard, an HTML page",
+                      "content": {"text/html": {"schema": {"type": "string"}}}},
+                304: {"description": "Unchanged since the ETag in If-None-Match"},
+                404: _json(_ref("Error"), "The dashboard is not installed"),
+            }, errors=())},
+            "/static/{name}": {"get": _op("Dashboard asset", {
+                200: {"description": "A stylesheet, script or icon of the dashboard",
+                      "content": {t: {"schema": {"type": "string"}} for t in (
+                          "text/css", "text/javascript", "image/svg+xml")}},
+                304: {"description": "Unchanged since the ETag in If-None-Match"},
+                404: _json(_ref("Error"), "No such file"),
+            }, errors=(), params=[{"name": "name", "in": "path", "required": True,
+                                   "schema": _asset_name()}])},
         },
         "components": {
             "schemas": _schemas(),

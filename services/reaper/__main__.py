@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 
 from services.reaper.daemon import run_reaper
@@ -22,6 +24,10 @@ async def _main() -> None:
 
 def main() -> None:
     asyncio.run(_main())
+    # A remote-control broadcast stuck on a dead broker would hold the interpreter's exit
+    # (executor threads are joined); everything worth keeping was closed above.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

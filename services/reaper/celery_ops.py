@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from celery import Celery
@@ -11,9 +12,16 @@ from celery import Celery
 class CeleryOps:
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
+        # Its own threads, so a call stuck on a dead broker never holds up shutdown.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-ops")
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.celery.close()
 
     async def revoke(self, message_ids: list[str]) -> None:
         """Drops reserved and scheduled copies inside every worker; kills nothing."""

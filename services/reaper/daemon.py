@@ -79,7 +79,10 @@ async def run_reaper(settings: Settings, stop: asyncio.Event) -> None:
             await ctx.leader.release()
         except Exception as exc:
             log.warning("reaper.release_failed", error=str(exc))
-        celery.close()
+        ctx.celery.close()
         await redis.aclose()
-        await db.close()
+        try:
+            await asyncio.wait_for(db.close(), 5.0)
+        except (TimeoutError, OSError):
+            db.pool.terminate()
         log.info("reaper.stopped", identity=identity)

@@ -187,7 +187,7 @@ class Sidecar:
                 db = await self.db()
                 ended = await db.finish_task(ex.task_id, ex.attempt, status, outcome=outcome,
                                              error=error, done=ex.progress.done,
-                                             failed=ex.progress.failed)
+                                             failed=ex.progress.failed, total=ex.progress.total)
                 break
             except Exception as exc:
                 if time.monotonic() > deadline:

@@ -75,7 +75,8 @@ RETURNING chunk;
 -- name: finish_task
 UPDATE tasks
 SET status = $3, outcome = $4, error = $5, finished_at = now(),
-    done = coalesce($6, done), failed = coalesce($7, failed), heartbeat_at = now()
+    done = coalesce($6, done), failed = coalesce($7, failed), total = coalesce($8, total),
+    heartbeat_at = now()
 WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
 RETURNING status;
 

@@ -1,0 +1,336 @@
+"""The dashboard in headless Chromium against a real API server, worker, reaper and database.
+
+The browser is required: without Chromium and its driver these tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.select import Select
+
+from services.worker.actor import Actor
+from services.worker.actors.distill import distill
+from shared.db import Db
+from shared.settings import Settings
+from tests.support import ServiceProcess
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync")
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None,
+         token: str | None = None) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float, what: str,
+               interval: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = check()
+        except StaleElementReferenceException:
+            last = None  # the row was re-rendered between lookup and read
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+        time.sleep(interval)
+
+
+def start_api(settings: Settings, log_path: Path) -> tuple[ServiceProcess, str]:
+    """`python -m services.api` on a free port; returns once /readyz answers 200."""
+    port = free_port()
+    proc = ServiceProcess("services.api", settings.with_(port=port), log_path=log_path).start()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.proc is not None
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"the API exited with {proc.proc.returncode}; see {log_path}")
+        try:
+            return http("GET", f"{url}/readyz")[0] == 200
+        except OSError:
+            return False
+
+    eventually(ready, timeout=30, what="the API to be ready", interval=0.2)
+    return proc, url
+
+
+def register_actor(settings: Settings, act: Actor) -> None:
+    """Writes the catalogue row a starting worker would write."""
+    async def upsert() -> None:
+        db = await Db.connect(settings.database_url, min_size=1, max_size=1)
+        try:
+            await db.upsert_actor(act.name, act.queue, act.params, act.options)
+        finally:
+            await db.close()
+
+    asyncio.run(upsert())
+
+
+def launch_chromium(profile: Path, *, width: int = 1440, height: int = 900) -> WebDriver:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install the chromium and chromium-driver "
+                    "packages", pytrace=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+@pytest.fixture
+def api_url(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    proc, url = start_api(settings, tmp_path / "api.log")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    driver = launch_chromium(tmp_path / "chromium-profile")
+    yield driver
+    driver.quit()
+
+
+def row_attr(driver: WebDriver, task_id: str, selector: str, attribute: str) -> str | None:
+    found = driver.find_elements(By.CSS_SELECTOR, f'tr.task-row[data-id="{task_id}"] {selector}')
+    return found[0].get_attribute(attribute) if found else None
+
+
+def row_status(driver: WebDriver, task_id: str) -> str | None:
+    found = driver.find_elements(By.CSS_SELECTOR, f'tr.task-row[data-id="{task_id}"]')
+    return found[0].get_attribute("data-status") if found else None
+
+
+def browser_errors(driver: WebDriver) -> list[str]:
+    """Script errors and failed loads logged by the page (an SSE reconnect is not one)."""
+    try:
+        entries = driver.get_log("browser")
+    except WebDriverException:
+        return []
+    return [e["message"] for e in entries if e["level"] == "SEVERE"
+            and "/api/v1/events" not in e["message"]]
+
+
+def test_operator_submits_watches_progress_and_cancels_without_a_reload(
+        settings: Settings, api_url: str, browser: WebDriver, start_worker: Any,
+        start_reaper: Any) -> None:
+    # given a worker, a reaper and the dashboard open in a browser
+    worker = start_worker(concurrency=1)
+    start_reaper()
+    browser.get(api_url + "/")
+    assert browser.title == "Taskreaper"
+    browser.execute_script("window.__sameDocument = 'kept';")
+    banner = browser.find_element(By.ID, "token-banner")
+    assert banner.is_displayed()
+
+    # when the operator enters the API token once
+    browser.find_element(By.ID, "token-input").send_keys(settings.api_token)
+    browser.find_element(By.ID, "token-save").click()
+
+    # then it is kept for the tab and the prompt goes away
+    assert browser.execute_script(
+        "return sessionStorage.getItem('taskreaper.token')") == settings.api_token
+    eventually(lambda: not banner.is_displayed(), timeout=5, what="the token prompt to hide")
+
+    # when a distill is submitted from the page
+    eventually(lambda: "distill" in [o.get_attribute("value") for o in Select(
+        browser.find_element(By.ID, "submit-actor")).options], timeout=20,
+        what="the worker's actors in the submit form")
+    Select(browser.find_element(By.ID, "submit-actor")).select_by_value("distill")
+    kwargs = browser.find_element(By.ID, "submit-kwargs")
+    kwargs.clear()
+    kwargs.send_keys('{"chunks": 60, "chunk_seconds": 0.25}')
+    browser.find_element(By.ID, "submit-button").click()
+
+    # then its row appears and its progress bar moves
+    task_id = eventually(lambda: next((r.get_attribute("data-id") for r in browser.find_elements(
+        By.CSS_SELECTOR, "tr.task-row") if "distill" in r.text), None), timeout=10,
+        what="the submitted task's row")
+    eventually(lambda: row_status(browser, task_id) == "running", timeout=20,
+               what="the task to run")
+    seen: list[int] = []
+
+    def moved() -> bool:
+        value = row_attr(browser, task_id, ".progress", "data-percent")
+        if value and (not seen or int(value) != seen[-1]):
+            seen.append(int(value))
+        return len(seen) >= 2
+
+    eventually(moved, timeout=15, what="two different progress values")
+    assert seen == sorted(seen) and seen[-1] < 100, seen
+    width = row_attr(browser, task_id, ".progress-done", "style")
+    assert width and "width" in width
+    eventually(lambda: "ago" in (row_attr(browser, task_id, ".c-beat span", "textContent") or ""),
+               timeout=5, what="a heartbeat age")
+    assert row_attr(browser, task_id, ".worker", "textContent") == worker.node
+    assert row_attr(browser, task_id, ".c-attempt span", "textContent") == "#1"
+    system = browser.find_element(By.ID, "system")
+    eventually(lambda: worker.node in system.text, timeout=10, what="the worker in the panel")
+
+    # when the operator cancels it from its row, with a reason that looks like markup
+    browser.find_element(
+        By.CSS_SELECTOR, f'tr.task-row[data-id="{task_id}"] button[data-action="cancel"]').click()
+    dialog = browser.find_element(By.ID, "confirm-dialog")
+    eventually(dialog.is_displayed, timeout=5, what="the confirmation dialog")
+    reason = '<img id="injected" src="x"> enough'
+    browser.find_element(By.ID, "confirm-reason").send_keys(reason)
+    browser.find_element(By.ID, "confirm-ok").click()
+
+    # then the row turns cancelled in place, with no reload and the work saved so far kept
+    eventually(lambda: row_status(browser, task_id) == "cancelled", timeout=10,
+               what="the row to show cancelled")
+    assert row_attr(browser, task_id, ".badge", "textContent") == "cancelled"
+    assert browser.execute_script("return window.__sameDocument") == "kept"
+    status, task = http("GET", f"{api_url}/api/v1/tasks/{task_id}")
+    assert status == 200 and task["status"] == "cancelled"
+    assert task["cancel"]["reason"] == reason
+    assert 0 < task["progress"]["done"] < 60
+    row = browser.find_element(By.CSS_SELECTOR, f'tr.task-row[data-id="{task_id}"]')
+    assert row.find_element(By.CSS_SELECTOR, '[data-action="resume"]').is_displayed()
+    assert not row.find_element(By.CSS_SELECTOR, '[data-action="cancel"]').is_displayed()
+
+    # and the reason is shown as text, never as markup
+    browser.find_element(
+        By.CSS_SELECTOR, f'tr.task-row[data-id="{task_id}"] button[data-action="details"]').click()
+    eventually(lambda: reason in browser.find_element(By.CSS_SELECTOR, "tr.detail").text,
+               timeout=5, what="the cancel reason in the details")
+    assert browser.find_elements(By.ID, "injected") == []
+
+    # when it is resumed from its row, it runs again as attempt 2 from its checkpoint
+    row.find_element(By.CSS_SELECTOR, '[data-action="resume"]').click()
+    eventually(lambda: row_status(browser, task_id) == "running"
+               and row_attr(browser, task_id, ".c-attempt span", "textContent") == "#2",
+               timeout=20, what="the resumed task to run as attempt 2")
+    assert http("GET", f"{api_url}/api/v1/tasks/{task_id}")[1]["resumes"] == 1
+    assert browser.execute_script("return window.__sameDocument") == "kept"
+    assert browser_errors(browser) == []
+    # A forced stop, so the worker shuts down without waiting for the rest of the job.
+    http("POST", f"{api_url}/api/v1/tasks/{task_id}/cancel", {"force": True}, settings.api_token)
+    eventually(lambda: row_status(browser, task_id) == "cancelled", timeout=15,
+               what="the resumed task stopped")
+
+
+def queue_tasks(api_url: str, token: str, n: int) -> list[str]:
+    """Tasks scheduled an hour ahead: they stay queued, with or without a worker."""
+    ids = []
+    for _ in range(n):
+        status, task = http("POST", f"{api_url}/api/v1/tasks", {
+            "actor": "distill", "kwargs": {"chunks": 3}, "countdown": 3600}, token)
+        assert status == 202, task
+        ids.append(task["id"])
+    return ids
+
+
+def confirm(driver: WebDriver, *, reason: str = "", force: bool = False) -> None:
+    dialog = driver.find_element(By.ID, "confirm-dialog")
+    eventually(dialog.is_displayed, timeout=5, what="the confirmation dialog")
+    if reason:
+        driver.find_element(By.ID, "confirm-reason").send_keys(reason)
+    if force:
+        driver.find_element(By.ID, "confirm-force").click()
+    driver.find_element(By.ID, "confirm-ok").click()
+    eventually(lambda: not dialog.is_displayed(), timeout=5, what="the dialog to close")
+
+
+def bulk_button(driver: WebDriver, label: str) -> Any:
+    button = driver.find_element(By.ID, "cancel-filtered")
+    eventually(lambda: button.is_enabled() and button.text == label, timeout=10,
+               what=f"the bulk cancel button to read {label!r}")
+    return button
+
+
+def test_bulk_cancels_follow_the_filters(settings: Settings, api_url: str,
+                                         browser: WebDriver) -> None:
+    # given queued tasks that no worker will pick up, and the dashboard with the token set
+    register_actor(settings, distill)
+    token = settings.api_token
+    first = queue_tasks(api_url, token, 2)
+    browser.get(api_url + "/")
+    browser.execute_script("sessionStorage.setItem('taskreaper.token', arguments[0]);", token)
+    browser.execute_script("window.__sameDocument = 'kept';")
+    eventually(lambda: all(row_status(browser, i) == "queued" for i in first), timeout=10,
+               what="the queued rows")
+    assert not browser.find_element(By.ID, "cancel-filtered").is_enabled()  # no filter yet
+
+    # when filtered by actor alone, the bulk cancel is one server-side cancel-all for that actor
+    Select(browser.find_element(By.ID, "filter-actor")).select_by_value("distill")
+    bulk_button(browser, "Cancel all distill").click()
+    confirm(browser)
+    eventually(lambda: all(row_status(browser, i) == "cancelled" for i in first), timeout=10,
+               what="the actor's tasks cancelled")
+    for tid in first:
+        task = http("GET", f"{api_url}/api/v1/tasks/{tid}")[1]
+        assert task["status"] == "cancelled" and task["outcome"] == "never_started"
+
+    # when a state is chosen too, the tasks shown are cancelled one by one
+    second = queue_tasks(api_url, token, 2)
+    Select(browser.find_element(By.ID, "filter-status")).select_by_value("queued")
+    bulk_button(browser, "Cancel filtered (2)").click()
+    confirm(browser, reason="bulk from the page")
+    Select(browser.find_element(By.ID, "filter-status")).select_by_value("")
+    eventually(lambda: all(row_status(browser, i) == "cancelled" for i in second), timeout=10,
+               what="the filtered tasks cancelled")
+    for tid in second:
+        assert http("GET", f"{api_url}/api/v1/tasks/{tid}")[1]["cancel"]["reason"] == \
+            "bulk from the page"
+
+    # when everything is cancelled, with force, from the unfiltered page
+    third = queue_tasks(api_url, token, 1)
+    Select(browser.find_element(By.ID, "filter-actor")).select_by_value("")
+    eventually(lambda: row_status(browser, third[0]) == "queued", timeout=10,
+               what="the new queued row")
+    browser.find_element(By.ID, "cancel-all").click()
+    confirm(browser, force=True)
+
+    # then every step happened in the same page, without a reload
+    eventually(lambda: row_status(browser, third[0]) == "cancelled", timeout=10,
+               what="cancel-all to reach the row")
+    assert http("GET", f"{api_url}/api/v1/tasks/{third[0]}")[1]["cancel"]["forced"] is True
+    assert browser.execute_script("return window.__sameDocument") == "kept"
+    assert browser_errors(browser) == []
