@@ -95,7 +95,7 @@ class Canceller:
                 conn, by=by, reason=reason, scope={"task_id": str(task_id)}, forced=force,
                 cancelled=int(status is TaskStatus.QUEUED),
                 cancelling=int(status is not TaskStatus.QUEUED), task_ids=[task_id])
-        await self._announce({"ids": [str(task_id)], "force": force, "reason": reason},
+        await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
                              [new["message_id"]])
         log.info("task.cancel_requested", task_id=str(task_id), was=str(status),
                  now=new["status"], by=by, forced=force, reason=reason)
@@ -119,7 +119,7 @@ class Canceller:
                 cancelling=len(out.cancelling) + len(out.hastened),
                 task_ids=[*out.cancelled, *out.cancelling, *out.hastened])
             out.audit_id = audit["id"]
-        await self._announce({"all": True, "actor": actor, "queue": queue, "force": force,
+        await self.announce({"all": True, "actor": actor, "queue": queue, "force": force,
                               "reason": reason, "before": committed_at}, message_ids)
         out.orphans = await self._orphans_and_scan()
         out.took_ms = (time.perf_counter() - started) * 1000
@@ -155,7 +155,7 @@ class Canceller:
             log.warning("task.orphan_scan_request_failed", error=str(exc))
             return 0
 
-    async def _announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
+    async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
         """Fast path only: a failure here delays the cancel until the workers' DB poll."""
         try:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -10,25 +10,23 @@ import json
 from typing import Any
 
 import redis.asyncio as aioredis
+from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from shared.keys import Keys
 
-# kombu's separator and default priority steps for the sibling lists of a queue.
-_PRIORITY_SEP = "\x06\x16"
-_PRIORITY_STEPS = (0, 3, 6, 9)
-
 
 def queue_lists(keys: Keys, queue: str) -> list[str]:
-    return [keys.celery_key(queue if p == 0 else f"{queue}{_PRIORITY_SEP}{p}")
-            for p in _PRIORITY_STEPS]
+    """The list holding `queue` and its priority sub-lists."""
+    names = [queue, *(f"{queue}{Channel.sep}{step}" for step in PRIORITY_STEPS if step)]
+    return [keys.celery_key(n) for n in names]
 
 
 def unacked_key(keys: Keys) -> str:
-    return keys.celery_key("unacked")
+    return keys.celery_key(Channel.unacked_key)
 
 
 def unacked_index_key(keys: Keys) -> str:
-    return keys.celery_key("unacked_index")
+    return keys.celery_key(Channel.unacked_index_key)
 
 
 async def queue_lengths(redis: aioredis.Redis, keys: Keys, queues: list[str]) -> dict[str, int]:
@@ -37,7 +35,7 @@ async def queue_lengths(redis: aioredis.Redis, keys: Keys, queues: list[str]) ->
             for key in queue_lists(keys, q):
                 pipe.llen(key)
         counts = await pipe.execute()
-    steps = len(_PRIORITY_STEPS)
+    steps = len(PRIORITY_STEPS)
     return {q: sum(counts[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
 
 

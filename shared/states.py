@@ -37,4 +37,4 @@ class Outcome(StrEnum):
 class CancelReason(StrEnum):
     USER = "user"
     TIME_LIMIT = "time_limit"
-    FORCE_KILL = "force_kill"
+    FORCE_KILL = "force-kill"
