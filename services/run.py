@@ -32,6 +32,7 @@ import structlog
 from honcho.manager import Manager
 from honcho.printer import Message, Printer
 
+from shared import runfile
 from shared.logs import configure_logging
 from shared.migrate import migrate_url
 from shared.settings import Settings, SettingsError
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 own_urls = {database_url, redis_url}
                 settings = settings.with_(database_url=settings.database_url or database_url,
                                           redis_url=settings.redis_url or redis_url)
+            runfile.write(settings)
             applied = asyncio.run(migrate_url(settings.database_url))
             log.info("run.migrated", applied=applied)
             token_file = Path(settings.run_dir) / "api-token"

@@ -215,6 +215,11 @@ def test_embedded_run_serves_stops_on_ctrl_c_and_keeps_its_data(scratch: Path) -
                                    "kwargs": {"chunks": 2, "chunk_seconds": 0.01}})
         assert status == 202, task
         assert _wait_task_done(first, token, task["id"])["status"] == "succeeded"
+        # and: taskctl finds the same embedded servers with nothing configured
+        ctl = subprocess.run([sys.executable, "-m", "services.ctl", "status", "--json"],
+                             cwd=ROOT, env=first.env, capture_output=True, timeout=60)
+        assert ctl.returncode == 0, ctl.stderr.decode()
+        assert json.loads(ctl.stdout)["counts"]["succeeded"] == 1
     except BaseException:
         first.kill()
         raise

@@ -31,6 +31,7 @@ from rich.console import Console
 from services.ctl import commands, force_kill, monitor, status
 from services.ctl.context import open_context
 from services.ctl.errors import FAILED, USAGE, CtlError
+from shared import runfile
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "monitor" and args.action == "kill" and not args.task_id:
         parser.error("monitor kill needs a task id")
     try:
-        settings = Settings.from_env()
+        settings = runfile.fill_in(Settings.from_env())
     except SettingsError as exc:
         _complain(f"taskctl: error: {exc}")
         return USAGE
