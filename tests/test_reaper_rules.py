@@ -135,3 +135,24 @@ async def test_a_scheduled_message_without_a_row_is_revoked_within_one_scan(
                        what="orphan revoked")
     finally:
         celery.close()
+
+
+async def test_a_queued_row_whose_message_vanished_is_requeued_once_then_lost(
+        settings: Settings, db: Db, start_worker, start_reaper) -> None:
+    # given two queued rows whose messages are in no queue, no unacked set and no worker
+    # (as after a Redis restart without persistence); one was already re-enqueued once
+    start_worker()
+    fresh, again = uuid.uuid4(), uuid.uuid4()
+    for tid in (fresh, again):
+        await db.insert_task(tid, "distill", "default", {"chunks": 2, "chunk_seconds": 0.01},
+                             uuid.uuid4(), None)
+    await db.pool.execute("UPDATE tasks SET enqueued_at = now() - interval '1 hour', "
+                          "requeues = CASE WHEN id = $2 THEN 1 ELSE 0 END "
+                          "WHERE id = ANY($1::uuid[])", [fresh, again], again)
+    # when the reaper scans
+    start_reaper(settings.with_(lost_message_after=1.0))
+    # then the first is enqueued again and runs; the second is given up as lost
+    done = await _row(db, fresh, lambda r: r["status"] in TERMINAL, 20, "requeued task done")
+    assert (done["status"], done["requeues"], done["attempt"]) == ("succeeded", 1, 1)
+    gone = await _row(db, again, lambda r: r["status"] in TERMINAL, 20, "stranded task lost")
+    assert (gone["status"], gone["attempt"]) == ("lost", 0)

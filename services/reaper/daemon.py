@@ -9,12 +9,13 @@ import socket
 import structlog
 from prometheus_client import start_http_server
 
+from services.reaper.broker_scan import BrokerScan
 from services.reaper.celery_ops import CeleryOps
 from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
 from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
-from services.reaper.reconcile import BrokerScan, Reconciler
+from services.reaper.reconcile import Reconciler
 from services.reaper.supervisor import Supervisor
 from shared.broker import make_celery
 from shared.db import Db
