@@ -96,14 +96,14 @@ async def test_cancel_all_while_every_worker_is_down_then_restart(
     # given a worker whose unacked messages come back after 4 s, with tasks running,
     # reserved and scheduled inside it
     fast = settings.with_(visibility_timeout=4.0)
-    worker = start_worker(fast, concurrency=2)
+    worker = start_worker(fast, concurrency=4)
     start_reaper(fast)
     running = [(await submit(db, canceller.celery, actor="distill",
                              kwargs={"chunks": 1000, "chunk_seconds": 0.1}))["id"]
-               for _ in range(2)]
-    await _running(db, 2)
-    queued = await _submit_many(db, canceller.celery, 30)
-    scheduled = await _submit_many(db, canceller.celery, 10, countdown=3)
+               for _ in range(4)]
+    await _running(db, 4)
+    queued = await _submit_many(db, canceller.celery, 200)
+    scheduled = await _submit_many(db, canceller.celery, 20, countdown=3)
     await asyncio.sleep(0.5)
     # when every worker process dies, and everything is cancelled while they are down
     worker.kill()
@@ -118,7 +118,7 @@ async def test_cancel_all_while_every_worker_is_down_then_restart(
     assert time.monotonic() - t0 <= settings.cancel_grace + 2 + settings.heartbeat_timeout
     # and a new worker starts after the countdown and the visibility timeout passed
     await asyncio.sleep(4.0)
-    again = start_worker(fast, concurrency=2)
+    again = start_worker(fast, concurrency=4)
     await asyncio.sleep(6.0)
     # then none of the cancelled tasks ran, though their messages were delivered again
     await _assert_never_ran(db, queued + scheduled)
