@@ -106,13 +106,20 @@ class Canceller:
         started = time.perf_counter()
         grace = 0.0 if force else self.settings.cancel_grace
         out = CancelAll()
+        message_ids: list[uuid.UUID] = []
         async with self.db.transaction() as conn:
-            rows = await conn.fetch(self.db.q["cancel_all"], actor, queue, reason, by, force, grace)
-            committed_at = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
-            message_ids = []
-            for r in rows:
-                getattr(out, r["kind"]).append(r["id"])
-                message_ids.append(r["message_id"])
+            scope = (actor, queue)
+            for kind, query, args in (
+                    ("cancelled", "cancel_all_queued", (*scope, reason, by, force)),
+                    ("hastened", "cancel_all_hasten", scope if force else None),
+                    ("cancelling", "cancel_all_running", (*scope, reason, by, force, grace))):
+                if args is None:
+                    continue
+                for r in await conn.fetch(self.db.q[query], *args):
+                    getattr(out, kind).append(r["id"])
+                    message_ids.append(r["message_id"])
+            # After the updates: later than the start of any claim they could have seen.
+            committed_at = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
             audit = await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, "actor": actor, "queue": queue},
                 forced=force, cancelled=len(out.cancelled),

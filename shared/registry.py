@@ -33,6 +33,32 @@ class LiveExecution:
         return self.expires > time.time()
 
 
+# Removes an entry only if it still belongs to the given attempt: a newer attempt of the
+# same task may have registered meanwhile.
+_UNREGISTER = """
+local raw = redis.call('hget', KEYS[2], ARGV[1])
+if raw and cjson.decode(raw)['attempt'] == tonumber(ARGV[2]) then
+  redis.call('zrem', KEYS[1], ARGV[1])
+  redis.call('hdel', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+async def register(redis: aioredis.Redis, keys: Keys, info: dict[str, Any], ttl: float) -> None:
+    """Adds or refreshes the entry of one execution; `info` holds task_id, attempt, node..."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.executions, {info["task_id"]: time.time() + ttl})
+        pipe.hset(keys.execution_info, info["task_id"], json.dumps(info))
+        await pipe.execute()
+
+
+async def unregister(redis: aioredis.Redis, keys: Keys, task_id: str, attempt: int) -> bool:
+    return bool(await redis.eval(_UNREGISTER, 2, keys.executions, keys.execution_info,
+                                 task_id, attempt))
+
+
 async def live_executions(redis: aioredis.Redis, keys: Keys, *, include_expired: bool = False
                           ) -> dict[str, LiveExecution]:
     low = "-inf" if include_expired else time.time()

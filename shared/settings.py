@@ -27,6 +27,8 @@ class Settings:
     log_level: str = "INFO"
     run_dir: str = ".run"
     worker_concurrency: int = 2
+    # Comma-separated queues a worker consumes besides its actors' own and the default.
+    worker_queues: str = ""
     # The worker writes progress to the DB at most this often.
     heartbeat_interval: float = 1.0
     # A running task whose heartbeat is older than this is presumed dead.

@@ -168,3 +168,16 @@ def private_redis() -> Iterator:
     server = RedisServer().start()
     yield server
     server.remove()
+
+
+@pytest.fixture
+async def canceller(settings: Settings, db: Db) -> AsyncIterator:
+    """The audited cancel path, as the API and taskctl use it."""
+    from shared.broker import make_celery
+    from shared.cancellation import Canceller
+
+    client = aioredis.from_url(settings.redis_url)
+    celery = make_celery(settings)
+    yield Canceller(settings, db, client, celery)
+    celery.close()
+    await client.aclose()

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import psutil
 
 from shared.broker import make_celery
@@ -21,6 +22,7 @@ from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+TERMINAL = ("succeeded", "failed", "cancelled", "lost")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -43,6 +45,19 @@ async def wait_for(check: Callable[[], Awaitable[T]], *, timeout: float, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
         await asyncio.sleep(interval)
+
+
+async def row_where(db: Any, task_id: Any, predicate: Callable[[Any], bool], timeout: float,
+                    what: str) -> Any:
+    """Polls a task's row until the predicate holds; a DB outage meanwhile is waited out."""
+    async def check() -> Any:
+        try:
+            row = await db.get_task(task_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return None
+        return row if row is not None and predicate(row) else None
+
+    return await wait_for(check, timeout=timeout, what=what, interval=0.02)
 
 
 class WorkerProcess:

@@ -8,16 +8,12 @@ import uuid
 
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
-from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
 from shared.settings import Settings
 from shared.submit import submit
-from tests.support import wait_for, wait_gone
-
-TERMINAL = {"succeeded", "failed", "cancelled", "lost"}
+from tests.support import TERMINAL, row_where, wait_for, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +21,8 @@ def settings(settings: Settings) -> Settings:
     return settings.with_(actor_modules="services.worker.actors,tests.actors")
 
 
-@pytest.fixture
-async def canceller(settings: Settings, db: Db):
-    r = aioredis.from_url(settings.redis_url)
-    celery = make_celery(settings)
-    yield Canceller(settings, db, r, celery)
-    celery.close()
-    await r.aclose()
 
 
-async def _row_where(db: Db, task_id: uuid.UUID, predicate, *, timeout: float, what: str):
-    async def check():
-        r = await db.get_task(task_id)
-        return r if predicate(r) else None
-
-    return await wait_for(check, timeout=timeout, what=what, interval=0.02)
 
 
 async def test_cancel_distill_saves_finished_chunks_and_resume_completes_it(
@@ -57,7 +40,7 @@ async def test_cancel_distill_saves_finished_chunks_and_resume_completes_it(
     # when it is cancelled
     t0 = time.monotonic()
     await canceller.cancel(tid, by="test", reason="enough")
-    final = await _row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
+    final = await row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
                              what="cancelled")
     took = time.monotonic() - t0
     # then it is cancelled within 1 s, cooperatively, with every finished chunk saved
@@ -68,7 +51,7 @@ async def test_cancel_distill_saves_finished_chunks_and_resume_completes_it(
     assert final["cancel_reason"] == "enough" and final["cancel_by"] == "test"
     # when it is resumed
     await canceller.resume(tid)
-    done = await _row_where(db, tid, lambda r: r["status"] in TERMINAL and r["attempt"] == 2,
+    done = await row_where(db, tid, lambda r: r["status"] in TERMINAL and r["attempt"] == 2,
                             timeout=30, what="resumed run to finish")
     # then it succeeds with each of the 50 chunks saved exactly once, earlier ones untouched
     assert done["status"] == "succeeded", dict(done)
@@ -88,7 +71,7 @@ async def test_uncooperative_task_is_killed_after_grace_and_worker_goes_on(
     row = await submit(db, canceller.celery, actor="stubborn",
                        kwargs={"seconds": 120, "mode": mode})
     tid = row["id"]
-    running = await _row_where(db, tid, lambda r: r["status"] == "running", timeout=20,
+    running = await row_where(db, tid, lambda r: r["status"] == "running", timeout=20,
                                what="running")
     await asyncio.sleep(0.3)
     proc = psutil.Process(running["pid"])
@@ -101,13 +84,13 @@ async def test_uncooperative_task_is_killed_after_grace_and_worker_goes_on(
     took = time.monotonic() - t0
     assert gone, "process still alive"
     assert took <= bound, f"gone after {took:.2f}s, bound {bound:.2f}s"
-    final = await _row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
+    final = await row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
                              what="terminal")
     assert final["status"] == "cancelled" and final["outcome"] == "killed", dict(final)
     # and the worker serves new tasks afterwards
     after = await submit(db, canceller.celery, actor="distill",
                          kwargs={"chunks": 3, "chunk_seconds": 0.01})
-    ok = await _row_where(db, after["id"], lambda r: r["status"] in TERMINAL, timeout=20,
+    ok = await row_where(db, after["id"], lambda r: r["status"] in TERMINAL, timeout=20,
                           what="next task")
     assert ok["status"] == "succeeded"
     assert worker.proc is not None and worker.proc.poll() is None
@@ -120,7 +103,7 @@ async def test_time_limit_ends_cancelled_with_reason_and_saved_chunks(
     row = await submit(db, canceller.celery, actor="limited",
                        kwargs={"chunks": 100, "chunk_seconds": 0.1})
     # when its time runs out
-    final = await _row_where(db, row["id"], lambda r: r["status"] in TERMINAL, timeout=15,
+    final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, timeout=15,
                              what="terminal")
     # then it is cancelled for the time limit, cooperatively, its finished chunks saved
     assert final["status"] == "cancelled", dict(final)
@@ -163,7 +146,7 @@ async def test_interruptible_actor_blocked_in_a_socket_read_is_cancelled_at_once
         # when it is cancelled
         t0 = time.monotonic()
         await canceller.cancel(tid, by="test")
-        final = await _row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
+        final = await row_where(db, tid, lambda r: r["status"] in TERMINAL, timeout=5,
                                  what="terminal")
         took = time.monotonic() - t0
         # then the blocking read stopped within 1 s, and the first answer is saved

@@ -7,26 +7,11 @@ import random
 import time
 import uuid
 
-import pytest
-import redis.asyncio as aioredis
-
-from shared.broker import make_celery
 from shared.cancellation import CancelConflict, Canceller
 from shared.db import Db
 from shared.settings import Settings
 from shared.submit import submit
 from tests.support import wait_for, wait_gone
-
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
-
-
-@pytest.fixture
-async def canceller(settings: Settings, db: Db):
-    r = aioredis.from_url(settings.redis_url)
-    celery = make_celery(settings)
-    yield Canceller(settings, db, r, celery)
-    celery.close()
-    await r.aclose()
 
 
 async def _submit_many(db: Db, celery, n: int, **kw) -> list[uuid.UUID]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import asyncpg
 import pytest
@@ -17,20 +16,7 @@ from shared.migrate import migrate
 from shared.settings import Settings
 from shared.submit import submit
 from tests.faults import PostgresServer, RedisServer
-from tests.support import wait_for
-
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
-
-
-async def _row(db: Db, tid: uuid.UUID, predicate, timeout: float, what: str):
-    async def check():
-        try:
-            r = await db.get_task(tid)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return None
-        return r if predicate(r) else None
-
-    return await wait_for(check, timeout=timeout, what=what, interval=0.05)
+from tests.support import TERMINAL, row_where
 
 
 async def test_redis_restart_during_running_tasks_and_a_cancel(
@@ -47,7 +33,7 @@ async def test_redis_restart_during_running_tasks_and_a_cancel(
     keep = await submit(db, celery, actor="distill", kwargs={"chunks": 40, "chunk_seconds": 0.1})
     stop = await submit(db, celery, actor="distill", kwargs={"chunks": 400, "chunk_seconds": 0.1})
     for tid in (keep["id"], stop["id"]):
-        await _row(db, tid, lambda x: x["status"] == "running" and x["done"] >= 2, 20,
+        await row_where(db, tid, lambda x: x["status"] == "running" and x["done"] >= 2, 20,
                    "running")
     # when Redis goes away, a cancel is made meanwhile, and Redis comes back empty
     server.stop()
@@ -56,16 +42,16 @@ async def test_redis_restart_during_running_tasks_and_a_cancel(
     await asyncio.sleep(1.0)
     server.start()
     # then the cancel is honoured through the DB poll
-    cancelled = await _row(db, stop["id"], lambda x: x["status"] in TERMINAL, 10, "cancelled")
+    cancelled = await row_where(db, stop["id"], lambda x: x["status"] in TERMINAL, 10, "cancelled")
     assert cancelled["status"] == "cancelled", dict(cancelled)
     assert time.monotonic() - t0 < 1.0 + settings.cancel_poll_interval + 2.0
     # and the other task completes, every chunk saved once
-    done = await _row(db, keep["id"], lambda x: x["status"] in TERMINAL, 30, "finished")
+    done = await row_where(db, keep["id"], lambda x: x["status"] in TERMINAL, 30, "finished")
     assert done["status"] == "succeeded", dict(done)
     assert [x["chunk"] for x in await db.list_results(keep["id"])] == list(range(40))
     # and the worker has reconnected: a new task runs
     again = await submit(db, celery, actor="distill", kwargs={"chunks": 2, "chunk_seconds": 0.01})
-    ok = await _row(db, again["id"], lambda x: x["status"] in TERMINAL, 30, "new task")
+    ok = await row_where(db, again["id"], lambda x: x["status"] in TERMINAL, 30, "new task")
     assert ok["status"] == "succeeded"
     assert await db.counts(history=False) == {k: 0 for k in (await db.counts(history=False))}
     celery.close()
@@ -98,7 +84,7 @@ async def test_postgres_restart_mid_run(settings: Settings, private_pg: Postgres
     celery = make_celery(s)
     try:
         row = await submit(db, celery, actor="distill", kwargs={"chunks": 40, "chunk_seconds": 0.1})
-        await _row(db, row["id"], lambda x: x["status"] == "running" and x["done"] >= 3, 20,
+        await row_where(db, row["id"], lambda x: x["status"] == "running" and x["done"] >= 3, 20,
                    "running")
         # when PostgreSQL goes down for two seconds
         private_pg.stop()
@@ -115,7 +101,7 @@ async def test_postgres_restart_mid_run(settings: Settings, private_pg: Postgres
         assert all(code == 503 for _, code in statuses), statuses
         # and the task kept running and, once the DB is back, its progress and checkpoint
         # are complete
-        final = await _row(db, row["id"], lambda x: x["status"] in TERMINAL, 40, "finished")
+        final = await row_where(db, row["id"], lambda x: x["status"] in TERMINAL, 40, "finished")
         assert final["status"] == "succeeded", dict(final)
         assert (final["done"], final["total"]) == (40, 40)
         assert [x["chunk"] for x in await db.list_results(row["id"])] == list(range(40))

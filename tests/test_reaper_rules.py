@@ -16,9 +16,7 @@ from shared.db import Db
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.submit import submit
-from tests.support import wait_for, wait_gone
-
-TERMINAL = ("succeeded", "failed", "cancelled", "lost")
+from tests.support import TERMINAL, row_where, wait_for, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +25,8 @@ def settings(settings: Settings) -> Settings:
                           orphan_scan_interval=0.5)
 
 
-@pytest.fixture
-async def canceller(settings: Settings, db: Db):
-    r = aioredis.from_url(settings.redis_url)
-    celery = make_celery(settings)
-    yield Canceller(settings, db, r, celery)
-    celery.close()
-    await r.aclose()
 
 
-async def _row(db: Db, tid: uuid.UUID, predicate, timeout: float, what: str):
-    async def check():
-        r = await db.get_task(tid)
-        return r if predicate(r) else None
-
-    return await wait_for(check, timeout=timeout, what=what, interval=0.02)
 
 
 async def test_killed_execution_of_an_auto_resume_actor_completes_each_chunk_once(
@@ -51,12 +36,12 @@ async def test_killed_execution_of_an_auto_resume_actor_completes_each_chunk_onc
     start_reaper()
     row = await submit(db, canceller.celery, actor="resilient",
                        kwargs={"chunks": 30, "chunk_seconds": 0.1})
-    running = await _row(db, row["id"], lambda r: r["status"] == "running" and r["done"] >= 5,
+    running = await row_where(db, row["id"], lambda r: r["status"] == "running" and r["done"] >= 5,
                          20, "five chunks done")
     # when its pool process is killed
     psutil.Process(running["pid"]).kill()
     # then a new attempt continues from the checkpoint and completes
-    final = await _row(db, row["id"], lambda r: r["status"] in TERMINAL, 40, "terminal")
+    final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 40, "terminal")
     assert final["status"] == "succeeded" and final["attempt"] == 2, dict(final)
     results = await db.list_results(row["id"])
     assert [r["chunk"] for r in results] == list(range(30))
@@ -75,7 +60,7 @@ async def test_killing_the_leader_mid_escalation_hands_it_to_the_other_replica(
     leader = await wait_for(lambda: redis.get(keys.leader), timeout=10, what="a leader")
     row = await submit(db, canceller.celery, actor="stubborn",
                        kwargs={"seconds": 120, "mode": "gil"})
-    running = await _row(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    running = await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
     # when it is cancelled and the leading reaper is killed before the deadline
     await canceller.cancel(row["id"], by="test")
     replicas = {f"{settings.hostname}:{p.pid}": p for p in (first, second)}
@@ -83,7 +68,7 @@ async def test_killing_the_leader_mid_escalation_hands_it_to_the_other_replica(
     # then the other replica takes over and kills the stuck process; the row is settled
     bound = settings.cancel_grace + settings.kill_margin + settings.leader_ttl + 3.0
     assert await asyncio.to_thread(wait_gone, running["pid"], bound)
-    final = await _row(db, row["id"], lambda r: r["status"] in TERMINAL, 5, "terminal")
+    final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 5, "terminal")
     assert (final["status"], final["outcome"]) == ("cancelled", "killed")
     assert await redis.get(keys.leader) != leader
 
@@ -94,7 +79,7 @@ async def test_row_made_terminal_by_hand_is_stopped_within_one_pass(
     start_worker()
     start_reaper()
     row = await submit(db, canceller.celery, actor="stubborn", kwargs={"seconds": 120})
-    running = await _row(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    running = await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
     await asyncio.sleep(0.5)
     # when someone marks it failed by hand
     await db.pool.execute("UPDATE tasks SET status='failed', finished_at=now() WHERE id=$1",
@@ -152,7 +137,7 @@ async def test_a_queued_row_whose_message_vanished_is_requeued_once_then_lost(
     # when the reaper scans
     start_reaper(settings.with_(lost_message_after=1.0))
     # then the first is enqueued again and runs; the second is given up as lost
-    done = await _row(db, fresh, lambda r: r["status"] in TERMINAL, 20, "requeued task done")
+    done = await row_where(db, fresh, lambda r: r["status"] in TERMINAL, 20, "requeued task done")
     assert (done["status"], done["requeues"], done["attempt"]) == ("succeeded", 1, 1)
-    gone = await _row(db, again, lambda r: r["status"] in TERMINAL, 20, "stranded task lost")
+    gone = await row_where(db, again, lambda r: r["status"] in TERMINAL, 20, "stranded task lost")
     assert (gone["status"], gone["attempt"]) == ("lost", 0)

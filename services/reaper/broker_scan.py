@@ -51,7 +51,7 @@ class BrokerScan:
 
     async def _celery_side(self, ctx: ReaperContext, p: Pass) -> int:
         active = await p.celery_active(ctx)
-        waiting = await ctx.celery.reserved_and_scheduled()
+        waiting = await p.celery_waiting(ctx)
         requests = [(req, True) for req in active.values()]
         requests += [({**req, "node": node}, False)
                      for node, items in waiting.items() for req in items]
@@ -98,7 +98,7 @@ class BrokerScan:
             return 0
         queues = sorted({r["queue"] for r in rows})
         present = await message_ids(ctx.redis, ctx.keys, queues)
-        waiting = await ctx.celery.reserved_and_scheduled()
+        waiting = await p.celery_waiting(ctx)
         present |= {req["id"] for items in waiting.values() for req in items}
         found = 0
         for row in rows:

@@ -24,7 +24,9 @@ log = structlog.get_logger("reaper.executor")
 class CancelExecutor:
     def __init__(self, ctx: ReaperContext) -> None:
         self.ctx = ctx
-        self._revoked_until = 0.0
+        # A new leader re-sends recent revokes only: older messages were redelivered (or
+        # dropped by the claim) long ago.
+        self._revoked_until = time.time() - ctx.settings.visibility_timeout
 
     async def tick(self) -> None:
         if not self.ctx.leader.is_leader:
@@ -64,7 +66,8 @@ class CancelExecutor:
             message_id=str(row["message_id"]), task_id=str(row["id"]),
             node=entry.node if entry else None, pid=entry.pid if entry else None,
             pid_started=entry.pid_started if entry else None)
-        outcome = self._verdict(replies, entry)
+        silent = float(row["silent_for"] or 0) > self.ctx.settings.heartbeat_timeout
+        outcome = self._verdict(replies, entry, silent)
         if outcome is None:
             log.info("reaper.kill_pending", task_id=str(row["id"]), replies=replies)
             return None
@@ -77,11 +80,14 @@ class CancelExecutor:
         return status
 
     @staticmethod
-    def _verdict(replies: list[dict[str, Any]], entry: LiveExecution | None) -> str | None:
+    def _verdict(replies: list[dict[str, Any]], entry: LiveExecution | None,
+                 silent: bool) -> str | None:
         if any(r.get("killed") for r in replies):
             return Outcome.KILLED
-        if replies:
-            return Outcome.GONE  # the workers answered and none is executing it
-        if entry is None or not entry.alive:
-            return Outcome.GONE  # nobody answered and nothing has beaten for it
-        return None  # its worker is alive but silent: try again on the next tick
+        if entry is not None and replies:
+            return Outcome.GONE  # the worker that ran it answered: it is not there
+        if silent and (entry is None or not entry.alive):
+            # No live registration and no heartbeat for too long: nothing runs it. Replies
+            # of other workers alone prove nothing (a slow host may not have answered).
+            return Outcome.GONE
+        return None  # try again on the next tick

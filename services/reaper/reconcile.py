@@ -26,6 +26,7 @@ class Pass:
     # Findings by kind when a rule has more than one.
     extra: dict[str, int] = field(default_factory=dict)
     _active: dict[str, dict[str, Any]] | None = None
+    _waiting: dict[str, list[dict[str, Any]]] | None = None
 
     async def celery_active(self, ctx: ReaperContext, nodes: list[str] | None = None
                             ) -> dict[str, dict[str, Any]]:
@@ -42,6 +43,13 @@ class Pass:
         if nodes is None:
             self._active = found
         return found
+
+
+    async def celery_waiting(self, ctx: ReaperContext) -> dict[str, list[dict[str, Any]]]:
+        """node -> requests reserved or scheduled (a broadcast, once per pass)."""
+        if self._waiting is None:
+            self._waiting = await ctx.celery.reserved_and_scheduled()
+        return self._waiting
 
 
 class Rule(Protocol):
@@ -115,6 +123,9 @@ class Undead:
             if row is not None and row["status"] in ("running", "cancelling") \
                     and row["attempt"] == entry.attempt:
                 continue
+            if row is not None and row["attempt"] == entry.attempt \
+                    and (row["finished_ago"] or 0) < 2 * ctx.settings.heartbeat_interval + 1:
+                continue  # it just recorded its own end; the entry goes next
             found += 1
             replies = await ctx.celery.kill(message_id=entry.message_id, task_id=tid,
                                             node=entry.node, pid=entry.pid,

@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> None:
     actors = load_actors(settings)
     asyncio.run(publish_catalogue(settings, actors))
     app, _ = create_worker_app(settings, actors)
-    queues = sorted({a.queue for a in actors} | {settings.default_queue})
+    extra = {q.strip() for q in settings.worker_queues.split(",") if q.strip()}
+    queues = sorted({a.queue for a in actors} | {settings.default_queue} | extra)
     args = ["worker", "-P", "prefork", "-c", str(settings.worker_concurrency),
             "-Q", ",".join(queues), "--without-gossip", "--without-mingle",
             "--loglevel", settings.log_level, *(argv if argv is not None else sys.argv[1:])]

@@ -50,6 +50,8 @@ class Execution:
     # True only while the actor's own code runs: the interrupt signal is ignored otherwise.
     in_user_code: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
+    # Checkpoint writes kept through a DB outage: (chunk, ok, result), oldest first.
+    pending: list[tuple[int, bool, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:

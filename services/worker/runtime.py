@@ -20,7 +20,7 @@ from celery import Celery
 from services.worker.actor import Actor
 from services.worker.context import TaskContext
 from services.worker.execution import Execution
-from services.worker.sidecar import INTERRUPT_SIGNAL, Sidecar
+from services.worker.sidecar import END_RETRY_SECONDS, INTERRUPT_SIGNAL, Sidecar
 from shared.settings import Settings
 from shared.states import Outcome, TaskStatus
 from shared.token import Cancelled
@@ -73,7 +73,7 @@ class Runtime:
             log.info("task.dropped", task_id=task_id, message_id=message_id,
                      why="not claimable (cancelled, finished, stale or already running)")
             return "skipped"
-        ex = Execution(task_id=tid, message_id=mid, actor=act.name, queue=act.queue,
+        ex = Execution(task_id=tid, message_id=mid, actor=act.name, queue=claim["queue"],
                        attempt=claim["attempt"], started_at=claim["started_at"].timestamp(),
                        kwargs=dict(claim["kwargs"]), interruptible=act.interruptible,
                        time_limit=act.time_limit)
@@ -81,10 +81,17 @@ class Runtime:
                  pid=os.getpid(), restored_chunks=len(saved))
         sc.call(sc.begin(ex))
         status, outcome, error = self._run(act, TaskContext(sc, ex, saved), ex)
+        if ex.token.cancelled and status is TaskStatus.FAILED:
+            # It failed while being cancelled: what was asked for happened, and a retry
+            # would bring cancelled work back.
+            status, outcome = TaskStatus.CANCELLED, Outcome.COOPERATIVE
         if (status is TaskStatus.FAILED and ex.attempt <= act.max_retries
                 and sc.call(self._retry(sc, act, ex, error))):
             return "retrying"
-        ended = sc.call(sc.end(ex, status, outcome=outcome, error=error), timeout=90)
+        ended = sc.call(sc.end(ex, status, outcome=outcome, error=error),
+                        timeout=END_RETRY_SECONDS + 30)
+        if ended is None and status is TaskStatus.CANCELLED:
+            ended = sc.call(self._settle_refused_cancel(sc, act, ex))
         log.info("task.finished", task_id=ex.id, attempt=ex.attempt, status=ended or "fenced",
                  wanted=str(status), outcome=outcome, done=ex.progress.done,
                  failed=ex.progress.failed, elapsed_s=round(ex.elapsed(), 3))
@@ -113,6 +120,31 @@ class Runtime:
             log.error("task.error", task_id=ex.id, attempt=ex.attempt,
                       error=repr(exc), traceback=traceback.format_exc(limit=20))
             return TaskStatus.FAILED, Outcome.ERROR, repr(exc)[:2000]
+
+    async def _settle_refused_cancel(self, sc: Sidecar, act: Actor, ex: Execution
+                                     ) -> str | None:
+        """The task stopped for a cancel, but the row was not `cancelling`.
+
+        A time limit whose DB write failed is recorded now. Any other cancel the DB never
+        recorded (an event racing a cancel-all's transaction) is undone: a new attempt
+        goes on from the checkpoint, rather than the row staying `running` with nothing
+        behind it. A row someone else ended or took over is left alone."""
+        from shared.submit import publish
+
+        db = await sc.db()
+        if ex.token.reason == "time_limit":
+            await db.request_time_limit(ex.task_id, ex.attempt, 0.0)
+            return await db.finish_task(ex.task_id, ex.attempt, TaskStatus.CANCELLED,
+                                        outcome=Outcome.COOPERATIVE, done=ex.progress.done,
+                                        failed=ex.progress.failed, total=ex.progress.total)
+        new_message = uuid.uuid4()
+        row = await db.requeue_execution(ex.task_id, ex.attempt, new_message, None,
+                                         "stopped by a cancel the database never recorded")
+        if row is None:
+            return None
+        await publish(self.celery, act.name, ex.task_id, new_message, row["queue"])
+        log.warning("task.stray_cancel_undone", task_id=ex.id, attempt=ex.attempt)
+        return "requeued"
 
     async def _retry(self, sc: Sidecar, act: Actor, ex: Execution, error: str | None) -> bool:
         from shared.submit import publish

@@ -18,6 +18,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import asyncpg
 import psutil
 import redis.asyncio as aioredis
 import structlog
@@ -28,6 +29,8 @@ from shared.cancellation import event_matches
 from shared.db import Db
 from shared.events import encode
 from shared.keys import Keys
+from shared.redis_client import connect
+from shared.registry import register, unregister
 from shared.settings import Settings
 from shared.states import Outcome, TaskStatus
 
@@ -35,6 +38,12 @@ log = structlog.get_logger("worker.sidecar")
 T = TypeVar("T")
 
 INTERRUPT_SIGNAL = signal.SIGUSR2
+# One DB call of the sidecar on behalf of a task; past it the DB counts as unreachable.
+DB_CALL_TIMEOUT = 5.0
+END_RETRY_SECONDS = 600.0
+# What a DB outage looks like from here; anything else is a real error.
+UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+               asyncpg.CannotConnectNowError)
 
 
 class Sidecar:
@@ -48,9 +57,9 @@ class Sidecar:
         self.current: Execution | None = None
         self.loop = asyncio.new_event_loop()
         self.redis: aioredis.Redis | None = None
+        self._events: aioredis.Redis | None = None
         self._db: Db | None = None
         self._db_lock: asyncio.Lock | None = None
-        self._pending: list[tuple[Execution, int, bool, Any]] = []
         self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
         self._published: dict[str, tuple[Any, ...]] = {}
         self._ready = threading.Event()
@@ -64,8 +73,10 @@ class Sidecar:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.redis = aioredis.from_url(self.settings.redis_url, socket_connect_timeout=2,
-                                       socket_timeout=None, health_check_interval=10)
+        # Commands get a timeout, so a stalled Redis cannot hold up heartbeats; the
+        # subscription waits for events as long as it takes, on a client of its own.
+        self.redis = connect(self.settings.redis_url, socket_timeout=2.0)
+        self._events = connect(self.settings.redis_url, socket_timeout=None)
         self._db_lock = asyncio.Lock()
         self.loop.create_task(self._listen())
         self.loop.call_soon(self._ready.set)
@@ -85,11 +96,11 @@ class Sidecar:
     # -- cancel events ------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        assert self.redis is not None
+        assert self._events is not None
         backoff = 0.1
         while True:
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                async with self._events.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.keys.cancel_channel)
                     backoff = 0.1
                     async for message in pubsub.listen():
@@ -138,8 +149,10 @@ class Sidecar:
         except Exception as exc:
             log.warning("task.watchdog_db_error", task_id=ex.id, error=str(exc))
             ended = "unknown"
-        if ended is None:
+        if ended is None and ex.finished.is_set():
             return  # the task recorded its own end first
+        # Otherwise the write was refused because someone else ended the row (a
+        # force-kill, the reaper, a newer attempt): the process must go all the same.
         log.warning("task.watchdog_kill", task_id=ex.id, attempt=ex.attempt, pid=self.pid,
                     grace=grace)
         await self._unregister(ex)
@@ -180,10 +193,11 @@ class Sidecar:
         """Flushes the checkpoint and records how the execution ended (fenced by attempt)."""
         self._stop(ex)
         ended: str | None = None
-        deadline = time.monotonic() + 60
+        # Holding the pool slot is better than losing how the task ended.
+        deadline = time.monotonic() + END_RETRY_SECONDS
         while True:
             try:
-                await self._flush_pending()
+                await self._flush_pending(ex)
                 db = await self.db()
                 ended = await db.finish_task(ex.task_id, ex.attempt, status, outcome=outcome,
                                              error=error, done=ex.progress.done,
@@ -204,7 +218,7 @@ class Sidecar:
         """Ends this execution by handing the task to a new attempt (a retry)."""
         self._stop(ex)
         try:
-            await self._flush_pending()
+            await self._flush_pending(ex)
             db = await self.db()
             return await db.requeue_execution(ex.task_id, ex.attempt, message_id, eta, error)
         finally:
@@ -225,19 +239,20 @@ class Sidecar:
         interval = min(self.settings.heartbeat_interval, self.settings.cancel_poll_interval)
         beats = HeartbeatLog(self.settings, ex)
         while not ex.finished.is_set():
-            await self._register(ex)
-            await self._beat(ex)
+            # Independent of each other: one server stalling must not stop the other's part.
+            await asyncio.gather(self._register(ex), self._beat(ex))
             beats.maybe_log()
             await asyncio.sleep(interval)
 
     async def _beat(self, ex: Execution) -> None:
         p = ex.progress
         try:
-            await self._flush_pending()
+            await self._flush_pending(ex)
             db = await self.db()
-            row = await db.heartbeat(
+            row = await asyncio.wait_for(db.heartbeat(
                 ex.task_id, ex.attempt, done=p.done, failed=p.failed, total=p.total,
-                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped))
+                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped)),
+                DB_CALL_TIMEOUT)
             if row is None:
                 state = await db.execution_state(ex.task_id)
                 why = "superseded" if state and state["attempt"] != ex.attempt else "ended"
@@ -262,48 +277,46 @@ class Sidecar:
     # -- checkpoints --------------------------------------------------------------------
 
     async def save_result(self, ex: Execution, chunk: int, ok: bool, result: Any) -> bool:
+        """Writes one chunk's result; during a DB outage it is kept and written later.
+
+        A result the DB refuses for what it is (not JSON-serialisable, say) raises into
+        the task: it is the task's bug, and buffering it would block every later write."""
         try:
-            await self._flush_pending()
+            await self._flush_pending(ex)
             db = await self.db()
-            return await db.save_result(ex.task_id, ex.attempt, chunk, ok, result)
-        except Exception as exc:
-            log.warning("task.checkpoint_buffered", task_id=ex.id, chunk=chunk, error=str(exc))
-            self._pending.append((ex, chunk, ok, result))
+            return await asyncio.wait_for(
+                db.save_result(ex.task_id, ex.attempt, chunk, ok, result), DB_CALL_TIMEOUT)
+        except UNREACHABLE as exc:
+            log.warning("task.checkpoint_buffered", task_id=ex.id, chunk=chunk, error=repr(exc))
+            ex.pending.append((chunk, ok, result))
             return True
 
-    async def _flush_pending(self) -> None:
-        if not self._pending:
+    async def _flush_pending(self, ex: Execution) -> None:
+        if not ex.pending:
             return
         db = await self.db()
-        while self._pending:
-            ex, chunk, ok, result = self._pending[0]
-            await db.save_result(ex.task_id, ex.attempt, chunk, ok, result)
-            self._pending.pop(0)
+        while ex.pending:
+            chunk, ok, result = ex.pending[0]
+            await asyncio.wait_for(db.save_result(ex.task_id, ex.attempt, chunk, ok, result),
+                                   DB_CALL_TIMEOUT)
+            ex.pending.pop(0)
 
     # -- the execution registry: what runs where, without a broadcast ----------------------
 
     async def _register(self, ex: Execution) -> None:
         assert self.redis is not None
-        info = json.dumps({"task_id": ex.id, "attempt": ex.attempt,
-                           "message_id": str(ex.message_id), "node": self.node,
-                           "host": self.settings.hostname, "pid": self.pid,
-                           "pid_started": self.pid_started, "started_at": ex.started_at})
-        expires = time.time() + self.settings.heartbeat_timeout
+        info = {"task_id": ex.id, "attempt": ex.attempt, "message_id": str(ex.message_id),
+                "node": self.node, "host": self.settings.hostname, "pid": self.pid,
+                "pid_started": self.pid_started, "started_at": ex.started_at}
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(self.keys.executions, {ex.id: expires})
-                pipe.hset(self.keys.execution_info, ex.id, info)
-                await pipe.execute()
+            await register(self.redis, self.keys, info, self.settings.heartbeat_timeout)
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 
     async def _unregister(self, ex: Execution) -> None:
         assert self.redis is not None
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.executions, ex.id)
-                pipe.hdel(self.keys.execution_info, ex.id)
-                await pipe.execute()
+            await unregister(self.redis, self.keys, ex.id, ex.attempt)
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 

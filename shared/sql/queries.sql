@@ -50,7 +50,7 @@ WHERE id = $1 AND message_id = $2
   AND (status = 'queued'
        OR (status = 'running'
            AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => $5)))
-RETURNING attempt, started_at, kwargs, actor;
+RETURNING attempt, started_at, kwargs, actor, queue;
 
 -- name: heartbeat
 -- Fenced by attempt: a stale execution gets no row back and learns it must stop.
@@ -77,7 +77,10 @@ UPDATE tasks
 SET status = $3, outcome = $4, error = $5, finished_at = now(),
     done = coalesce($6, done), failed = coalesce($7, failed), total = coalesce($8, total),
     heartbeat_at = now()
-WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
+-- Only a cancel the DB recorded can end as `cancelled`.
+WHERE id = $1 AND attempt = $2
+  AND status = ANY(CASE WHEN $3 = 'cancelled' THEN ARRAY['cancelling']
+                        ELSE ARRAY['running', 'cancelling'] END)
 RETURNING status;
 
 -- name: request_time_limit
@@ -108,28 +111,28 @@ UPDATE tasks SET cancel_forced = true, cancel_deadline = least(cancel_deadline, 
 WHERE id = $1 AND status = 'cancelling'
 RETURNING *;
 
--- name: cancel_all
-WITH queued AS (
-    UPDATE tasks
-    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
-        cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4, cancel_forced = $5
-    WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
-    RETURNING id, message_id
-), running AS (
-    UPDATE tasks
-    SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4,
-        cancel_forced = $5, cancel_deadline = now() + make_interval(secs => $6)
-    WHERE status = 'running' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
-    RETURNING id, message_id
-), hastened AS (
-    UPDATE tasks SET cancel_forced = true, cancel_deadline = least(cancel_deadline, now())
-    WHERE $5 AND status = 'cancelling'
-      AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
-    RETURNING id, message_id
-)
-SELECT 'cancelled' AS kind, id, message_id FROM queued
-UNION ALL SELECT 'cancelling', id, message_id FROM running
-UNION ALL SELECT 'hastened', id, message_id FROM hastened;
+-- name: cancel_all_queued
+-- cancel-all runs these as separate statements of one transaction (queued, hasten, running):
+-- each takes a fresh snapshot, so a claim committing meanwhile is seen by the next one.
+UPDATE tasks
+SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+    cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4, cancel_forced = $5
+WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
+RETURNING id, message_id;
+
+-- name: cancel_all_running
+UPDATE tasks
+SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4,
+    cancel_forced = $5, cancel_deadline = now() + make_interval(secs => $6)
+WHERE status = 'running' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
+RETURNING id, message_id;
+
+-- name: cancel_all_hasten
+-- A forced cancel-all pulls in the deadlines of tasks already cancelling.
+UPDATE tasks SET cancel_forced = true, cancel_deadline = least(cancel_deadline, now())
+WHERE status = 'cancelling' AND ($1::text IS NULL OR actor = $1)
+  AND ($2::text IS NULL OR queue = $2)
+RETURNING id, message_id;
 
 -- name: insert_audit
 INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
@@ -157,7 +160,8 @@ WHERE status IN ('running', 'cancelling')
   AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => $1);
 
 -- name: due_cancellations
-SELECT id, actor, attempt, worker, pid, message_id, cancel_deadline, cancel_forced
+SELECT id, actor, attempt, worker, pid, message_id, cancel_deadline, cancel_forced,
+       extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent_for
 FROM tasks
 WHERE status = 'cancelling' AND cancel_deadline <= now() - make_interval(secs => $1);
 
@@ -171,14 +175,17 @@ RETURNING status;
 
 -- name: requeue_execution
 -- A new attempt of a running execution that failed or died (retries, automatic resume).
+-- Never for one being cancelled: that would bring cancelled work back.
 UPDATE tasks
 SET status = 'queued', message_id = $3, enqueued_at = now(), heartbeat_at = NULL,
     eta = $4, error = $5, resumes = resumes + 1
-WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
+WHERE id = $1 AND attempt = $2 AND status = 'running'
 RETURNING *;
 
 -- name: active_by_ids
-SELECT id, status, attempt, message_id FROM tasks WHERE id = ANY($1::uuid[]);
+SELECT id, status, attempt, message_id, finished_at,
+       extract(epoch FROM now() - finished_at) AS finished_ago
+FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: stranded_queued
 SELECT id, actor, queue, kwargs, message_id, requeues, enqueued_at, eta FROM tasks

@@ -1,0 +1,102 @@
+"""Edges of the cancel ladder: retries, queues chosen at submit, refused writes, and a
+cancel-all racing a claim."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from shared.cancellation import Canceller
+from shared.db import Db
+from shared.settings import Settings
+from shared.submit import submit
+from tests.support import TERMINAL, row_where, wait_gone
+
+
+@pytest.fixture(scope="module")
+def settings(settings: Settings) -> Settings:
+    return settings.with_(actor_modules="services.worker.actors,tests.actors",
+                          worker_queues="urgent")
+
+
+async def test_a_task_that_fails_while_cancelled_is_not_retried(
+        db: Db, canceller: Canceller, start_worker) -> None:
+    # given a running actor allowed three retries
+    start_worker()
+    row = await submit(db, canceller.celery, actor="fragile", kwargs={"seconds": 30})
+    await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    # when it is cancelled and fails on its way out
+    await canceller.cancel(row["id"], by="test")
+    final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 5, "terminal")
+    # then it ends cancelled and no new attempt ever starts
+    assert final["status"] == "cancelled"
+    await asyncio.sleep(3.0)  # longer than the first retry's backoff
+    again = await db.get_task(row["id"])
+    assert (again["status"], again["attempt"], again["resumes"]) == ("cancelled", 1, 0)
+
+
+async def test_cancel_all_by_queue_follows_the_queue_chosen_at_submit(
+        db: Db, canceller: Canceller, start_worker) -> None:
+    # given a distill submitted to the `urgent` queue, running
+    start_worker()
+    row = await submit(db, canceller.celery, actor="distill", queue="urgent",
+                       kwargs={"chunks": 30, "chunk_seconds": 0.1})
+    await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    # when everything in the actor's default queue is cancelled
+    out = await canceller.cancel_all(by="test", queue="default")
+    # then this task is not touched, and finishes
+    assert row["id"] not in out.cancelling
+    final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 20, "terminal")
+    assert final["status"] == "succeeded" and final["cancel_requested_at"] is None
+    # and a cancel-all of `urgent` does reach a task there
+    other = await submit(db, canceller.celery, actor="distill", queue="urgent",
+                         kwargs={"chunks": 300, "chunk_seconds": 0.1})
+    await row_where(db, other["id"], lambda r: r["status"] == "running", 20, "running")
+    out = await canceller.cancel_all(by="test", queue="urgent")
+    assert out.cancelling == [other["id"]]
+    done = await row_where(db, other["id"], lambda r: r["status"] in TERMINAL, 5, "terminal")
+    assert (done["status"], done["outcome"]) == ("cancelled", "cooperative")
+
+
+async def test_watchdog_kills_even_when_someone_else_already_ended_the_row(
+        settings: Settings, db: Db, canceller: Canceller, start_worker) -> None:
+    # given an uncooperative task and no reaper
+    start_worker()
+    row = await submit(db, canceller.celery, actor="stubborn", kwargs={"seconds": 120})
+    running = await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    # when another host's force-kill marks it cancelled and sends a forced cancel
+    await db.pool.execute("UPDATE tasks SET status='cancelled', outcome='killed', "
+                          "finished_at=now() WHERE id=$1", row["id"])
+    t0 = time.monotonic()
+    await canceller.announce({"ids": [str(row["id"])], "force": True, "reason": "force-kill"},
+                             [row["message_id"]])
+    # then its own watchdog ends the process once the forced window passes
+    assert await asyncio.to_thread(wait_gone, running["pid"], settings.force_window + 5)
+    assert time.monotonic() - t0 < settings.force_window + 1.5
+
+
+async def test_cancel_all_sees_a_claim_that_commits_while_it_runs(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    # given a queued task whose claim has updated the row but not yet committed
+    tid, mid = uuid.uuid4(), uuid.uuid4()
+    await db.insert_task(tid, "distill", "default", {}, mid, None)
+    conn = await db.pool.acquire()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        claimed = await conn.fetchrow(db.q["claim_task"], tid, mid, "w", 1, 30.0)
+        assert claimed["attempt"] == 1
+        # when a cancel-all starts meanwhile, and the claim commits
+        pending = asyncio.create_task(canceller.cancel_all(by="test"))
+        await asyncio.sleep(0.3)
+        assert not pending.done()  # waiting on the claimed row
+        await tx.commit()
+        out = await pending
+    finally:
+        await db.pool.release(conn)
+    # then the running task is marked cancelling, not missed
+    assert out.cancelling == [tid] and out.cancelled == []
+    assert (await db.get_task(tid))["status"] == "cancelling"
