@@ -19,7 +19,7 @@ from celery import Celery
 from shared.db import Db, Record
 from shared.keys import Keys
 from shared.settings import Settings
-from shared.states import RESUMABLE, TERMINAL, TaskStatus
+from shared.states import ACTIVE, RESUMABLE, TERMINAL, TaskStatus
 from shared.submit import publish
 
 log = structlog.get_logger("cancellation")
@@ -134,6 +134,28 @@ class Canceller:
                  cancelled=len(out.cancelled), cancelling=len(out.cancelling),
                  hastened=len(out.hastened), took_ms=round(out.took_ms, 1))
         return out
+
+    async def force_kill_all(self, *, by: str, reason: str, scope: dict[str, Any]
+                             ) -> dict[str, int]:
+        """Every unfinished task straight to `cancelled`, audited and announced as forced.
+
+        For an operator about to kill the worker processes: nothing is left `cancelling`
+        for a process that will not be there to finish it. Returns counts by prior state."""
+        async with self.db.transaction() as conn:
+            rows = await self.db.force_kill_all(conn, reason=reason, by=by)
+            before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+            was: dict[str, int] = {s.value: 0 for s in ACTIVE}
+            for r in rows:
+                was[r["was"]] += 1
+            await self.db.insert_audit(
+                conn, by=by, reason=reason, scope={"all": True, **scope}, forced=True,
+                cancelled=was["queued"], cancelling=was["running"] + was["cancelling"],
+                task_ids=[r["id"] for r in rows])
+        await self.announce({"all": True, "actor": None, "queue": None, "force": True,
+                             "reason": reason, "before": before},
+                            [r["message_id"] for r in rows])
+        log.warning("task.force_kill_all", by=by, **was)
+        return was
 
     async def resume(self, task_id: uuid.UUID) -> Record:
         message_id = uuid.uuid4()

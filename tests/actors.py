@@ -27,3 +27,10 @@ def fragile(ctx: TaskContext, seconds: float = 30.0) -> None:
         if ctx.token.cancelled:
             raise ConnectionError("peer went away")
         time.sleep(0.01)
+
+
+@actor
+def poisoned(ctx: TaskContext) -> None:
+    """Saves one good chunk, then a result that is not JSON."""
+    ctx.checkpoint.save(0, {"ok": True})
+    ctx.checkpoint.save(1, {"at": object()})

@@ -100,3 +100,21 @@ async def test_cancel_all_sees_a_claim_that_commits_while_it_runs(
     # then the running task is marked cancelling, not missed
     assert out.cancelling == [tid] and out.cancelled == []
     assert (await db.get_task(tid))["status"] == "cancelling"
+
+
+async def test_a_result_that_cannot_be_stored_fails_its_task_and_nothing_else(
+        db: Db, canceller: Canceller, start_worker) -> None:
+    # given a worker with a single pool process
+    start_worker(concurrency=1)
+    # when a task saves a result the database cannot store
+    bad = await submit(db, canceller.celery, actor="poisoned", kwargs={})
+    final = await row_where(db, bad["id"], lambda r: r["status"] in TERMINAL, 20, "terminal")
+    # then that task fails, saying why, with its good chunk kept
+    assert final["status"] == "failed" and "not JSON serializable" in final["error"], dict(final)
+    assert await db.saved_chunks(bad["id"]) == {0}
+    # and the same process goes on to run, beat and save the next task normally
+    good = await submit(db, canceller.celery, actor="distill",
+                        kwargs={"chunks": 5, "chunk_seconds": 0.1})
+    done = await row_where(db, good["id"], lambda r: r["status"] in TERMINAL, 20, "terminal")
+    assert done["status"] == "succeeded" and done["heartbeat_at"] is not None
+    assert await db.saved_chunks(good["id"]) == set(range(5))

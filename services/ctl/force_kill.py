@@ -97,22 +97,8 @@ def confirmed(console: Console) -> bool:
 
 
 async def _cancel_rows(ctx: CtlContext) -> dict[str, int]:
-    async with ctx.db.transaction() as conn:
-        rows = await ctx.db.force_kill_all(conn, reason=REASON, by=ctx.actor)
-        committed_at = await conn.fetchval("SELECT extract(epoch FROM now())::float8")
-        was: dict[str, int] = {s.value: 0 for s in ACTIVE}
-        for r in rows:
-            was[r["was"]] += 1
-        await ctx.db.insert_audit(
-            conn, by=ctx.actor, reason=REASON,
-            scope={"all": True, "force_kill": True, "host": ctx.hostname}, forced=True,
-            cancelled=was["queued"], cancelling=was["running"] + was["cancelling"],
-            task_ids=[r["id"] for r in rows])
-    # The same event and fast-path set as any cancel: workers elsewhere stop at once.
-    await ctx.canceller().announce(
-        {"all": True, "actor": None, "queue": None, "force": True, "reason": REASON,
-         "before": committed_at}, [r["message_id"] for r in rows])
-    return was
+    return await ctx.canceller().force_kill_all(
+        by=ctx.actor, reason=REASON, scope={"force_kill": True, "host": ctx.hostname})
 
 
 async def _forget_dead(ctx: CtlContext) -> tuple[int, int]:

@@ -20,6 +20,7 @@ import psutil
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
+from shared.registry import LiveExecution, live_executions
 
 # psutil derives start times from clock ticks since boot: the same process always
 # yields the same value, a recycled pid a different one.
@@ -46,15 +47,6 @@ class WorkerEntry:
             return None
 
 
-@dataclass(frozen=True)
-class ExecutionEntry:
-    task_id: str
-    node: str
-    host: str
-    pid: int
-    pid_started: float
-
-
 @dataclass
 class LocalProcess:
     proc: psutil.Process
@@ -74,7 +66,7 @@ class HostWorkers:
     # node -> alive | gone | pid reused | remote (another host's: not ours to check)
     states: dict[str, str]
     processes: list[LocalProcess] = field(default_factory=list)
-    executions: list[ExecutionEntry] = field(default_factory=list)
+    executions: list[LiveExecution] = field(default_factory=list)
 
     @property
     def pids(self) -> set[int]:
@@ -90,17 +82,8 @@ async def read_workers(redis: aioredis.Redis, keys: Keys) -> list[WorkerEntry]:
     return sorted((e for e in entries if e is not None), key=lambda e: e.node)
 
 
-async def read_executions(redis: aioredis.Redis, keys: Keys) -> list[ExecutionEntry]:
-    out = []
-    for tid, raw in (await redis.hgetall(keys.execution_info)).items():
-        try:
-            info = json.loads(_text(raw))
-            out.append(ExecutionEntry(task_id=_text(tid), node=str(info.get("node", "")),
-                                      host=str(info.get("host", "")), pid=int(info["pid"]),
-                                      pid_started=float(info["pid_started"])))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return out
+async def read_executions(redis: aioredis.Redis, keys: Keys) -> list[LiveExecution]:
+    return list((await live_executions(redis, keys, include_expired=True)).values())
 
 
 def _text(value: str | bytes) -> str:
@@ -142,7 +125,7 @@ async def find_local(redis: aioredis.Redis, keys: Keys, host: str) -> HostWorker
     return locate(entries, executions, host)
 
 
-def locate(entries: list[WorkerEntry], executions: list[ExecutionEntry], host: str
+def locate(entries: list[WorkerEntry], executions: list[LiveExecution], host: str
            ) -> HostWorkers:
     found = HostWorkers(host=host, entries=entries, states={},
                         executions=[e for e in executions if e.host == host])
