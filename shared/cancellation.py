@@ -119,7 +119,7 @@ class Canceller:
                     getattr(out, kind).append(r["id"])
                     message_ids.append(r["message_id"])
             # After the updates: later than the start of any claim they could have seen.
-            committed_at = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+            committed_at = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
             audit = await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, "actor": actor, "queue": queue},
                 forced=force, cancelled=len(out.cancelled),
@@ -143,7 +143,7 @@ class Canceller:
         for a process that will not be there to finish it. Returns counts by prior state."""
         async with self.db.transaction() as conn:
             rows = await self.db.force_kill_all(conn, reason=reason, by=by)
-            before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())")
+            before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
             was: dict[str, int] = {s.value: 0 for s in ACTIVE}
             for r in rows:
                 was[r["was"]] += 1

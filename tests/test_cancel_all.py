@@ -48,7 +48,7 @@ async def _assert_never_ran(db: Db, ids: list[uuid.UUID]) -> None:
 async def test_cancel_all_with_running_queued_and_scheduled_tasks(
         settings: Settings, db: Db, canceller: Canceller, start_worker, start_reaper) -> None:
     # given 4 running tasks, 200 queued and 20 scheduled a minute ahead
-    start_worker(concurrency=4)
+    worker = start_worker(concurrency=4)
     start_reaper()
     running = [(await submit(db, canceller.celery, actor="distill",
                              kwargs={"chunks": 1000, "chunk_seconds": 0.1}))["id"]
@@ -71,6 +71,11 @@ async def test_cancel_all_with_running_queued_and_scheduled_tasks(
     rows = await db.pool.fetch("SELECT status, outcome FROM tasks WHERE id = ANY($1::uuid[])",
                                running)
     assert {(r["status"], r["outcome"]) for r in rows} == {("cancelled", "cooperative")}
+    # the news travelled by the event, not by the fallback poll
+    log_text = worker.log_path.read_text(errors="replace")
+    observed = [line for line in log_text.splitlines() if "task.cancel_observed" in line]
+    for tid in running:
+        assert any(f"task_id={tid}" in line and "via=event" in line for line in observed), tid
     # and none of the queued or scheduled tasks ever runs user code
     await asyncio.sleep(1.0)
     await _assert_never_ran(db, queued + scheduled)

@@ -12,8 +12,6 @@ import random
 import time
 import uuid
 
-import psutil
-
 from services.worker.actors.text import digest, generated_chunk
 from shared.broker import make_celery
 from shared.cancellation import CancelConflict, Canceller
@@ -116,24 +114,22 @@ async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_r
     assert not live, f"executions still registered: {list(live)}"
     active = await asyncio.to_thread(lambda: celery.control.inspect(timeout=1).active() or {})
     assert not any(active.values()), active
-    for w in workers:
-        for child in w.children():
-            assert child.status() != psutil.STATUS_RUNNING or child.cpu_percent(0.1) < 50
-    # saved results: one per chunk at most, each one intact
+    # saved results: each intact, within its task, written by an attempt the task had
     rows = await db.pool.fetch(
-        "SELECT r.task_id, r.chunk, r.ok, r.result, t.actor, t.total, t.kwargs, t.status "
-        "FROM task_results r JOIN tasks t ON t.id = r.task_id")
-    per_task: dict[uuid.UUID, list[int]] = {}
+        "SELECT r.task_id, r.chunk, r.ok, r.result, r.attempt AS by_attempt, t.attempt, "
+        "t.kwargs FROM task_results r JOIN tasks t ON t.id = r.task_id")
     for row in rows:
-        per_task.setdefault(row["task_id"], []).append(row["chunk"])
+        assert 0 <= row["chunk"] < row["kwargs"]["chunks"], dict(row)
+        assert 1 <= row["by_attempt"] <= row["attempt"], dict(row)
         if row["ok"]:
             assert row["result"] == digest(generated_chunk(row["chunk"])), dict(row)
-    for tid, chunks in per_task.items():
-        assert len(chunks) == len(set(chunks)), f"{tid} has a duplicated chunk"
+    # a succeeded task has every chunk, and its progress says so
     succeeded = await db.pool.fetch(
-        "SELECT t.id, t.kwargs, (SELECT count(*) FROM task_results r WHERE r.task_id = t.id) n "
-        "FROM tasks t WHERE t.status = 'succeeded' AND t.actor = 'distill'")
+        "SELECT t.id, t.kwargs, t.done, (SELECT count(*) FROM task_results r "
+        "WHERE r.task_id = t.id AND r.ok) n FROM tasks t "
+        "WHERE t.status = 'succeeded' AND t.actor = 'distill'")
+    assert succeeded, "no task succeeded: the run proves little"
     for row in succeeded:
-        assert row["n"] == row["kwargs"]["chunks"], dict(row)
+        assert row["n"] == row["kwargs"]["chunks"] == row["done"], dict(row)
     celery.close()
     await r.aclose()

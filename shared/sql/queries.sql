@@ -161,7 +161,7 @@ WHERE status IN ('running', 'cancelling')
 
 -- name: due_cancellations
 SELECT id, actor, attempt, worker, pid, message_id, cancel_deadline, cancel_forced,
-       extract(epoch FROM now() - coalesce(heartbeat_at, started_at)) AS silent_for
+       extract(epoch FROM now() - coalesce(heartbeat_at, started_at))::float8 AS silent_for
 FROM tasks
 WHERE status = 'cancelling' AND cancel_deadline <= now() - make_interval(secs => $1);
 
@@ -184,7 +184,7 @@ RETURNING *;
 
 -- name: active_by_ids
 SELECT id, status, attempt, message_id, finished_at,
-       extract(epoch FROM now() - finished_at) AS finished_ago
+       extract(epoch FROM now() - finished_at)::float8 AS finished_ago
 FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: stranded_queued
