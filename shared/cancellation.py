@@ -74,32 +74,20 @@ class Canceller:
     async def cancel(self, task_id: uuid.UUID, *, by: str, reason: str | None = None,
                      force: bool = False) -> CancelOne:
         grace = 0.0 if force else self.settings.cancel_grace
-        async with self.db.transaction() as conn:
-            row = await conn.fetchrow(self.db.q["lock_task"], task_id)
-            if row is None:
-                raise KeyError(task_id)
-            status = TaskStatus(row["status"])
-            if status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
-                raise CancelConflict(f"task already {status}", row)
-            new: Record | None = None
-            if status is TaskStatus.QUEUED:
-                new = await conn.fetchrow(self.db.q["cancel_queued"], task_id, reason, by, force)
-            elif status is TaskStatus.RUNNING:
-                new = await conn.fetchrow(self.db.q["cancel_running"], task_id, reason, by, force,
+        row = await self.db.pool.fetchrow(self.db.q["cancel_one"], task_id, reason, by, force,
                                           grace)
-            elif status is TaskStatus.CANCELLING and force and not row["cancel_forced"]:
-                new = await conn.fetchrow(self.db.q["force_cancelling"], task_id)
-            if new is None:
-                return CancelOne(row=row, changed=False)
-            await self.db.insert_audit(
-                conn, by=by, reason=reason, scope={"task_id": str(task_id)}, forced=force,
-                cancelled=int(status is TaskStatus.QUEUED),
-                cancelling=int(status is not TaskStatus.QUEUED), task_ids=[task_id])
+        if row is None:
+            raise KeyError(task_id)
+        was = TaskStatus(row["was"])
+        if not row["changed"]:
+            if was in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
+                raise CancelConflict(f"task already {was}", row)
+            return CancelOne(row=row, changed=False)
         await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
-                             [new["message_id"]])
-        log.info("task.cancel_requested", task_id=str(task_id), was=str(status),
-                 now=new["status"], by=by, forced=force, reason=reason)
-        return CancelOne(row=new, changed=True)
+                            [row["message_id"]])
+        log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
+                 now=row["status"], by=by, forced=force, reason=reason)
+        return CancelOne(row=row, changed=True)
 
     async def cancel_all(self, *, by: str, reason: str | None = None, force: bool = False,
                          actor: str | None = None, queue: str | None = None) -> CancelAll:

@@ -33,11 +33,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset on release: no code here keeps session state (PgBouncer-safe), and
+    the default reset would cost a round trip on every use of the pool."""
+
+
 async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,
                       timeout: float = 5.0) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         database_url, min_size=min_size, max_size=max_size, statement_cache_size=0,
-        init=_init_connection, timeout=timeout, command_timeout=30,
+        init=_init_connection, reset=_keep_session, timeout=timeout, command_timeout=30,
     )
 
 

@@ -118,3 +118,29 @@ async def test_a_result_that_cannot_be_stored_fails_its_task_and_nothing_else(
     done = await row_where(db, good["id"], lambda r: r["status"] in TERMINAL, 20, "terminal")
     assert done["status"] == "succeeded" and done["heartbeat_at"] is not None
     assert await db.saved_chunks(good["id"]) == set(range(5))
+
+
+async def test_cancel_of_one_task_sees_a_claim_that_commits_while_it_runs(
+        db: Db, canceller: Canceller) -> None:
+    # given a queued task whose claim has updated the row but not yet committed
+    tid, mid = uuid.uuid4(), uuid.uuid4()
+    await db.insert_task(tid, "distill", "default", {}, mid, None)
+    conn = await db.pool.acquire()
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.fetchrow(db.q["claim_task"], tid, mid, "w", 1, 30.0)
+        # when the task is cancelled meanwhile, and the claim commits
+        pending = asyncio.create_task(canceller.cancel(tid, by="test"))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        await tx.commit()
+        out = await pending
+    finally:
+        await db.pool.release(conn)
+    # then the cancel applies to the running task: cancelling with a deadline, audited once
+    assert out.changed and out.row["status"] == "cancelling"
+    row = await db.get_task(tid)
+    assert (row["status"], row["attempt"]) == ("cancelling", 1) and row["cancel_deadline"]
+    audits = [a for a in await db.list_audit(100) if tid in a["task_ids"]]
+    assert [(a["cancelled"], a["cancelling"]) for a in audits] == [(0, 1)]

@@ -91,6 +91,42 @@ SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = 'time_li
 WHERE id = $1 AND attempt = $2 AND status = 'running'
 RETURNING cancel_deadline;
 
+-- name: cancel_one
+-- The whole first rung for one task in one statement (one round trip in autocommit): lock
+-- the row, move it on by its state, audit what changed. `was` is the state found; `changed`
+-- says whether this call did anything; the other columns are the row as it is now.
+WITH cur AS (
+    SELECT * FROM tasks WHERE id = $1 FOR UPDATE
+), queued AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+        cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
+    FROM cur WHERE t.id = cur.id AND cur.status = 'queued'
+    RETURNING t.*
+), running AS (
+    UPDATE tasks t
+    SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $2,
+        cancel_by = $3, cancel_forced = $4, cancel_deadline = now() + make_interval(secs => $5)
+    FROM cur WHERE t.id = cur.id AND cur.status = 'running'
+    RETURNING t.*
+), hastened AS (
+    UPDATE tasks t SET cancel_forced = true, cancel_deadline = least(t.cancel_deadline, now())
+    FROM cur
+    WHERE t.id = cur.id AND cur.status = 'cancelling' AND $4 AND NOT coalesce(cur.cancel_forced, false)
+    RETURNING t.*
+), changed AS (
+    SELECT * FROM queued UNION ALL SELECT * FROM running UNION ALL SELECT * FROM hastened
+), audit AS (
+    INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
+    SELECT $3, $2, jsonb_build_object('task_id', $1::text), $4,
+           (cur.status = 'queued')::int, (cur.status <> 'queued')::int, ARRAY[$1::uuid]
+    FROM cur WHERE EXISTS (SELECT 1 FROM changed)
+    RETURNING id
+)
+SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS changed, now_row.*
+FROM (SELECT * FROM changed
+      UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
+
 -- name: cancel_queued
 UPDATE tasks
 SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
