@@ -127,26 +127,6 @@ SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS change
 FROM (SELECT * FROM changed
       UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
 
--- name: cancel_queued
-UPDATE tasks
-SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
-    cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
-WHERE id = $1 AND status = 'queued'
-RETURNING *;
-
--- name: cancel_running
-UPDATE tasks
-SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3,
-    cancel_forced = $4, cancel_deadline = now() + make_interval(secs => $5)
-WHERE id = $1 AND status = 'running'
-RETURNING *;
-
--- name: force_cancelling
--- A forced cancel of a task already cancelling pulls its deadline in to now.
-UPDATE tasks SET cancel_forced = true, cancel_deadline = least(cancel_deadline, now())
-WHERE id = $1 AND status = 'cancelling'
-RETURNING *;
-
 -- name: cancel_all_queued
 -- cancel-all runs these as separate statements of one transaction (queued, hasten, running):
 -- each takes a fresh snapshot, so a claim committing meanwhile is seen by the next one.
