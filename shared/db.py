@@ -196,3 +196,6 @@ class Db:
     async def prune_history(self, days: int, limit: int = 1000) -> int:
         status = await self.pool.execute(self.q["prune_history"], days, limit)
         return int(status.split()[-1])
+
+    async def cancelling_among(self, ids: Sequence[uuid.UUID]) -> list[Record]:
+        return await self.pool.fetch(self.q["cancelling_among"], list(ids))

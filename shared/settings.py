@@ -27,6 +27,8 @@ class Settings:
     log_level: str = "INFO"
     run_dir: str = ".run"
     worker_concurrency: int = 2
+    # The worker's main process kills its own pool processes stuck past a cancel deadline.
+    guardian: bool = True
     # Comma-separated queues a worker consumes besides its actors' own and the default.
     worker_queues: str = ""
     # The worker writes progress to the DB at most this often.

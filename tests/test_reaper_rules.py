@@ -51,8 +51,9 @@ async def test_killed_execution_of_an_auto_resume_actor_completes_each_chunk_onc
 async def test_killing_the_leader_mid_escalation_hands_it_to_the_other_replica(
         settings: Settings, db: Db, canceller: Canceller, start_worker, start_reaper,
         redis: aioredis.Redis) -> None:
-    # given two reaper replicas and a task stuck holding its GIL
-    start_worker()
+    # given two reaper replicas and a task stuck holding its GIL, on a worker without
+    # a guardian, so that only a reaper can end it
+    start_worker(settings.with_(guardian=False))
     first = start_reaper()
     await asyncio.sleep(1.0)
     second = start_reaper()

@@ -106,6 +106,10 @@ class Zombies:
             await ctx.publish_change(row["id"], status, outcome=Outcome.GONE)
 
 
+# A finished execution removes its registry entry right after writing its end.
+JUST_FINISHED = 0.5
+
+
 class Undead:
     """Executions registered as live whose row is terminal or belongs to a newer attempt:
     their writes are already fenced off, so they are killed at once (verified)."""
@@ -124,8 +128,8 @@ class Undead:
                     and row["attempt"] == entry.attempt:
                 continue
             if row is not None and row["attempt"] == entry.attempt \
-                    and (row["finished_ago"] or 0) < 2 * ctx.settings.heartbeat_interval + 1:
-                continue  # it just recorded its own end; the entry goes next
+                    and (row["finished_ago"] or 0) < JUST_FINISHED:
+                continue  # it just recorded its own end; its entry goes a moment later
             found += 1
             replies = await ctx.celery.kill(message_id=entry.message_id, task_id=tid,
                                             node=entry.node, pid=entry.pid,

@@ -21,6 +21,7 @@ from celery.signals import (
 
 from services.worker import control  # noqa: F401  (registers the remote control command)
 from services.worker.actor import Actor, discover
+from services.worker.guardian import Guardian
 from services.worker.runtime import RetryLater, Runtime
 from shared.broker import make_celery
 from shared.db import Db
@@ -52,6 +53,8 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
+        if settings.guardian:
+            Guardian(settings).start()
         announce_worker(settings, runtime.node, present=True)
 
     @worker_shutdown.connect(weak=False)

@@ -262,3 +262,9 @@ WITH old AS (
     ORDER BY finished_at LIMIT $2
 )
 DELETE FROM tasks t USING old WHERE t.id = old.id;
+
+-- name: cancelling_among
+-- The guardian's view of its own executions: which are being cancelled, and by when.
+SELECT id, attempt, message_id, cancel_deadline,
+       extract(epoch FROM cancel_deadline - now())::float8 AS due_in
+FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'cancelling';

@@ -1,0 +1,142 @@
+"""The guardian: deadlines of this worker's pool processes, enforced by its main process.
+
+A pool process stuck in C code that holds its GIL cannot run its own watchdog, and the
+reaper can only act from afar after a margin. The worker's main process is never blocked
+by a child: it learns of cancels (the event, then the DB's deadline) and, when a deadline
+passes with the execution still there, records the kill and SIGKILLs exactly that child,
+the one Celery itself says runs that message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from services.worker.control import find_request, verify_target
+from shared.db import Db
+from shared.keys import Keys
+from shared.redis_client import connect
+from shared.settings import Settings
+from shared.states import Outcome, TaskStatus
+
+log = structlog.get_logger("worker.guardian")
+
+# The child's own watchdog goes first; this is for when it cannot.
+GRACE_AFTER_DEADLINE = 0.05
+
+
+def active_task_ids() -> dict[uuid.UUID, str]:
+    """task id -> message id of every execution this worker's pool runs now."""
+    from celery.worker import state as worker_state
+
+    for _ in range(5):  # the consumer thread may change the set while we copy it
+        try:
+            requests = list(worker_state.active_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return {}
+    out: dict[uuid.UUID, str] = {}
+    for req in requests:
+        try:
+            out[uuid.UUID(str((req.kwargs or {}).get("task_id")))] = req.id
+        except ValueError:
+            continue
+    return out
+
+
+class Guardian:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.loop = asyncio.new_event_loop()
+        self._db: Db | None = None
+        self._armed: dict[tuple[uuid.UUID, int], asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="taskreaper-guardian", daemon=True).start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self._listen())
+        self.loop.create_task(self._poll())
+        self.loop.run_forever()
+
+    async def db(self) -> Db:
+        if self._db is None:
+            self._db = await Db.connect(self.settings.database_url, min_size=0, max_size=1)
+        return self._db
+
+    async def _listen(self) -> None:
+        """A cancel event only says "look now": the deadlines come from the DB."""
+        client = connect(self.settings.redis_url, socket_timeout=None)
+        while True:
+            try:
+                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.keys.cancel_channel)
+                    async for message in pubsub.listen():
+                        if message and message.get("type") == "message":
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("worker.guardian_listen_error", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.cancel_poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._arm()
+            except Exception as exc:
+                log.warning("worker.guardian_poll_error", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _arm(self) -> None:
+        active = active_task_ids()
+        if not active:
+            return
+        rows = await (await self.db()).cancelling_among(list(active))
+        for row in rows:
+            key = (row["id"], row["attempt"])
+            if key in self._armed or active.get(row["id"]) != str(row["message_id"]):
+                continue
+            delay = max(0.0, float(row["due_in"])) + GRACE_AFTER_DEADLINE
+            self._armed[key] = self.loop.call_later(
+                delay, lambda r=row: self.loop.create_task(self._enforce(r)))
+
+    async def _enforce(self, row: Any) -> None:
+        key = (row["id"], row["attempt"])
+        try:
+            message_id, task_id = str(row["message_id"]), str(row["id"])
+            proc, why = verify_target(message_id, task_id, None, None)
+            if proc is None:
+                return  # it ended (or its own watchdog ended it) in time
+            await (await self.db()).finish_task(row["id"], row["attempt"],
+                                                TaskStatus.CANCELLED, outcome=Outcome.KILLED)
+            # Check again right before the signal: the pid must still run that message.
+            if find_request(message_id, task_id) is None:
+                return
+            os.kill(proc.pid, signal.SIGKILL)
+            late = time.time() - row["cancel_deadline"].timestamp()
+            log.warning("worker.guardian_killed", task_id=task_id, attempt=row["attempt"],
+                        pid=proc.pid, after_deadline_s=round(late, 3))
+        except ProcessLookupError:
+            pass
+        except Exception as exc:
+            log.warning("worker.guardian_enforce_error", task_id=str(row["id"]), error=str(exc))
+        finally:
+            self._armed.pop(key, None)
