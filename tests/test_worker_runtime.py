@@ -9,6 +9,7 @@ import pytest
 
 from shared.broker import make_celery
 from shared.db import Db
+from shared.keys import Keys
 from shared.settings import Settings
 from shared.submit import submit
 from tests.support import wait_for
@@ -76,3 +77,22 @@ async def test_duplicate_delivery_while_running_executes_once(db: Db, celery, st
     assert final["attempt"] == 1
     results = await db.list_results(task_id)
     assert len(results) == 10 and {r["attempt"] for r in results} == {1}
+
+
+async def test_every_process_of_a_worker_keeps_listening_for_cancels(
+        settings: Settings, start_worker, redis) -> None:
+    # given a worker with two pool processes, settled for a while (and garbage collected)
+    start_worker(concurrency=2)
+    channel = Keys(settings.key_prefix).cancel_channel
+
+    async def subscribers() -> int:
+        return dict(await redis.pubsub_numsub(channel)).get(channel, 0)
+
+    # then each pool process and the main process's guardian listen, and keep listening
+    await wait_for(lambda: _equals(subscribers(), 3), timeout=10, what="3 subscribers")
+    await asyncio.sleep(4.0)
+    assert await subscribers() == 3
+
+
+async def _equals(value, expected) -> bool:
+    return await value == expected

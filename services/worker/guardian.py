@@ -61,14 +61,16 @@ class Guardian:
         self._db: Db | None = None
         self._armed: dict[tuple[uuid.UUID, int], asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
+        # The loop keeps only weak references to its tasks: these must not be collected.
+        self._loops: list[asyncio.Task[None]] = []
+        self._enforcing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="taskreaper-guardian", daemon=True).start()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.create_task(self._listen())
-        self.loop.create_task(self._poll())
+        self._loops = [self.loop.create_task(self._listen()), self.loop.create_task(self._poll())]
         self.loop.run_forever()
 
     async def db(self) -> Db:
@@ -115,8 +117,12 @@ class Guardian:
             if key in self._armed or active.get(row["id"]) != str(row["message_id"]):
                 continue
             delay = max(0.0, float(row["due_in"])) + GRACE_AFTER_DEADLINE
-            self._armed[key] = self.loop.call_later(
-                delay, lambda r=row: self.loop.create_task(self._enforce(r)))
+            self._armed[key] = self.loop.call_later(delay, self._start_enforcing, row)
+
+    def _start_enforcing(self, row: Any) -> None:
+        task = self.loop.create_task(self._enforce(row))
+        self._enforcing.add(task)
+        task.add_done_callback(self._enforcing.discard)
 
     async def _enforce(self, row: Any) -> None:
         key = (row["id"], row["attempt"])

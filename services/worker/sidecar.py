@@ -78,7 +78,8 @@ class Sidecar:
         self.redis = connect(self.settings.redis_url, socket_timeout=2.0)
         self._events = connect(self.settings.redis_url, socket_timeout=None)
         self._db_lock = asyncio.Lock()
-        self.loop.create_task(self._listen())
+        # Held here: the loop keeps only a weak reference to a task.
+        self._listener = self.loop.create_task(self._listen())
         self.loop.call_soon(self._ready.set)
         self.loop.run_forever()
 
