@@ -54,3 +54,22 @@ async def test_retention_prunes_only_old_finished_history(db: Db) -> None:
     assert await db.prune_history(30) >= 1
     assert await db.get_task(old) is None
     assert await db.get_task(recent) is not None and await db.get_task(running) is not None
+
+
+async def test_counts_kept_by_triggers_match_a_full_count(db: Db) -> None:
+    async def direct() -> dict[str, int]:
+        rows = await db.pool.fetch("SELECT status, count(*) AS n FROM tasks GROUP BY status")
+        out = {s: 0 for s in (await db.counts())}
+        out.update({r["status"]: r["n"] for r in rows})
+        return out
+
+    # inserts, status changes of one and of many rows, a heartbeat, deletes
+    ids = [await _task(db, "running") for _ in range(5)]
+    ids += [await _task(db, "succeeded", finished_days_ago=40) for _ in range(3)]
+    await db.pool.execute("UPDATE tasks SET status='cancelling' WHERE id = ANY($1::uuid[])",
+                          ids[:2])
+    await db.heartbeat(ids[2], 1, done=1, failed=0, total=2, current=1, eta_seconds=None)
+    await db.pool.execute("UPDATE tasks SET status='lost' WHERE id = $1", ids[3])
+    await db.prune_history(30)
+    assert await db.counts() == await direct()
+    assert (await db.counts())["cancelling"] >= 2
