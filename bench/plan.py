@@ -1,0 +1,35 @@
+"""How much of each measurement a run does: the full suite, or a quick smoke check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    cooperative: int = 100
+    sleep: int = 100
+    # Each `gil` round takes grace + the kill + a pool refill: a few seconds.
+    gil: int = 20
+    terminate: int = 100
+    abort: int = 100
+    # queued-task count -> repetitions
+    cancel_all: dict[int, int] = field(default_factory=lambda: {1_000: 3, 10_000: 3})
+    reconcile_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    reconcile_active: int = 1_000
+    reconcile_passes: int = 9
+    api_seconds: float = 5.0
+    api_concurrency: int = 8
+    api_max_requests: int = 50_000
+    token_checks: int = 2_000_000
+    is_aborted_checks: int = 2_000
+    row_reads: int = 500
+    round_trips: int = 300
+
+
+FULL = Plan("full")
+QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
+             abort=20, cancel_all={1_000: 1}, reconcile_sizes=(10_000, 100_000),
+             reconcile_passes=5, api_seconds=2.0, token_checks=200_000,
+             is_aborted_checks=300, row_reads=100, round_trips=100)
