@@ -13,10 +13,11 @@ import time
 import uuid
 from typing import Any
 
-from bench.stack import Servers, create_database, delete_prefix, drop_database
+from bench.stack import Servers, delete_prefix
 from bench.stats import Dist
 from shared.broker import make_celery
 from shared.cancellation import Canceller
+from shared.databases import create_database, drop_database
 from shared.db import Db
 from shared.redis_client import connect
 from shared.settings import Settings

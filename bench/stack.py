@@ -11,17 +11,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import asyncpg
 import redis.asyncio as aioredis
 
 from bench.poll import until
 from bench.procs import ROOT, Child, settings_env
 from shared.broker import make_celery
+from shared.databases import create_database, drop_database
 from shared.keys import Keys
-from shared.migrate import migrate_url
 from shared.settings import Settings
 
 
@@ -49,29 +47,6 @@ class Servers:
     def close(self) -> None:
         if self._embedded is not None:
             self._embedded.stop()
-
-
-def database_url(admin_url: str, name: str) -> str:
-    return urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
-
-
-async def create_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = database_url(admin_url, name)
-    await migrate_url(url)
-    return url
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def delete_prefix(redis_url: str, prefix: str) -> None:

@@ -15,43 +15,16 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import redis
 
-from shared.migrate import migrate
+from shared.databases import create_database, database_url, drop_database
 from shared.settings import Settings
 from tests.support import ServiceProcess, WorkerProcess
 from tests.test_dashboard import eventually, http, launch_chromium, start_api
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "screenshot-" + uuid.uuid4().hex
-
-
-def _with_db(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-async def _create_db(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(_with_db(admin, name))
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-
-
-async def _drop_db(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 def _submit(api: str, kwargs: dict[str, object], **extra: object) -> str:
@@ -117,12 +90,12 @@ def main() -> None:
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     name = f"tr_shot_{uuid.uuid4().hex[:10]}"
     prefix = f"trs-{uuid.uuid4().hex[:10]}"
-    asyncio.run(_create_db(admin, name))
+    asyncio.run(create_database(admin, name))
     procs: list[ServiceProcess | WorkerProcess] = []
     with tempfile.TemporaryDirectory(prefix="taskreaper-shot-") as tmp:
         work = Path(tmp)
         settings = Settings.from_env(
-            {}, database_url=_with_db(admin, name), redis_url=redis_url, key_prefix=prefix,
+            {}, database_url=database_url(admin, name), redis_url=redis_url, key_prefix=prefix,
             api_token=TOKEN, log_dir=str(work), heartbeat_interval=0.5,
             reaper_metrics_port=0)
         try:
@@ -143,7 +116,7 @@ def main() -> None:
             for key in client.scan_iter(match=f"{prefix}*", count=1000):
                 client.delete(key)
             client.close()
-            asyncio.run(_drop_db(admin, name))
+            asyncio.run(drop_database(admin, name))
 
 
 if __name__ == "__main__":

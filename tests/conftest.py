@@ -10,12 +10,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from shared.databases import create_database, drop_database
 from shared.db import Db
-from shared.migrate import migrate
 from shared.settings import Settings
 from tests.support import ServiceProcess, WorkerProcess
 
@@ -41,41 +40,13 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
         embedded.stop()
 
 
-def _with_db(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
 @pytest.fixture(scope="session")
 def template_db(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A migrated database that each module's database is copied from."""
     name = f"tr_tpl_{uuid.uuid4().hex[:10]}"
-    admin = service_urls[0]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        conn = await asyncpg.connect(_with_db(admin, name))
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    asyncio.run(create_database(service_urls[0], name))
     yield name
-    asyncio.run(_drop_db(admin, name))
-
-
-async def _drop_db(admin: str, name: str) -> None:
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    asyncio.run(drop_database(service_urls[0], name))
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +55,11 @@ def settings(service_urls: tuple[str, str], template_db: str,
     """Settings for one test module: its own database and its own Redis namespace."""
     admin, redis_url = service_urls
     name = f"tr_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
+    url = asyncio.run(create_database(admin, name, template=template_db))
     prefix = f"trt-{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("logs")
     yield Settings.from_env(
-        {}, database_url=_with_db(admin, name), redis_url=redis_url, key_prefix=prefix,
+        {}, database_url=url, redis_url=redis_url, key_prefix=prefix,
         api_token=TEST_TOKEN, log_dir=str(logs), heartbeat_interval=0.2, heartbeat_timeout=3.0,
         reconcile_interval=0.5, cancel_grace=2.0, cancel_poll_interval=0.5, kill_margin=0.5,
         leader_ttl=2.0, lost_message_after=5.0)
@@ -108,7 +71,7 @@ def settings(service_urls: tuple[str, str], template_db: str,
                 await r.delete(key)
         finally:
             await r.aclose()
-        await _drop_db(admin, name)
+        await drop_database(admin, name)
 
     asyncio.run(cleanup())
 
