@@ -184,3 +184,17 @@ def wait_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.005)
     return False
+
+
+def require_debian_packages(missing: list[str], packages: str) -> None:
+    """Tests that need a system package `.ci/run` installs: in CI its absence is a failure;
+    on a developer's machine the test is skipped, saying what to install."""
+    if not missing:
+        return
+    import pytest
+
+    message = (f"{', '.join(missing)} not found: install Debian's {packages} "
+               f"(apt-get install {packages})")
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support import ROOT
+from tests.support import ROOT, require_debian_packages
 
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -35,11 +35,8 @@ def _compose_cli() -> list[str] | None:
 
 def _config(**env: str) -> dict[str, Any]:
     cli = _compose_cli()
-    if cli is None:
-        message = "Docker Compose is not installed (Debian: apt-get install docker-compose)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_debian_packages([] if cli else ["docker-compose"], "docker-compose")
+    assert cli is not None
     # A clean environment: the defaults in the file are what gets checked.
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp", **env}
     out = subprocess.run([*cli, "-f", str(COMPOSE), "--profile", "flower", "config"],

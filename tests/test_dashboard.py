@@ -28,7 +28,7 @@ from services.worker.actor import Actor
 from services.worker.actors.distill import distill
 from shared.db import Db
 from shared.settings import Settings
-from tests.support import ServiceProcess
+from tests.support import ServiceProcess, require_debian_packages
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -109,10 +109,8 @@ def register_actor(settings: Settings, act: Actor) -> None:
 
 
 def launch_chromium(profile: Path, *, width: int = 1440, height: int = 900) -> WebDriver:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: install the chromium and chromium-driver "
-                    "packages", pytrace=False)
+    require_debian_packages([p for p in (CHROMIUM, CHROMEDRIVER) if shutil.which(p) is None],
+                            "chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROME_FLAGS:
