@@ -144,3 +144,17 @@ async def canceller(settings: Settings, db: Db) -> AsyncIterator:
     yield Canceller(settings, db, client, celery)
     celery.close()
     await client.aclose()
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """A directory outside pytest's tmp root: pytest makes that root private (0700) whenever
+    another session starts, and the embedded PostgreSQL runs as an unprivileged user that
+    must reach its data directory."""
+    import shutil
+
+    from tests.faults import scratch_dir
+
+    path = scratch_dir("run")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -39,15 +39,6 @@ def run_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory outside pytest's tmp root: pytest makes that root private (0700) whenever
-    another session starts, and the embedded PostgreSQL runs as an unprivileged user that
-    must reach its data directory."""
-    path = Path(tempfile.mkdtemp(prefix="taskreaper-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
 
 @pytest.fixture
 def services(run_dir: Path) -> Iterator[EmbeddedServices]:

@@ -9,16 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -177,15 +174,6 @@ def _stop_cleanly(run: Run, label: str) -> None:
     # 130 is the conventional status after SIGINT; anything else means a crash on the way out
     assert run.proc.returncode in (0, 130), run.tail()
 
-
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A directory outside pytest's tmp root: pytest makes that root private (0700) whenever
-    another session starts, and the embedded PostgreSQL runs as an unprivileged user that
-    must reach its data directory."""
-    path = Path(tempfile.mkdtemp(prefix="taskreaper-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _wait_task_done(run: Run, token: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
