@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -78,25 +80,32 @@ async def test_watchdog_kills_even_when_someone_else_already_ended_the_row(
     assert time.monotonic() - t0 < settings.force_window + 1.5
 
 
-async def test_cancel_all_sees_a_claim_that_commits_while_it_runs(
-        settings: Settings, db: Db, canceller: Canceller) -> None:
-    # given a queued task whose claim has updated the row but not yet committed
+async def _racing_a_claim(db: Db, call: Callable[[uuid.UUID], Awaitable[Any]]
+                          ) -> tuple[uuid.UUID, Any]:
+    """Runs `call` while a worker's claim of a queued task has updated the row but not yet
+    committed, then commits the claim; returns the task id and what `call` returned."""
     tid, mid = uuid.uuid4(), uuid.uuid4()
     await db.insert_task(tid, "distill", "default", {}, mid, None)
     conn = await db.pool.acquire()
     try:
         tx = conn.transaction()
         await tx.start()
-        claimed = await conn.fetchrow(db.q["claim_task"], tid, mid, "w", 1, 30.0)
-        assert claimed["attempt"] == 1
-        # when a cancel-all starts meanwhile, and the claim commits
-        pending = asyncio.create_task(canceller.cancel_all(by="test"))
+        assert (await conn.fetchrow(db.q["claim_task"], tid, mid, "w", 1, 30.0))["attempt"] == 1
+        pending = asyncio.create_task(call(tid))
         await asyncio.sleep(0.3)
         assert not pending.done()  # waiting on the claimed row
         await tx.commit()
         out = await pending
     finally:
         await db.pool.release(conn)
+    return tid, out
+
+
+async def test_cancel_all_sees_a_claim_that_commits_while_it_runs(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    # given a queued task whose claim has updated the row but not yet committed
+    # when a cancel-all starts meanwhile, and the claim commits
+    tid, out = await _racing_a_claim(db, lambda tid: canceller.cancel_all(by="test"))
     # then the running task is marked cancelling, not missed
     assert out.cancelling == [tid] and out.cancelled == []
     assert (await db.get_task(tid))["status"] == "cancelling"
@@ -123,21 +132,8 @@ async def test_a_result_that_cannot_be_stored_fails_its_task_and_nothing_else(
 async def test_cancel_of_one_task_sees_a_claim_that_commits_while_it_runs(
         db: Db, canceller: Canceller) -> None:
     # given a queued task whose claim has updated the row but not yet committed
-    tid, mid = uuid.uuid4(), uuid.uuid4()
-    await db.insert_task(tid, "distill", "default", {}, mid, None)
-    conn = await db.pool.acquire()
-    try:
-        tx = conn.transaction()
-        await tx.start()
-        await conn.fetchrow(db.q["claim_task"], tid, mid, "w", 1, 30.0)
-        # when the task is cancelled meanwhile, and the claim commits
-        pending = asyncio.create_task(canceller.cancel(tid, by="test"))
-        await asyncio.sleep(0.3)
-        assert not pending.done()
-        await tx.commit()
-        out = await pending
-    finally:
-        await db.pool.release(conn)
+    # when the task is cancelled meanwhile, and the claim commits
+    tid, out = await _racing_a_claim(db, lambda tid: canceller.cancel(tid, by="test"))
     # then the cancel applies to the running task: cancelling with a deadline, audited once
     assert out.changed and out.row["status"] == "cancelling"
     row = await db.get_task(tid)
