@@ -26,7 +26,8 @@ async def publish_event(app: web.Application, kind: str, **fields: Any) -> None:
     try:
         await app[REDIS].publish(app[KEYS].events_channel, payload)
     except redis.exceptions.RedisError as exc:
-        log.warning("api.event_publish_failed", event=kind, error=str(exc))
+        # `event` is structlog's name for the log line itself; the change's name goes as `kind`.
+        log.warning("api.event_publish_failed", kind=kind, error=str(exc))
 
 
 def sse_frame(data: str | bytes) -> bytes | None:
