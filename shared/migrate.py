@@ -1,4 +1,5 @@
-"""Applies the SQL files in shared/migrations once each, in order, under an advisory lock."""
+"""Applies the SQL files in shared/migrations once each, in order, under an advisory lock
+held by each migration's own transaction."""
 
 from __future__ import annotations
 
@@ -20,26 +21,30 @@ def migration_files() -> list[tuple[str, str]]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Returns the names of the migrations applied by this call."""
+    """Returns the names of the migrations applied by this call.
+
+    Each migration is one transaction that first takes a transaction-scoped advisory lock and
+    then looks at what is still to do, so concurrent callers apply every migration exactly once.
+    Nothing outlives a transaction, which keeps this safe behind PgBouncer in transaction mode:
+    a session-level lock would stay on whichever server connection took it.
+    """
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
-    try:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
-        for name, sql in migration_files():
-            if name in done:
-                continue
-            async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
-            applied.append(name)
-            log.info("migrate.applied", migration=name)
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
-    return applied
+    while True:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+            pending = [(name, sql) for name, sql in migration_files() if name not in done]
+            if not pending:
+                return applied
+            name, sql = pending[0]
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
+        applied.append(name)
+        log.info("migrate.applied", migration=name)
 
 
 async def migrate_url(database_url: str) -> list[str]:
