@@ -49,13 +49,31 @@ def template_db(service_urls: tuple[str, str]) -> Iterator[str]:
     asyncio.run(drop_database(service_urls[0], name))
 
 
+@pytest.fixture(scope="session")
+def pgbouncer(service_urls: tuple[str, str]) -> Iterator:
+    """A PgBouncer in transaction pooling mode in front of the test server, shared by every
+    module marked `pgbouncer`; started on first use."""
+    from tests.pgbouncer import PgBouncer, require_pgbouncer
+
+    require_pgbouncer()
+    bouncer = PgBouncer(service_urls[0]).start()
+    yield bouncer
+    bouncer.remove()
+
+
 @pytest.fixture(scope="module")
-def settings(service_urls: tuple[str, str], template_db: str,
+def settings(request: pytest.FixtureRequest, service_urls: tuple[str, str], template_db: str,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings for one test module: its own database and its own Redis namespace."""
+    """Settings for one test module: its own database and its own Redis namespace. A module
+    marked `pgbouncer` reaches its database through PgBouncer in transaction pooling mode
+    (the database itself is created on the server directly)."""
     admin, redis_url = service_urls
+    bouncer = (request.getfixturevalue("pgbouncer")
+               if request.node.get_closest_marker("pgbouncer") else None)
     name = f"tr_{uuid.uuid4().hex[:12]}"
     url = asyncio.run(create_database(admin, name, template=template_db))
+    if bouncer is not None:
+        url = bouncer.route(url)
     prefix = f"trt-{uuid.uuid4().hex[:10]}"
     logs = tmp_path_factory.mktemp("logs")
     yield Settings.from_env(

@@ -17,6 +17,9 @@ from shared.settings import Settings
 from shared.submit import submit
 from tests.support import TERMINAL, row_where, wait_gone
 
+# The database is reached through PgBouncer in transaction pooling mode, as deployed.
+pytestmark = pytest.mark.pgbouncer
+
 
 @pytest.fixture(scope="module")
 def settings(settings: Settings) -> Settings:

@@ -12,6 +12,8 @@ import random
 import time
 import uuid
 
+import pytest
+
 from services.worker.actors.text import digest, generated_chunk
 from shared.broker import make_celery
 from shared.cancellation import CancelConflict, Canceller
@@ -23,6 +25,9 @@ from shared.settings import Settings
 from shared.submit import BrokerUnavailable, submit
 from tests.faults import RedisServer
 from tests.support import wait_for
+
+# The database is reached through PgBouncer in transaction pooling mode, as deployed.
+pytestmark = pytest.mark.pgbouncer
 
 
 async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_reaper,
