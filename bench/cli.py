@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="where results.json, RESULTS.md and latency.png go "
                              "(default: bench/ for the full run)")
+    parser.add_argument("--scale", type=int, default=None, metavar="N",
+                        help="queued tasks in the scale section (default 1,000,000; "
+                             "20,000 with --quick)")
     parser.add_argument("--render", action="store_true",
                         help="only rebuild RESULTS.md and latency.png from results.json")
     args = parser.parse_args(argv)
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         work = HERE / "out" / "runs" / stamp  # service logs; ignored by git
         plan = QUICK if args.quick else FULL
+        if args.scale is not None:
+            plan = replace(plan, scale=args.scale)
         console.print(f"[bold]Taskreaper bench[/] ({plan.name}); service logs in {work}")
         results = asyncio.run(Suite(plan, work, args.sections, console).run())
         results["meta"]["logs"] = str(work.relative_to(HERE.parent))

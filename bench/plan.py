@@ -26,10 +26,17 @@ class Plan:
     is_aborted_checks: int = 2_000
     row_reads: int = 500
     round_trips: int = 300
+    # Queued tasks in the scale section (rows and real messages), its reaper passes, and how
+    # long it watches after the cancel-all answered.
+    scale: int = 1_000_000
+    scale_reconcile_passes: int = 5
+    scale_scan_passes: int = 3
+    scale_wait_s: float = 90.0
 
 
 FULL = Plan("full")
 QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
              abort=20, cancel_all={1_000: 1}, reconcile_sizes=(10_000, 100_000),
              reconcile_passes=5, api_seconds=2.0, token_checks=200_000,
-             is_aborted_checks=300, row_reads=100, round_trips=100)
+             is_aborted_checks=300, row_reads=100, round_trips=100, scale=20_000,
+             scale_reconcile_passes=3, scale_scan_passes=2, scale_wait_s=45.0)

@@ -8,12 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import goals as goal_list
+from bench import scale_report
 from bench.latencies import collect
 from bench.machine import one_line
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    return goal_list.evaluate(results)
+    return goal_list.evaluate(results) + scale_report.goals(results)
 
 
 def _ms(value: float | None) -> str:
@@ -129,6 +130,7 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
     ("5. API under load (ms)", ["endpoint", "req/s", "p50", "p99", "requests", "statuses"],
      api_rows),
     ("5. Resident memory (MiB)", ["process", "idle", "after load"], rss_rows),
+    *scale_report.TABLES,
     ("Goals", ["goal", "measured", "verdict"], goal_rows),
 )
 

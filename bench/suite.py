@@ -24,6 +24,7 @@ from bench import (
     machine,
     reconcile,
     round_trips,
+    scale,
 )
 from bench.logtail import count
 from bench.ours import Ours
@@ -32,7 +33,8 @@ from bench.plan import Plan
 from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
-SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery", "reconcile")
+SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
+            "reconcile", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -89,6 +91,14 @@ class Suite:
                     lambda: reconcile.run(servers, list(self.plan.reconcile_sizes),
                                           active=self.plan.reconcile_active,
                                           passes=self.plan.reconcile_passes))
+            if self.wants("scale"):
+                self.data["scale"] = await self._phase(
+                    "scale", f"6. {self.plan.scale:,} queued tasks: load, reaper passes, "
+                             f"cancel-all",
+                    lambda: scale.run(servers, self.out_dir / "scale", self.plan,
+                                      cancel_grace=CANCEL_GRACE,
+                                      say=lambda line: self.console.print(f"  {line}", style="dim",
+                                                                         markup=False)))
         finally:
             sampler.cancel()
             await asyncio.to_thread(servers.close)
