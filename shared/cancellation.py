@@ -41,12 +41,14 @@ class CancelOne:
 
 @dataclass
 class CancelAll:
-    cancelled: list[uuid.UUID] = field(default_factory=list)
+    # Queued tasks the fence covers (never started; the reaper writes them `cancelled`).
+    cancelled: int = 0
     cancelling: list[uuid.UUID] = field(default_factory=list)
     hastened: list[uuid.UUID] = field(default_factory=list)
     # Celery work with no row that the reaper knows of; it revokes and kills them.
     orphans: int = 0
     audit_id: int | None = None
+    fence_id: int | None = None
     took_ms: float = 0.0
 
 
@@ -84,21 +86,28 @@ class Canceller:
                 raise CancelConflict(f"task already {was}", row)
             return CancelOne(row=row, changed=False)
         await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
-                            [row["message_id"]])
+                            [row["message_id"]], task_id=task_id, node=row["worker"])
         log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
                  now=row["status"], by=by, forced=force, reason=reason)
         return CancelOne(row=row, changed=True)
 
     async def cancel_all(self, *, by: str, reason: str | None = None, force: bool = False,
                          actor: str | None = None, queue: str | None = None) -> CancelAll:
+        """O(1) for the queued side, O(running) for the rest, whatever the backlog.
+
+        Queued tasks are covered by one fence row: claims refuse them from the commit on,
+        and the reaper writes them `cancelled` (and takes their messages out of Redis) in
+        short batches. Running ones go to `cancelling` here, as for a single cancel."""
         started = time.perf_counter()
         grace = 0.0 if force else self.settings.cancel_grace
         out = CancelAll()
         message_ids: list[uuid.UUID] = []
+        scope = (actor, queue)
         async with self.db.transaction() as conn:
-            scope = (actor, queue)
+            fence = await self.db.set_fence(conn, actor=actor, queue=queue, reason=reason, by=by,
+                                            forced=force)
+            out.fence_id, out.cancelled = fence["id"], int(fence["covered"])
             for kind, query, args in (
-                    ("cancelled", "cancel_all_queued", (*scope, reason, by, force)),
                     ("hastened", "cancel_all_hasten", scope if force else None),
                     ("cancelling", "cancel_all_running", (*scope, reason, by, force, grace))):
                 if args is None:
@@ -106,21 +115,23 @@ class Canceller:
                 for r in await conn.fetch(self.db.q[query], *args):
                     getattr(out, kind).append(r["id"])
                     message_ids.append(r["message_id"])
-            # After the updates: later than the start of any claim they could have seen.
-            committed_at = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
             audit = await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, "actor": actor, "queue": queue},
-                forced=force, cancelled=len(out.cancelled),
+                forced=force, cancelled=out.cancelled,
                 cancelling=len(out.cancelling) + len(out.hastened),
-                task_ids=[*out.cancelled, *out.cancelling, *out.hastened])
+                task_ids=[*out.cancelling, *out.hastened])
             out.audit_id = audit["id"]
+            await conn.execute(self.db.q["fence_audit"], fence["id"], audit["id"])
+        # `before` is the fence's time: every claim that committed earlier was seen above,
+        # every later one started after it (and refuses covered tasks itself).
         await self.announce({"all": True, "actor": actor, "queue": queue, "force": force,
-                              "reason": reason, "before": committed_at}, message_ids)
+                             "reason": reason, "before": fence["at_epoch"],
+                             "fence": fence["id"]}, message_ids)
         out.orphans = await self._orphans_and_scan()
         out.took_ms = (time.perf_counter() - started) * 1000
         log.info("task.cancel_all", by=by, forced=force, actor=actor, queue=queue,
-                 cancelled=len(out.cancelled), cancelling=len(out.cancelling),
-                 hastened=len(out.hastened), took_ms=round(out.took_ms, 1))
+                 cancelled=out.cancelled, cancelling=len(out.cancelling),
+                 hastened=len(out.hastened), fence_id=out.fence_id, took_ms=round(out.took_ms, 1))
         return out
 
     async def force_kill_all(self, *, by: str, reason: str, scope: dict[str, Any]
@@ -130,6 +141,7 @@ class Canceller:
         For an operator about to kill the worker processes: nothing is left `cancelling`
         for a process that will not be there to finish it. Returns counts by prior state."""
         async with self.db.transaction() as conn:
+            await conn.execute(self.db.q["fence_lock"])
             rows = await self.db.force_kill_all(conn, reason=reason, by=by)
             before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
             was: dict[str, int] = {s.value: 0 for s in ACTIVE}
@@ -157,7 +169,11 @@ class Canceller:
                 raise CancelConflict(f"cannot resume a task that is {why}", row)
             new = await conn.fetchrow(self.db.q["resume_task"], task_id, message_id,
                                       [s.value for s in RESUMABLE])
-        await publish(self.celery, new["actor"], task_id, message_id, new["queue"])
+            # Inside the transaction: a broker that refuses the message rolls the resume
+            # back, so a 503 means nothing changed. A worker that gets the message first
+            # waits for this commit (its claim finds the row busy and retries).
+            await publish(self.celery, new["actor"], task_id, message_id, new["queue"],
+                          queued_at=new["queued_at"])
         log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"])
         return new
 
@@ -172,14 +188,26 @@ class Canceller:
             log.warning("task.orphan_scan_request_failed", error=str(exc))
             return 0
 
-    async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
-        """Fast path only: a failure here delays the cancel until the workers' DB poll."""
+    async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID], *,
+                       task_id: uuid.UUID | None = None, node: str | None = None) -> None:
+        """Fast path only: a failure here delays the cancel until the workers' DB poll.
+
+        A cancel of one task goes to that task's channel (its process listens there) and
+        to its worker's channel (whose guardian enforces the deadline): O(1) deliveries
+        whatever the fleet's size. A cancel-all is one event on the channel every process
+        listens to."""
+        payload = json.dumps(event)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 if message_ids:
                     now = time.time()
                     pipe.zadd(self.keys.cancelled, {str(m): now for m in message_ids})
-                pipe.publish(self.keys.cancel_channel, json.dumps(event))
+                if task_id is None:
+                    pipe.publish(self.keys.cancel_channel, payload)
+                else:
+                    pipe.publish(self.keys.task_cancel_channel(str(task_id)), payload)
+                    if node:
+                        pipe.publish(self.keys.node_cancel_channel(node), payload)
                 await pipe.execute()
         except Exception as exc:
             log.warning("task.cancel_event_failed", error=str(exc))

@@ -22,6 +22,10 @@ from shared.states import TaskStatus
 Record = asyncpg.Record
 
 
+class ClaimBusy(Exception):
+    """Another writer holds the task's row: the claim did not wait, try again shortly."""
+
+
 @cache
 def queries() -> dict[str, str]:
     text = (resources.files("shared") / "sql" / "queries.sql").read_text()
@@ -105,9 +109,21 @@ class Db:
     # -- execution (worker side, fenced by attempt) -----------------------------------
 
     async def claim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str, pid: int,
-                         lease_seconds: float) -> Record | None:
-        return await self.pool.fetchrow(self.q["claim_task"], task_id, message_id, worker, pid,
-                                        lease_seconds)
+                         lease_seconds: float, deadline: float = 10.0) -> Record | None:
+        """The claimed row, or None when the task is not claimable: covered by a cancel fence
+        (it was just ended as cancelled), finished, stale, already running, or reached after
+        `deadline` seconds. Raises ClaimBusy when someone holds the row right now."""
+        row = await self.pool.fetchrow(self.q["claim_task"], task_id, message_id, worker, pid,
+                                       lease_seconds, deadline, timeout=deadline + 5.0)
+        if row is None or row["fenced"]:
+            return None
+        if row["busy"]:
+            raise ClaimBusy(f"task {task_id} is held by another writer")
+        return row
+
+    async def unclaim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str,
+                           pid: int) -> int | None:
+        return await self.pool.fetchval(self.q["unclaim_task"], task_id, message_id, worker, pid)
 
     async def heartbeat(self, task_id: uuid.UUID, attempt: int, *, done: int, failed: int,
                         total: int | None, current: int | None, eta_seconds: float | None
@@ -143,6 +159,13 @@ class Db:
         return await conn.fetchrow(self.q["insert_audit"], by, reason, scope, forced, cancelled,
                                    cancelling, list(task_ids))
 
+    async def set_fence(self, conn: asyncpg.Connection, *, actor: str | None, queue: str | None,
+                        reason: str | None, by: str, forced: bool) -> Record:
+        """Locks the fences (see `fence_lock` in queries.sql) and writes a new one; inside the
+        caller's transaction, which must be short: claims wait for it to commit."""
+        await conn.execute(self.q["fence_lock"])
+        return await conn.fetchrow(self.q["cancel_all_fence"], actor, queue, reason, by, forced)
+
     async def list_audit(self, limit: int = 50) -> list[Record]:
         return await self.pool.fetch(self.q["list_audit"], limit)
 
@@ -166,8 +189,10 @@ class Db:
     async def active_by_ids(self, ids: Sequence[uuid.UUID]) -> list[Record]:
         return await self.pool.fetch(self.q["active_by_ids"], list(ids))
 
-    async def stranded_queued(self, older_than: float) -> list[Record]:
-        return await self.pool.fetch(self.q["stranded_queued"], older_than)
+    async def stranded_queued(self, older_than: float, after: tuple[datetime, uuid.UUID] | None,
+                              limit: int) -> list[Record]:
+        at, tid = after if after else (None, None)
+        return await self.pool.fetch(self.q["stranded_queued"], older_than, at, tid, limit)
 
     async def requeue_message(self, task_id: uuid.UUID, old: uuid.UUID, new: uuid.UUID
                               ) -> Record | None:
@@ -196,6 +221,34 @@ class Db:
     async def prune_history(self, days: int, limit: int = 1000) -> int:
         status = await self.pool.execute(self.q["prune_history"], days, limit)
         return int(status.split()[-1])
+
+    async def prune_audit(self, days: int, limit: int = 1000) -> int:
+        status = await self.pool.execute(self.q["prune_audit"], days, limit)
+        fences = await self.pool.execute(self.q["prune_fences"], days)
+        return int(status.split()[-1]) + int(fences.split()[-1])
+
+    async def fold_tallies(self) -> None:
+        await self.pool.execute(self.q["fold_tallies"])
+
+    # -- cancel fences ----------------------------------------------------------------
+
+    async def open_fences(self) -> list[Record]:
+        return await self.pool.fetch(self.q["open_fences"])
+
+    async def sweep_fence(self, fence: Record, batch: int) -> int:
+        status = await self.pool.execute(
+            self.q["sweep_fence"], fence["at"], fence["actor"], fence["queue"], fence["reason"],
+            fence["by"], fence["forced"], batch)
+        n = int(status.split()[-1])
+        if n:
+            await self.pool.execute(self.q["fence_progress"], fence["id"], n)
+        return n
+
+    async def fence_swept(self, fence_id: int) -> None:
+        await self.pool.execute(self.q["fence_swept"], fence_id)
+
+    async def fence_purged(self, fence_id: int) -> None:
+        await self.pool.execute(self.q["fence_purged"], fence_id)
 
     async def cancelling_among(self, ids: Sequence[uuid.UUID]) -> list[Record]:
         return await self.pool.fetch(self.q["cancelling_among"], list(ids))

@@ -13,6 +13,21 @@ class Keys:
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
+    def task_cancel_channel(self, task_id: str) -> str:
+        """Cancels of one task: only the process executing it listens here."""
+        return f"{self.prefix}:cancel:task:{task_id}"
+
+    def node_cancel_channel(self, node: str) -> str:
+        """Cancels of tasks on one worker: its guardian listens here."""
+        return f"{self.prefix}:cancel:node:{node}"
+
+    @property
+    def pending(self) -> str:
+        """Sorted set of message ids published and not yet taken by a worker, scored by
+        publish time: the lost-message rule asks it about a few rows instead of reading
+        whole queues."""
+        return f"{self.prefix}:pending"
+
     @property
     def events_channel(self) -> str:
         return f"{self.prefix}:events"

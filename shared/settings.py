@@ -59,6 +59,8 @@ class Settings:
     max_body_bytes: int = 1 << 20
     db_pool_size: int = 10
     history_retention_days: int = 30
+    # A claim the DB has not answered within this long is given up (and retried later).
+    claim_timeout: float = 10.0
 
     @property
     def hostname(self) -> str:

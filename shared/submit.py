@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Celery
 
 from shared.db import Db, Record
@@ -35,19 +37,47 @@ class BrokerUnavailable(SubmitError):
     status = 503
 
 
+# The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
+# reaper removes from Redis the messages a cancel fence covers without asking the DB.
+QUEUED_AT_HEADER = "taskreaper_queued_at"
+
+
 def _publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uuid.UUID, queue: str,
-             eta: datetime | None) -> None:
+             eta: datetime | None, queued_at: datetime | None) -> None:
+    pending = pending_set(celery)
+    if pending is not None:
+        # Before the message exists: the lost-message rule never sees a published message
+        # missing from the set.
+        client, key = pending
+        client.zadd(key, {str(message_id): time.time()})
+    headers = {QUEUED_AT_HEADER: queued_at.timestamp()} if queued_at is not None else None
     celery.send_task(actor, kwargs={"task_id": str(task_id)}, task_id=str(message_id),
-                     queue=queue, eta=eta, retry=True)
+                     queue=queue, eta=eta, retry=True, headers=headers)
+
+
+def pending_set(celery: Celery) -> tuple[redis.Redis, str] | None:
+    """The set of published, not yet taken message ids (see Keys.pending), for apps made
+    by shared.broker.make_celery."""
+    key = getattr(celery, "taskreaper_pending_key", None)
+    if key is None:
+        return None
+    client = getattr(celery, "taskreaper_redis", None)
+    if client is None:
+        client = redis.Redis.from_url(celery.conf.broker_url, socket_timeout=5,
+                                      socket_connect_timeout=5)
+        celery.taskreaper_redis = client  # type: ignore[attr-defined]
+    return client, key
 
 
 async def publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uuid.UUID,
-                  queue: str, eta: datetime | None = None) -> None:
+                  queue: str, eta: datetime | None = None, *,
+                  queued_at: datetime | None = None) -> None:
     """Sends the Celery message off the event loop: kombu's client is blocking."""
     loop = asyncio.get_running_loop()
     try:
-        await loop.run_in_executor(None, _publish, celery, actor, task_id, message_id, queue, eta)
-    except Exception as exc:  # kombu raises many kinds on a broken connection
+        await loop.run_in_executor(None, _publish, celery, actor, task_id, message_id, queue, eta,
+                                   queued_at)
+    except Exception as exc:  # kombu and redis raise many kinds on a broken connection
         raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
 
 
@@ -65,7 +95,8 @@ async def submit(db: Db, celery: Celery, *, actor: str, kwargs: Any, queue: str 
     task_id, message_id = uuid.uuid4(), uuid.uuid4()
     row = await db.insert_task(task_id, actor, queue or spec["queue"], checked, message_id, eta)
     try:
-        await publish(celery, actor, task_id, message_id, row["queue"], eta)
+        await publish(celery, actor, task_id, message_id, row["queue"], eta,
+                      queued_at=row["queued_at"])
     except BrokerUnavailable:
         # Nothing half-made: a task that could not be enqueued does not exist.
         await db.delete_queued_task(task_id)

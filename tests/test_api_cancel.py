@@ -59,13 +59,18 @@ async def cancel_events(redis: aioredis.Redis, keys: Keys) -> AsyncIterator[Chan
 
 async def test_cancel_of_a_queued_task_cancels_audits_and_announces(
         api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
-        redis: aioredis.Redis, keys: Keys, settings: Settings, cancel_events: Channel) -> None:
+        redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
     # given
     task = await submit(api, auth)
     tid = uuid.UUID(task["id"])
     row = await db.get_task(tid)
     assert row is not None
     before = len(await audits(db))
+    # a cancel of one task goes to that task's channel only, not to the whole fleet's
+    cancel_events = Channel(redis, keys.task_cancel_channel(str(tid)))
+    await cancel_events.pubsub.subscribe(keys.task_cancel_channel(str(tid)))
+    fleet = Channel(redis, keys.cancel_channel)
+    await fleet.pubsub.subscribe(keys.cancel_channel)
 
     # when
     resp = await api.post(f"/api/v1/tasks/{tid}/cancel", json={"reason": "wrong input"},
@@ -90,6 +95,10 @@ async def test_cancel_of_a_queued_task_cancels_audits_and_announces(
     assert await redis.zscore(keys.cancelled, str(row["message_id"])) is not None
     event = await cancel_events.next()
     assert event["ids"] == [str(tid)] and event["force"] is False
+    with pytest.raises(AssertionError, match="nothing published"):
+        await fleet.next(timeout=0.5)
+    await cancel_events.pubsub.aclose()
+    await fleet.pubsub.aclose()
 
 
 async def test_repeating_a_cancel_answers_200_and_changes_nothing(
@@ -196,6 +205,11 @@ async def test_cancel_all_counts_what_it_did(
     assert {k: body[k] for k in ("cancelled", "cancelling", "hastened", "orphans")} == {
         "cancelled": 3, "cancelling": 2, "hastened": 1, "orphans": 0}
     assert body["took_ms"] >= 0
+    # the queued ones are covered by the fence: a claim refuses each and records it cancelled
+    # (the reaper's sweep would have, a moment later)
+    for t in tasks[:3]:
+        row = await db.get_task(uuid.UUID(t["id"]))
+        assert await db.claim_task(row["id"], row["message_id"], "w@test", 1, 30) is None
     statuses = [(await db.get_task(uuid.UUID(t["id"])))["status"] for t in tasks]
     assert statuses == ["cancelled"] * 3 + ["cancelling"] * 3 + ["succeeded"]
     assert (await db.get_task(uuid.UUID(other["id"])))["status"] == "queued"
@@ -221,6 +235,8 @@ async def test_cancel_all_takes_an_empty_body(
 
     assert resp.status == 202
     assert (await resp.json())["cancelled"] >= 1
+    row = await db.get_task(uuid.UUID(task["id"]))
+    assert await db.claim_task(row["id"], row["message_id"], "w@test", 1, 30) is None
     assert (await db.get_task(uuid.UUID(task["id"])))["status"] == "cancelled"
 
 

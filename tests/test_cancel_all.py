@@ -71,7 +71,7 @@ async def test_cancel_all_with_running_queued_and_scheduled_tasks(
     t0 = time.monotonic()
     result = await canceller.cancel_all(by="test", reason="maintenance")
     # then every row is terminal within grace + 2 s
-    assert len(result.cancelling) == 4 and len(result.cancelled) == 220
+    assert len(result.cancelling) == 4 and result.cancelled == 220
 
     async def settled():
         return await _non_terminal(db) == 0
@@ -206,3 +206,31 @@ async def test_cancel_racing_completion_ends_in_one_consistent_state(
                 assert r["done"] == r["saved"], dict(r)
     # the race really was a race: both endings occurred
     assert outcomes.get("succeeded", 0) > 0 and outcomes.get("cancelled", 0) > 0, outcomes
+
+
+async def test_cancel_all_takes_the_covered_messages_out_of_the_broker(
+        settings: Settings, db: Db, canceller: Canceller, start_reaper) -> None:
+    from shared.queues import queue_lengths
+
+    # given 2,000 queued tasks in a queue no worker reads, and one submitted to another queue
+    keys = Keys(settings.key_prefix)
+    covered = await _submit_many(db, canceller.celery, 2000, queue="nobody")
+    kept = (await submit(db, canceller.celery, actor="distill", queue="elsewhere",
+                         kwargs={"chunks": 1}))["id"]
+    assert (await queue_lengths(canceller.redis, keys, ["nobody"]))["nobody"] == 2000
+    start_reaper()
+    # when everything in that queue is cancelled
+    await canceller.cancel_all(by="test", queue="nobody")
+
+    # then the rows end cancelled and their messages leave Redis, though no worker came
+    async def drained():
+        lengths = await queue_lengths(canceller.redis, keys, ["nobody", "elsewhere"])
+        queued = await db.pool.fetchval(
+            "SELECT count(*) FROM tasks WHERE queue = 'nobody' AND status = 'queued'")
+        return (lengths, queued) if lengths["nobody"] == 0 and queued == 0 else None
+
+    lengths, _ = await wait_for(drained, timeout=30, what="queue drained", interval=0.2)
+    # and nothing outside the scope was touched
+    assert lengths["elsewhere"] == 1
+    assert (await db.get_task(kept))["status"] == "queued"
+    await _assert_never_ran(db, covered)

@@ -116,6 +116,7 @@ def _schemas() -> dict[str, Schema]:
         "CancelAllResult": _obj({
             "cancelled": integer, "cancelling": integer, "hastened": integer,
             "orphans": integer, "took_ms": number, "audit_id": _nullable(integer),
+            "fence_id": _nullable(integer),
         }, ["cancelled", "cancelling", "hastened", "orphans", "took_ms"]),
         "Actor": _obj({
             "name": string, "queue": string,

@@ -145,15 +145,14 @@ async def cancel_all(request: web.Request) -> web.Response:
                                                   queue=queue)
     metrics = request.app[METRICS]
     metrics.cancels.labels("all", str(force).lower()).inc()
-    for effect, ids in (("cancelled", out.cancelled), ("cancelling", out.cancelling),
-                        ("hastened", out.hastened)):
-        metrics.cancelled_tasks.labels(effect).inc(len(ids))
-    summary = {"cancelled": len(out.cancelled), "cancelling": len(out.cancelling),
+    summary = {"cancelled": out.cancelled, "cancelling": len(out.cancelling),
                "hastened": len(out.hastened)}
+    for effect, n in summary.items():
+        metrics.cancelled_tasks.labels(effect).inc(n)
     await publish_event(request.app, "tasks.cancel_all", by=by, forced=force, actor=actor,
                         queue=queue, **summary)
     return web.json_response({**summary, "orphans": out.orphans, "took_ms": round(out.took_ms, 1),
-                              "audit_id": out.audit_id}, status=202)
+                              "audit_id": out.audit_id, "fence_id": out.fence_id}, status=202)
 
 
 async def resume_task(request: web.Request) -> web.Response:

@@ -72,7 +72,7 @@ async def cancel_all(ctx: CtlContext, console: Console, *, force: bool, reason: 
                      actor: str | None, queue: str | None, as_json: bool = False) -> int:
     result = await ctx.canceller().cancel_all(by=ctx.actor, reason=reason, force=force,
                                               actor=actor, queue=queue)
-    data = {"cancelled": len(result.cancelled), "cancelling": len(result.cancelling),
+    data = {"cancelled": result.cancelled, "cancelling": len(result.cancelling),
             "hastened": len(result.hastened), "audit_id": result.audit_id,
             "took_ms": round(result.took_ms, 1)}
     _emit(console, as_json, data,

@@ -30,9 +30,11 @@ class ReaperContext:
     metrics: ReaperMetrics
 
     async def publish_change(self, task_id: Any, status: str, **extra: Any) -> None:
+        await self.publish_event("task.changed", task_id=str(task_id), status=status, **extra)
+
+    async def publish_event(self, kind: str, **fields: Any) -> None:
+        """Best effort: the DB row is the record, the event only makes the news travel."""
         try:
-            await self.redis.publish(self.keys.events_channel,
-                                     encode("task.changed", task_id=str(task_id), status=status,
-                                            **extra))
+            await self.redis.publish(self.keys.events_channel, encode(kind, **fields))
         except Exception as exc:
-            log.warning("reaper.event_publish_failed", error=str(exc))
+            log.warning("reaper.event_publish_failed", kind=kind, error=str(exc))

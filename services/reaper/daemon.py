@@ -17,6 +17,7 @@ from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
 from services.reaper.reconcile import Reconciler
 from services.reaper.supervisor import Supervisor
+from services.reaper.sweeper import FenceSweeper
 from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys
@@ -71,6 +72,7 @@ async def run_reaper(settings: Settings, stop: asyncio.Event) -> None:
     supervisor.every("reconcile", settings.reconcile_interval, reconciler.tick)
     supervisor.every("broker_scan", min(0.5, settings.orphan_scan_interval),
                      BrokerScan(ctx).tick)
+    supervisor.every("sweeper", 0.1, FenceSweeper(ctx).tick)
     log.info("reaper.started", identity=identity, reconcile_interval=settings.reconcile_interval)
     try:
         await stop.wait()

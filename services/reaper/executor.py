@@ -24,13 +24,18 @@ log = structlog.get_logger("reaper.executor")
 class CancelExecutor:
     def __init__(self, ctx: ReaperContext) -> None:
         self.ctx = ctx
-        # A new leader re-sends recent revokes only: older messages were redelivered (or
-        # dropped by the claim) long ago.
-        self._revoked_until = time.time() - ctx.settings.visibility_timeout
+        # Revokes are only the fast path (claims refuse cancelled work whatever Celery
+        # does): a replica that becomes leader re-sends the ones since shortly before it
+        # took over (the lock's TTL covers the gap left by the previous leader), not every
+        # one since it started.
+        self._revoked_until: float | None = None
 
     async def tick(self) -> None:
         if not self.ctx.leader.is_leader:
+            self._revoked_until = None
             return
+        if self._revoked_until is None:
+            self._revoked_until = time.time() - 2 * self.ctx.settings.leader_ttl
         await self.revoke_new()
         await self.escalate_due()
 

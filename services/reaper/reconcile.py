@@ -93,7 +93,8 @@ class Zombies:
             new = await ctx.db.requeue_execution(row["id"], row["attempt"], message_id, None,
                                                  "execution lost; resumed automatically")
             if new is not None:
-                await publish(ctx.celery.celery, row["actor"], row["id"], message_id, new["queue"])
+                await publish(ctx.celery.celery, row["actor"], row["id"], message_id, new["queue"],
+                              queued_at=new["queued_at"])
                 log.warning("reaper.zombie_resumed", task_id=str(row["id"]),
                             attempt=row["attempt"], resumes=new["resumes"])
                 await ctx.publish_change(row["id"], "queued", resumed=True)
@@ -151,18 +152,31 @@ class StaleRegistry:
 
 
 class Retention:
-    """Finished tasks older than the retention period are deleted, a batch per pass."""
+    """Finished tasks, audit rows and settled fences older than the retention period are
+    deleted, a batch per pass."""
 
     name = "retention"
 
     async def run(self, ctx: ReaperContext, p: Pass) -> int:
-        if ctx.settings.history_retention_days <= 0:
+        days = ctx.settings.history_retention_days
+        if days <= 0:
             return 0
-        return await ctx.db.prune_history(ctx.settings.history_retention_days)
+        return await ctx.db.prune_history(days) + await ctx.db.prune_audit(days)
+
+
+class Tallies:
+    """Folds the appended count deltas into the tallies: housekeeping that keeps reading
+    the counts cheap. Never a finding."""
+
+    name = "tallies"
+
+    async def run(self, ctx: ReaperContext, p: Pass) -> int:
+        await ctx.db.fold_tallies()
+        return 0
 
 
 def default_rules() -> tuple[Rule, ...]:
-    return (Zombies(), Undead(), StaleRegistry(), Retention())
+    return (Zombies(), Undead(), StaleRegistry(), Retention(), Tallies())
 
 
 class Reconciler:

@@ -54,7 +54,7 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
     @worker_ready.connect(weak=False)
     def _ready(**_: Any) -> None:
         if settings.guardian:
-            Guardian(settings).start()
+            Guardian(settings, runtime.node).start()
         announce_worker(settings, runtime.node, present=True)
 
     @worker_shutdown.connect(weak=False)
@@ -88,9 +88,12 @@ def _register(app: Celery, runtime: Runtime, act: Actor) -> None:
         try:
             return runtime.execute(act, task_id, self.request.id)
         except RetryLater as exc:
-            raise self.retry(countdown=1.0, exc=exc, max_retries=None) from exc
+            raise self.retry(countdown=1.0, exc=exc) from exc
 
-    app.task(name=act.name, bind=True, queue=act.queue, acks_late=True)(run)
+    # Retried for as long as it takes: a delivery that could not be claimed yet (the DB
+    # away, the row busy) must not be dropped after a few tries. (`retry(max_retries=None)`
+    # would mean "the task's default", which is 3.)
+    app.task(name=act.name, bind=True, queue=act.queue, acks_late=True, max_retries=None)(run)
 
 
 async def publish_catalogue(settings: Settings, actors: list[Actor], attempts: int = 30) -> None:

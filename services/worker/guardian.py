@@ -54,8 +54,9 @@ def active_task_ids() -> dict[uuid.UUID, str]:
 
 
 class Guardian:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, node: str) -> None:
         self.settings = settings
+        self.node = node
         self.keys = Keys(settings.key_prefix)
         self.loop = asyncio.new_event_loop()
         self._db: Db | None = None
@@ -84,7 +85,9 @@ class Guardian:
         while True:
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.keys.cancel_channel)
+                    # Cancel-alls, and single cancels of tasks on this worker only.
+                    await pubsub.subscribe(self.keys.cancel_channel,
+                                           self.keys.node_cancel_channel(self.node))
                     async for message in pubsub.listen():
                         if message and message.get("type") == "message":
                             self._wake.set()

@@ -21,6 +21,7 @@ from services.worker.actor import Actor
 from services.worker.context import TaskContext
 from services.worker.execution import Execution
 from services.worker.sidecar import END_RETRY_SECONDS, INTERRUPT_SIGNAL, Sidecar
+from shared.db import ClaimBusy
 from shared.settings import Settings
 from shared.states import Outcome, TaskStatus
 from shared.token import Cancelled
@@ -61,14 +62,10 @@ class Runtime:
         sc = self.sidecar
         assert sc is not None, "start_process() was not called in this pool process"
         tid, mid = uuid.UUID(task_id), uuid.UUID(message_id)
-        if sc.call(sc.is_cancelled_message(message_id)):
+        if sc.call(sc.taken(task_id, message_id)):
             log.info("task.dropped", task_id=task_id, message_id=message_id, why="cancelled")
             return "skipped"
-        try:
-            claim, saved = sc.call(self._claim(sc, tid, mid))
-        except Exception as exc:
-            log.warning("task.claim_failed", task_id=task_id, error=str(exc))
-            raise RetryLater(str(exc)) from exc
+        claim, saved = self._claim_or_retry(sc, tid, mid)
         if claim is None:
             log.info("task.dropped", task_id=task_id, message_id=message_id,
                      why="not claimable (cancelled, finished, stale or already running)")
@@ -97,13 +94,44 @@ class Runtime:
                  failed=ex.progress.failed, elapsed_s=round(ex.elapsed(), 3))
         return str(ended or "fenced")
 
-    async def _claim(self, sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID) -> tuple[Any, set[int]]:
+    def _claim_or_retry(self, sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID
+                        ) -> tuple[Any, set[int]]:
+        """The claim, bounded: the DB refuses it past its deadline, and if even the answer
+        never comes, a claim that committed unseen is undone before the delivery is retried
+        (else the row would stay `running` with nothing behind it)."""
+        deadline = self.settings.claim_timeout
+        try:
+            result: tuple[Any, set[int]] = sc.call(self._claim(sc, tid, mid, deadline),
+                                                   timeout=deadline + 10.0)
+            return result
+        except ClaimBusy as exc:
+            log.info("task.claim_busy", task_id=str(tid), message_id=str(mid))
+            raise RetryLater(str(exc)) from exc
+        except Exception as exc:
+            log.warning("task.claim_failed", task_id=str(tid), error=repr(exc))
+            try:
+                undone = sc.call(self._unclaim(sc, tid, mid), timeout=deadline + 10.0)
+                if undone is not None:
+                    log.warning("task.claim_undone", task_id=str(tid), attempt=undone)
+            except Exception as again:
+                log.warning("task.unclaim_failed", task_id=str(tid), error=repr(again))
+            raise RetryLater(str(exc)) from exc
+
+    async def _claim(self, sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID, deadline: float
+                     ) -> tuple[Any, set[int]]:
         db = await sc.db()
         claim = await db.claim_task(tid, mid, self.node, os.getpid(),
-                                    self.settings.heartbeat_timeout)
+                                    self.settings.heartbeat_timeout, deadline)
+        sc.settled(str(mid))
         if claim is None:
+            await sc.forget(str(tid))
             return None, set()
         return claim, await db.saved_chunks(tid)
+
+    async def _unclaim(self, sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID) -> int | None:
+        await sc.forget(str(tid))
+        db = await sc.db()
+        return await db.unclaim_task(tid, mid, self.node, os.getpid())
 
     def _run(self, act: Actor, ctx: TaskContext, ex: Execution
              ) -> tuple[TaskStatus, str | None, str | None]:
@@ -142,7 +170,8 @@ class Runtime:
                                          "stopped by a cancel the database never recorded")
         if row is None:
             return None
-        await publish(self.celery, act.name, ex.task_id, new_message, row["queue"])
+        await publish(self.celery, act.name, ex.task_id, new_message, row["queue"],
+                      queued_at=row["queued_at"])
         log.warning("task.stray_cancel_undone", task_id=ex.id, attempt=ex.attempt)
         return "requeued"
 
@@ -154,6 +183,7 @@ class Runtime:
         row = await sc.requeue(ex, new_message, eta, error)
         if row is None:
             return False
-        await publish(self.celery, act.name, ex.task_id, new_message, row["queue"], eta)
+        await publish(self.celery, act.name, ex.task_id, new_message, row["queue"], eta,
+                      queued_at=row["queued_at"])
         log.info("task.retry_scheduled", task_id=ex.id, attempt=ex.attempt, eta=eta.isoformat())
         return True

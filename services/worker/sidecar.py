@@ -61,6 +61,11 @@ class Sidecar:
         self._db: Db | None = None
         self._db_lock: asyncio.Lock | None = None
         self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
+        # The one subscription of this process: the fleet-wide channel (cancel-all) plus
+        # the channel of the task it is about to run or runs.
+        self._pubsub: Any = None
+        self._watched: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         self._published: dict[str, tuple[Any, ...]] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskreaper-sidecar", daemon=True)
@@ -84,7 +89,12 @@ class Sidecar:
         self.loop.run_forever()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # its work must not land later, unseen
+            raise
 
     async def db(self) -> Db:
         assert self._db_lock is not None
@@ -102,7 +112,8 @@ class Sidecar:
         while True:
             try:
                 async with self._events.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.keys.cancel_channel)
+                    await pubsub.subscribe(self.keys.cancel_channel, *self._watched)
+                    self._pubsub = pubsub
                     backoff = 0.1
                     async for message in pubsub.listen():
                         if message and message.get("type") == "message":
@@ -113,6 +124,29 @@ class Sidecar:
                 log.warning("worker.cancel_listener_error", error=str(exc), retry_in=backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+            finally:
+                self._pubsub = None
+
+    async def watch(self, task_id: str) -> None:
+        """Listens to one task's cancel channel (before its claim: no cancel slips by)."""
+        channel = self.keys.task_cancel_channel(task_id)
+        self._watched.add(channel)
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.subscribe(channel)
+            except Exception as exc:  # the listener resubscribes when it reconnects
+                log.warning("worker.cancel_subscribe_failed", task_id=task_id, error=str(exc))
+
+    async def forget(self, task_id: str) -> None:
+        channel = self.keys.task_cancel_channel(task_id)
+        if channel not in self._watched:
+            return
+        self._watched.discard(channel)
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception as exc:
+                log.warning("worker.cancel_subscribe_failed", task_id=task_id, error=str(exc))
 
     def _on_event(self, event: dict[str, Any]) -> None:
         ex = self.current
@@ -185,6 +219,7 @@ class Sidecar:
             t.cancel()
 
     async def _release(self, ex: Execution) -> None:
+        await self.forget(ex.id)
         await self._unregister(ex)
         if self.current is ex:
             self.current = None
@@ -321,9 +356,25 @@ class Sidecar:
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 
-    async def is_cancelled_message(self, message_id: str) -> bool:
+    async def taken(self, task_id: str, message_id: str) -> bool:
+        """A delivery arrived: listen for its task's cancels and say whether it was
+        cancelled (the fast path; the claim still decides)."""
         assert self.redis is not None
+        await self.watch(task_id)
         try:
-            return await self.redis.zscore(self.keys.cancelled, message_id) is not None
+            score = await self.redis.zscore(self.keys.cancelled, message_id)
         except Exception:
             return False  # the DB claim still decides
+        if score is not None:
+            self.settled(message_id)
+            await self.forget(task_id)
+        return score is not None
+
+    def settled(self, message_id: str) -> None:
+        """The message has had its answer (claimed, or refused for good): strike it off the
+        set of published, untaken messages. Off the task's path; a failure only leaves an
+        entry the lost-message rule never asks about."""
+        assert self.redis is not None
+        task = self.loop.create_task(self.redis.zrem(self.keys.pending, message_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

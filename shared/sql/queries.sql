@@ -10,7 +10,10 @@ DELETE FROM tasks WHERE id = $1 AND status = 'queued' AND attempt = 0;
 SELECT * FROM tasks WHERE id = $1;
 
 -- name: lock_task
-SELECT * FROM tasks WHERE id = $1 FOR UPDATE;
+-- The fence lock before the row's, as every writer takes them (see fence_lock).
+SELECT * FROM tasks WHERE id = $1
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)
+FOR UPDATE OF tasks;
 
 -- name: list_tasks
 -- Keyset pagination on (created_at, id), newest first.
@@ -42,15 +45,60 @@ SELECT * FROM actors ORDER BY name;
 
 -- name: claim_task
 -- Invariant 2: the only way into `running`. A redelivered message can take over a
--- running row only once its lease (last heartbeat, or start) has expired.
+-- running row only once its lease (last heartbeat, or start) has expired. A task that a
+-- cancel fence covers never starts: the claim ends it as cancelled instead.
+-- It never waits: a row someone else holds answers `busy` (the delivery is retried), so a
+-- claim holds its lock on cancel_fences (see fence_lock) only for as long as it runs. One
+-- that runs past its deadline ($6 seconds after it arrived) takes nothing: its caller gave
+-- up waiting.
+-- The row is locked by id alone: a row held by a transaction that is about to give it
+-- this very message (a resume) is busy, not stale.
+WITH locked AS (
+    SELECT id, status, queued_at, actor, queue, heartbeat_at, started_at, message_id
+    FROM tasks WHERE id = $1
+    FOR UPDATE SKIP LOCKED
+), cur AS (
+    SELECT * FROM locked WHERE message_id = $2
+), fence AS (
+    SELECT f.at, f.reason, f.by, f.forced FROM cancel_fences f, cur
+    WHERE cur.status = 'queued' AND f.at > cur.queued_at
+      AND (f.actor IS NULL OR f.actor = cur.actor) AND (f.queue IS NULL OR f.queue = cur.queue)
+    ORDER BY f.at LIMIT 1
+), fenced AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+        cancel_requested_at = fence.at, cancel_reason = fence.reason, cancel_by = fence.by,
+        cancel_forced = fence.forced
+    FROM fence, cur WHERE t.id = cur.id
+    RETURNING t.id
+), claimed AS (
+    UPDATE tasks t
+    SET status = 'running', attempt = t.attempt + 1, started_at = clock_timestamp(),
+        heartbeat_at = NULL, worker = $3, pid = $4, finished_at = NULL, outcome = NULL,
+        error = NULL
+    FROM cur
+    WHERE t.id = cur.id AND NOT EXISTS (SELECT 1 FROM fence)
+      AND clock_timestamp() < statement_timestamp() + make_interval(secs => $6)
+      AND (cur.status = 'queued'
+           OR (cur.status = 'running'
+               AND coalesce(cur.heartbeat_at, cur.started_at) < now() - make_interval(secs => $5)))
+    RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue
+)
+SELECT attempt, started_at, kwargs, actor, queue, false AS busy, false AS fenced FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, true, false
+WHERE NOT EXISTS (SELECT 1 FROM locked) AND EXISTS (SELECT 1 FROM tasks WHERE id = $1);
+
+-- name: unclaim_task
+-- A claim whose answer never reached its worker (it gave up waiting) but committed: the
+-- task goes back to queued for the retried delivery of the same message.
 UPDATE tasks
-SET status = 'running', attempt = attempt + 1, started_at = now(), heartbeat_at = NULL,
-    worker = $3, pid = $4, finished_at = NULL, outcome = NULL, error = NULL
-WHERE id = $1 AND message_id = $2
-  AND (status = 'queued'
-       OR (status = 'running'
-           AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => $5)))
-RETURNING attempt, started_at, kwargs, actor, queue;
+SET status = 'queued', started_at = NULL, worker = NULL, pid = NULL
+WHERE id = $1 AND message_id = $2 AND status = 'running' AND worker = $3 AND pid = $4
+  AND heartbeat_at IS NULL
+RETURNING attempt;
 
 -- name: heartbeat
 -- Fenced by attempt: a stale execution gets no row back and learns it must stop.
@@ -127,28 +175,81 @@ SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS change
 FROM (SELECT * FROM changed
       UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
 
--- name: cancel_all_queued
--- cancel-all runs these as separate statements of one transaction (queued, hasten, running):
--- each takes a fresh snapshot, so a claim committing meanwhile is seen by the next one.
-UPDATE tasks
-SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
-    cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4, cancel_forced = $5
-WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
-RETURNING id, message_id;
+-- name: fence_lock
+-- cancel-all's first statement. Every writer that moves a task into `queued` or `running`
+-- reads cancel_fences in its first statement, so it either committed before this lock
+-- (and the statements below see it) or waits until the fence is committed (and the fence
+-- covers it). Taken first by everyone, it never closes a cycle with row locks.
+LOCK TABLE cancel_fences IN ACCESS EXCLUSIVE MODE;
+
+-- name: cancel_all_fence
+-- The queued side of cancel-all in O(1): one row that covers every task which entered
+-- `queued` before it, in scope. `covered` comes from the tallies, not from a scan.
+WITH scope_tally AS (
+    SELECT queue, sum(n) AS n FROM (
+        SELECT queue, n FROM task_tallies
+        WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1)
+          AND ($2::text IS NULL OR queue = $2)
+        UNION ALL
+        SELECT queue, delta FROM task_tally_deltas
+        WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1)
+          AND ($2::text IS NULL OR queue = $2)) x
+    GROUP BY queue
+)
+INSERT INTO cancel_fences (at, actor, queue, reason, by, forced, queues, covered)
+SELECT clock_timestamp(), $1, $2, $3, $4, $5,
+       coalesce((SELECT array_agg(queue ORDER BY queue) FROM scope_tally WHERE n > 0), '{}'),
+       coalesce((SELECT sum(n) FROM scope_tally), 0)
+RETURNING id, at, extract(epoch FROM at)::float8 AS at_epoch, covered;
 
 -- name: cancel_all_running
 UPDATE tasks
 SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4,
     cancel_forced = $5, cancel_deadline = now() + make_interval(secs => $6)
 WHERE status = 'running' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
-RETURNING id, message_id;
+RETURNING id, message_id, worker;
 
 -- name: cancel_all_hasten
 -- A forced cancel-all pulls in the deadlines of tasks already cancelling.
 UPDATE tasks SET cancel_forced = true, cancel_deadline = least(cancel_deadline, now())
 WHERE status = 'cancelling' AND ($1::text IS NULL OR actor = $1)
   AND ($2::text IS NULL OR queue = $2)
-RETURNING id, message_id;
+RETURNING id, message_id, worker;
+
+-- name: fence_audit
+UPDATE cancel_fences SET audit_id = $2 WHERE id = $1;
+
+-- name: open_fences
+SELECT id, at, extract(epoch FROM at)::float8 AS at_epoch, actor, queue, reason, by, forced,
+       queues, covered, swept, swept_at, purged_at,
+       extract(epoch FROM clock_timestamp() - at)::float8 AS age
+FROM cancel_fences WHERE swept_at IS NULL OR purged_at IS NULL ORDER BY id;
+
+-- name: sweep_fence
+-- One short batch of the rows a fence covers, to `cancelled`. SKIP LOCKED: the sweep never
+-- waits for a row someone else holds (a later batch takes it, or its claim sees the fence
+-- itself). The fence comes as parameters: the sweep holds no lock on cancel_fences, so a
+-- new cancel-all never waits for it.
+WITH batch AS (
+    SELECT id FROM tasks
+    WHERE status = 'queued' AND queued_at < $1
+      AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
+    ORDER BY queued_at LIMIT $7
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+    cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
+FROM batch WHERE t.id = batch.id AND t.status = 'queued';
+
+-- name: fence_progress
+UPDATE cancel_fences SET swept = swept + $2 WHERE id = $1;
+
+-- name: fence_swept
+UPDATE cancel_fences SET swept_at = now() WHERE id = $1;
+
+-- name: fence_purged
+UPDATE cancel_fences SET purged_at = now() WHERE id = $1;
 
 -- name: insert_audit
 INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
@@ -159,12 +260,16 @@ RETURNING id, at;
 SELECT * FROM cancel_audit ORDER BY id DESC LIMIT $1;
 
 -- name: resume_task
+-- Reads cancel_fences first (see fence_lock): a resume never slips between a cancel-all's
+-- statements, and one that commits after a fence is not covered by it.
 UPDATE tasks
 SET status = 'queued', message_id = $2, enqueued_at = now(), finished_at = NULL,
+    queued_at = clock_timestamp(),
     cancel_requested_at = NULL, cancel_reason = NULL, cancel_by = NULL, cancel_forced = NULL,
     cancel_deadline = NULL, outcome = NULL, error = NULL, heartbeat_at = NULL,
     eta = NULL, resumes = resumes + 1
 WHERE id = $1 AND status = ANY($3::text[])
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING *;
 
 -- name: stale_executions
@@ -191,11 +296,14 @@ RETURNING status;
 
 -- name: requeue_execution
 -- A new attempt of a running execution that failed or died (retries, automatic resume).
--- Never for one being cancelled: that would bring cancelled work back.
+-- Never for one being cancelled: that would bring cancelled work back. Reads
+-- cancel_fences first (see fence_lock), so it cannot slip between cancel-all's statements.
 UPDATE tasks
 SET status = 'queued', message_id = $3, enqueued_at = now(), heartbeat_at = NULL,
+    queued_at = clock_timestamp(),
     eta = $4, error = $5, resumes = resumes + 1
 WHERE id = $1 AND attempt = $2 AND status = 'running'
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING *;
 
 -- name: active_by_ids
@@ -204,10 +312,20 @@ SELECT id, status, attempt, message_id, finished_at,
 FROM tasks WHERE id = ANY($1::uuid[]);
 
 -- name: stranded_queued
-SELECT id, actor, queue, kwargs, message_id, requeues, enqueued_at, eta FROM tasks
-WHERE status = 'queued'
-  AND enqueued_at < now() - make_interval(secs => $1)
-  AND (eta IS NULL OR eta < now() - make_interval(secs => $1));
+-- One page of the rows queued for long, oldest first after the cursor ($2, $3); rows a
+-- cancel fence covers are the sweep's, not lost.
+SELECT t.id, t.actor, t.queue, t.message_id, t.requeues, t.enqueued_at,
+       extract(epoch FROM t.queued_at)::float8 AS queued_epoch
+FROM tasks t
+WHERE t.status = 'queued'
+  AND t.enqueued_at < now() - make_interval(secs => $1)
+  AND ($2::timestamptz IS NULL OR (t.enqueued_at, t.id) > ($2, $3::uuid))
+  AND (t.eta IS NULL OR t.eta < now() - make_interval(secs => $1))
+  AND NOT EXISTS (SELECT 1 FROM cancel_fences f
+                  WHERE f.at > t.queued_at AND (f.actor IS NULL OR f.actor = t.actor)
+                    AND (f.queue IS NULL OR f.queue = t.queue))
+ORDER BY t.enqueued_at, t.id
+LIMIT $4;
 
 -- name: requeue_message
 UPDATE tasks SET message_id = $3, enqueued_at = now(), requeues = requeues + 1
@@ -224,8 +342,32 @@ SELECT status, count(*) AS n FROM tasks
 WHERE status IN ('queued', 'running', 'cancelling') GROUP BY status;
 
 -- name: all_counts
--- Kept by triggers (see migration 003): no scan of the history.
-SELECT status, n FROM task_counts;
+-- Tallies plus the deltas not yet folded in (see migration 004): no scan of the history.
+SELECT status, sum(n)::bigint AS n FROM (
+    SELECT status, n FROM task_tallies
+    UNION ALL SELECT status, delta FROM task_tally_deltas) x
+GROUP BY status;
+
+-- name: fold_tallies
+-- The reaper folds the appended deltas into the tallies; it is their only writer.
+WITH d AS (
+    DELETE FROM task_tally_deltas WHERE id <= (SELECT max(id) FROM task_tally_deltas)
+    RETURNING status, actor, queue, delta
+), s AS (
+    SELECT status, actor, queue, sum(delta) AS delta FROM d GROUP BY status, actor, queue
+)
+INSERT INTO task_tallies AS t (status, actor, queue, n)
+SELECT status, actor, queue, delta FROM s
+ON CONFLICT (status, actor, queue) DO UPDATE SET n = t.n + excluded.n;
+
+-- name: prune_audit
+DELETE FROM cancel_audit WHERE id IN (
+    SELECT id FROM cancel_audit WHERE at < now() - make_interval(days => $1) ORDER BY id LIMIT $2);
+
+-- name: prune_fences
+-- A fence is kept while a task it covers could still be queued somewhere.
+DELETE FROM cancel_fences
+WHERE swept_at < now() - make_interval(days => $1) AND purged_at IS NOT NULL;
 
 -- name: active_rows
 SELECT id, actor, status, attempt, worker, pid, done, failed, total, current_chunk,
@@ -238,7 +380,7 @@ SELECT DISTINCT queue FROM tasks WHERE status IN ('queued', 'running', 'cancelli
 
 -- name: force_kill_all
 -- taskctl force-kill: every non-terminal row ends now, in one statement. Rows that ran
--- (or were being cancelled) were killed; queued ones never started.
+-- (or were being cancelled) were killed; queued ones never started. Runs after fence_lock.
 WITH doomed AS (
     SELECT id, status FROM tasks
     WHERE status IN ('queued', 'running', 'cancelling')
