@@ -8,12 +8,16 @@ import random
 import time
 import uuid
 
+import pytest
+
 from shared.cancellation import CancelConflict, Canceller
 from shared.db import Db
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.submit import submit
 from tests.support import wait_for, wait_gone
+
+pytestmark = pytest.mark.pgbouncer
 
 
 async def _submit_many(db: Db, celery, n: int, **kw) -> list[uuid.UUID]:

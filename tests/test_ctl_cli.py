@@ -80,6 +80,10 @@ async def test_cancel_all_reports_counts(settings: Settings, db: Db, catalogue: 
     assert out.returncode == 0, out.stderr
     reply = json.loads(out.stdout)
     assert reply["cancelled"] >= 3 and reply["cancelling"] == 0
+    # every parked task is covered: a claim refuses it (and records it cancelled), as the
+    # reaper's sweep would
+    for row in await db.pool.fetch("SELECT id, message_id FROM tasks WHERE queue = 'parked'"):
+        assert await db.claim_task(row["id"], row["message_id"], "w@test", 1, 30) is None
     assert (await db.counts(history=False))["queued"] == 0
     audit = (await db.list_audit(1))[0]
     assert audit["reason"] == "drain" and audit["by"].startswith("taskctl:")
