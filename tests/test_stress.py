@@ -185,6 +185,15 @@ async def test_every_writer_at_once_no_deadlock_and_a_lawful_history(
     assert stress.ops["cancel_all"] >= 10 and stress.ops["claim"] >= 100, dict(stress.ops)
     # and every row's history is lawful
     await _check_history(db)
+    # and the counts by state, kept from appended deltas, match the rows, before and after
+    # the reaper folds the deltas in
+    real = {r["status"]: r["n"] for r in await db.pool.fetch(
+        "SELECT status, count(*) AS n FROM tasks GROUP BY status")}
+    for _ in range(2):
+        counts = {k: v for k, v in (await db.counts()).items() if v}
+        assert counts == real
+        await db.fold_tallies()
+    assert await db.pool.fetchval("SELECT count(*) FROM task_tally_deltas") == 0
 
 
 async def _deadlocks(db: Db) -> int:

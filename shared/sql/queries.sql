@@ -338,8 +338,13 @@ WHERE id = $1 AND message_id = $2 AND status = 'queued'
 RETURNING status;
 
 -- name: active_counts
-SELECT status, count(*) AS n FROM tasks
-WHERE status IN ('queued', 'running', 'cancelling') GROUP BY status;
+-- From the tallies: constant cost whatever the backlog.
+SELECT status, sum(n)::bigint AS n FROM (
+    SELECT status, n FROM task_tallies WHERE status IN ('queued', 'running', 'cancelling')
+    UNION ALL
+    SELECT status, delta FROM task_tally_deltas
+    WHERE status IN ('queued', 'running', 'cancelling')) x
+GROUP BY status;
 
 -- name: all_counts
 -- Tallies plus the deltas not yet folded in (see migration 004): no scan of the history.
@@ -375,8 +380,13 @@ SELECT id, actor, status, attempt, worker, pid, done, failed, total, current_chu
 FROM tasks WHERE status IN ('running', 'cancelling') ORDER BY started_at;
 
 -- name: active_queues
--- Queues that still hold work in the DB's view (served by the partial index).
-SELECT DISTINCT queue FROM tasks WHERE status IN ('queued', 'running', 'cancelling');
+-- Queues that still hold work in the DB's view (from the tallies, not the rows).
+SELECT queue FROM (
+    SELECT queue, n FROM task_tallies WHERE status IN ('queued', 'running', 'cancelling')
+    UNION ALL
+    SELECT queue, delta FROM task_tally_deltas
+    WHERE status IN ('queued', 'running', 'cancelling')) x
+GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 
 -- name: force_kill_all
 -- taskctl force-kill: every non-terminal row ends now, in one statement. Rows that ran
