@@ -134,19 +134,24 @@ class Canceller:
                  hastened=len(out.hastened), fence_id=out.fence_id, took_ms=round(out.took_ms, 1))
         return out
 
-    async def force_kill_all(self, *, by: str, reason: str, scope: dict[str, Any]
-                             ) -> dict[str, int]:
+    async def force_kill_all(self, *, by: str, reason: str, scope: dict[str, Any],
+                             remote_nodes: list[str] | None = None) -> dict[str, int]:
         """Every unfinished task straight to `cancelled`, audited and announced as forced.
 
-        For an operator about to kill the worker processes: nothing is left `cancelling`
-        for a process that will not be there to finish it. Returns counts by prior state."""
+        For an operator about to kill this host's worker processes: nothing is left
+        `cancelling` for a process that will not be there to finish it. Executions on
+        other hosts' workers (`remote_nodes`) are not killed, so they are cancelled with
+        force instead and their host records how they ended. Returns counts by prior
+        state, and how many went to other hosts (`remote`)."""
         async with self.db.transaction() as conn:
             await conn.execute(self.db.q["fence_lock"])
-            rows = await self.db.force_kill_all(conn, reason=reason, by=by)
+            rows = await self.db.force_kill_all(conn, reason=reason, by=by,
+                                                remote_nodes=remote_nodes or [])
             before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
             was: dict[str, int] = {s.value: 0 for s in ACTIVE}
             for r in rows:
                 was[r["was"]] += 1
+            remote = sum(1 for r in rows if r["remote"])
             await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, **scope}, forced=True,
                 cancelled=was["queued"], cancelling=was["running"] + was["cancelling"],
@@ -154,8 +159,8 @@ class Canceller:
         await self.announce({"all": True, "actor": None, "queue": None, "force": True,
                              "reason": reason, "before": before},
                             [r["message_id"] for r in rows])
-        log.warning("task.force_kill_all", by=by, **was)
-        return was
+        log.warning("task.force_kill_all", by=by, remote=remote, **was)
+        return {**was, "remote": remote}
 
     async def resume(self, task_id: uuid.UUID) -> Record:
         message_id = uuid.uuid4()

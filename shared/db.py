@@ -213,10 +213,11 @@ class Db:
     async def active_queues(self) -> list[str]:
         return [r["queue"] for r in await self.pool.fetch(self.q["active_queues"])]
 
-    async def force_kill_all(self, conn: asyncpg.Connection, *, reason: str, by: str
-                             ) -> list[Record]:
-        """Ends every non-terminal row as cancelled; runs inside the caller's transaction."""
-        return await conn.fetch(self.q["force_kill_all"], reason, by)
+    async def force_kill_all(self, conn: asyncpg.Connection, *, reason: str, by: str,
+                             remote_nodes: Sequence[str] = ()) -> list[Record]:
+        """Ends every non-terminal row as cancelled, but for executions on `remote_nodes`
+        (cancelled with force instead); runs inside the caller's transaction."""
+        return await conn.fetch(self.q["force_kill_all"], reason, by, list(remote_nodes))
 
     async def prune_history(self, days: int, limit: int = 1000) -> int:
         status = await self.pool.execute(self.q["prune_history"], days, limit)

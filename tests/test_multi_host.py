@@ -394,9 +394,15 @@ async def test_force_kill_on_one_host_kills_only_that_hosts_workers(
         assert all(alive(p) for p in procs), f"force-kill on hosta hit {name}"
 
     # and, as the design has it, every unfinished row of the deployment is cancelled with
-    # one audit row; A's were killed, B's and C's stop on their own through the forced event
-    rows = await rows_of(db, ids)
-    assert {r["status"] for r in rows.values()} == {"cancelled"}
+    # one audit row; A's were killed, B's and C's stop on their own through the forced event,
+    # and their own hosts record that truthfully: cooperative, not killed
+    async def all_cancelled() -> dict | None:
+        found = await rows_of(db, ids)
+        return found if {r["status"] for r in found.values()} == {"cancelled"} else None
+
+    rows = await wait_for(all_cancelled, timeout=5, what="every row cancelled")
+    assert [rows[i]["outcome"] for i in ids[2:]] == ["cooperative"] * (len(ids) - 2), \
+        [(rows[i]["worker"], rows[i]["outcome"]) for i in ids]
     assert {r["cancel_reason"] for r in rows.values()} == {"force-kill"}
     assert all(r["cancel_forced"] for r in rows.values())
     assert all(r["cancel_by"].endswith("@hosta") for r in rows.values())

@@ -97,8 +97,11 @@ def confirmed(console: Console) -> bool:
 
 
 async def _cancel_rows(ctx: CtlContext) -> dict[str, int]:
+    host = await procs.find_local(ctx.redis, ctx.keys, ctx.hostname)
+    remote = [n for n, s in host.states.items() if s == "remote"]
     return await ctx.canceller().force_kill_all(
-        by=ctx.actor, reason=REASON, scope={"force_kill": True, "host": ctx.hostname})
+        by=ctx.actor, reason=REASON, scope={"force_kill": True, "host": ctx.hostname},
+        remote_nodes=remote)
 
 
 async def _forget_dead(ctx: CtlContext) -> tuple[int, int]:
@@ -140,9 +143,13 @@ async def execute(ctx: CtlContext, plan: Plan) -> Done:
 def show_done(done: Done, console: Console) -> None:
     c = done.cancelled
     k = done.killed
-    lines = [f"  cancelled {sum(c.values())} rows (queued {c['queued']}, running "
-             f"{c['running']}, cancelling {c['cancelling']})",
-             f"  killed {len(k.killed)} processes {' '.join(map(str, k.killed))}"]
+    rows = c["queued"] + c["running"] + c["cancelling"]
+    lines = [f"  cancelled {rows} rows (queued {c['queued']}, running "
+             f"{c['running']}, cancelling {c['cancelling']})"]
+    if c.get("remote"):
+        lines.append(f"  of which {c['remote']} run on other hosts: cancelled with force, "
+                     "their hosts stop them and record how they ended")
+    lines.append(f"  killed {len(k.killed)} processes {' '.join(map(str, k.killed))}")
     if k.already_gone:
         lines.append(f"  already gone: {' '.join(map(str, k.already_gone))}")
     lines.extend(f"  not signalled: {pid} ({why})" for pid, why in k.refused)

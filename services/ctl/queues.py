@@ -96,7 +96,9 @@ async def purge(redis: aioredis.Redis, keys: Keys, queues: list[str]) -> QueueLe
         pipe.hlen(unacked)
         pipe.zcard(index)
         pipe.delete(*doomed, unacked, index)
+        # Nothing published is waiting any more.
+        pipe.delete(keys.pending)
         replies = await pipe.execute()
     per = len(PRIORITY_STEPS)
     ready = {q: sum(replies[i * per:(i + 1) * per]) for i, q in enumerate(queues)}
-    return QueueLengths(ready=ready, unacked=replies[-3], unacked_index=replies[-2])
+    return QueueLengths(ready=ready, unacked=replies[-4], unacked_index=replies[-3])

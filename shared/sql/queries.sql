@@ -389,22 +389,27 @@ SELECT queue FROM (
 GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 
 -- name: force_kill_all
--- taskctl force-kill: every non-terminal row ends now, in one statement. Rows that ran
--- (or were being cancelled) were killed; queued ones never started. Runs after fence_lock.
+-- taskctl force-kill: every non-terminal row ends now, in one statement, except executions
+-- on other hosts' live workers ($3): the operator kills only this host's processes, so
+-- those are cancelled with force (deadline now) and their own host records how they ended.
+-- Rows that ran here (or whose worker is gone) were killed; queued ones never started.
+-- Runs after fence_lock.
 WITH doomed AS (
-    SELECT id, status FROM tasks
+    SELECT id, status, worker = ANY($3::text[]) AND status <> 'queued' AS remote FROM tasks
     WHERE status IN ('queued', 'running', 'cancelling')
     FOR UPDATE
 )
 UPDATE tasks t
-SET status = 'cancelled', finished_at = now(),
-    outcome = CASE WHEN doomed.status = 'queued' THEN 'never_started' ELSE 'killed' END,
+SET status = CASE WHEN doomed.remote THEN 'cancelling' ELSE 'cancelled' END,
+    finished_at = CASE WHEN doomed.remote THEN NULL ELSE now() END,
+    outcome = CASE WHEN doomed.remote THEN NULL
+                   WHEN doomed.status = 'queued' THEN 'never_started' ELSE 'killed' END,
     cancel_requested_at = coalesce(t.cancel_requested_at, now()),
     cancel_reason = $1, cancel_by = $2, cancel_forced = true,
     cancel_deadline = least(coalesce(t.cancel_deadline, now()), now())
 FROM doomed
 WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling')
-RETURNING t.id, t.message_id, doomed.status AS was;
+RETURNING t.id, t.message_id, doomed.status AS was, doomed.remote AS remote;
 
 -- name: prune_history
 -- Results go with their task (ON DELETE CASCADE). Bounded per call.
