@@ -23,8 +23,8 @@ HERE = Path(__file__).resolve().parent
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Cancellation latency, check cost, cancel-all, reconcile and API figures "
-                    "for Taskreaper next to plain Celery, on this machine.")
+        description="Cancellation latency, check cost, cancel-all, reconcile, API, fleet and "
+                    "scale figures for Taskreaper next to plain Celery, on this machine.")
     parser.add_argument("--quick", action="store_true",
                         help="a few rounds of everything (a smoke check, about two minutes); "
                              "writes under bench/out/quick unless --out is given")

@@ -216,4 +216,6 @@ EVALUATORS: tuple[Callable[[Results], Goal], ...] = (
 
 
 def evaluate(results: Results) -> list[dict[str, Any]]:
-    return [asdict(fn(results)) for fn in EVALUATORS]
+    from bench import fleet_goals  # builds on Goal, defined here
+
+    return [asdict(fn(results)) for fn in EVALUATORS] + fleet_goals.goals(results)

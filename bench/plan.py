@@ -32,6 +32,14 @@ class Plan:
     scale_reconcile_passes: int = 5
     scale_scan_passes: int = 3
     scale_wait_s: float = 90.0
+    # The fleet section: pool processes per simulated host (one worker each), tasks queued
+    # behind the running ones, the steady-state window, single cancels, and the no-op
+    # events of each delivery burst.
+    fleet_concurrency: tuple[int, ...] = (33, 33, 34)
+    fleet_queued: int = 30
+    fleet_steady_s: float = 20.0
+    fleet_singles: int = 10
+    fleet_burst: int = 100
 
 
 FULL = Plan("full")
@@ -39,4 +47,6 @@ QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
              abort=20, cancel_all={1_000: 1}, reconcile_sizes=(10_000, 100_000),
              reconcile_passes=5, api_seconds=2.0, token_checks=200_000,
              is_aborted_checks=300, row_reads=100, round_trips=100, scale=20_000,
-             scale_reconcile_passes=3, scale_scan_passes=2, scale_wait_s=45.0)
+             scale_reconcile_passes=3, scale_scan_passes=2, scale_wait_s=45.0,
+             fleet_concurrency=(10, 10, 10), fleet_queued=10, fleet_steady_s=8.0,
+             fleet_singles=3, fleet_burst=30)

@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import fleet_report, scale_report
 from bench import goals as goal_list
-from bench import scale_report
 from bench.latencies import collect
 from bench.machine import one_line
 
@@ -130,6 +130,7 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
     ("5. API under load (ms)", ["endpoint", "req/s", "p50", "p99", "requests", "statuses"],
      api_rows),
     ("5. Resident memory (MiB)", ["process", "idle", "after load"], rss_rows),
+    *fleet_report.TABLES,
     *scale_report.TABLES,
     ("Goals", ["goal", "measured", "verdict"], goal_rows),
 )

@@ -21,6 +21,7 @@ from bench import (
     celery_abort,
     celery_terminate,
     check_cost,
+    fleet,
     machine,
     reconcile,
     round_trips,
@@ -34,7 +35,7 @@ from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
 SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
-            "reconcile", "scale")
+            "reconcile", "fleet", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -60,6 +61,9 @@ class Suite:
         self.phases[name] = round(took, 1)
         self.console.print(f"  [dim]done in {took:.1f}s[/]")
         return result
+
+    def _say(self, line: str) -> None:
+        self.console.print(f"  {line}", style="dim", markup=False)
 
     def wants(self, *names: str) -> bool:
         return any(n in self.sections for n in names)
@@ -91,6 +95,14 @@ class Suite:
                     lambda: reconcile.run(servers, list(self.plan.reconcile_sizes),
                                           active=self.plan.reconcile_active,
                                           passes=self.plan.reconcile_passes))
+            if self.wants("fleet"):
+                sizes = self.plan.fleet_concurrency
+                self.data["fleet"] = await self._phase(
+                    "fleet", f"7. a fleet of {sum(sizes)} pool processes on {len(sizes)} "
+                             f"simulated hosts behind PgBouncer: connections, steady state, "
+                             f"cancel deliveries, cancel-all",
+                    lambda: fleet.run(servers, self.out_dir / "fleet", self.plan,
+                                      cancel_grace=CANCEL_GRACE, say=self._say))
             if self.wants("scale"):
                 self.data["scale"] = await self._phase(
                     "scale", f"6. {self.plan.scale:,} queued tasks: load, reaper passes, "

@@ -27,7 +27,7 @@ log = structlog.get_logger("reaper.sweeper")
 # at once (SKIP LOCKED keeps them apart): the work is the database's, on every core it has.
 SWEEP_BATCH = 2500
 SWEEP_LANES = 2
-PURGE_WINDOW = 1000
+PURGE_WINDOW = 500
 # How long one tick may work before yielding to the other loops.
 TICK_BUDGET = 0.5
 # A task inserted just before a fence may commit a moment after it: a fence is called swept
@@ -101,10 +101,13 @@ class FenceSweeper:
             return
         until = time.monotonic() + TICK_BUDGET
         for fence in fences:
+            # The rows and the messages at once: one is PostgreSQL's work, the other Redis'.
+            steps = []
             if fence["swept_at"] is None:
-                await self._sweep(fence, until)
+                steps.append(self._sweep(fence, until))
             if fence["purged_at"] is None:
-                await self._purge(fence, until)
+                steps.append(self._purge(fence, until))
+            await asyncio.gather(*steps)
             if time.monotonic() > until:
                 return
 
