@@ -214,9 +214,11 @@ async def test_cancel_racing_completion_ends_in_one_consistent_state(
 
 async def test_cancel_all_takes_the_covered_messages_out_of_the_broker(
         settings: Settings, db: Db, canceller: Canceller, start_reaper) -> None:
+    from services.worker.app import load_actors, publish_catalogue
     from shared.queues import queue_lengths
 
     # given 2,000 queued tasks in a queue no worker reads, and one submitted to another queue
+    await publish_catalogue(settings, load_actors(settings))  # what a starting worker does
     keys = Keys(settings.key_prefix)
     covered = await _submit_many(db, canceller.celery, 2000, queue="nobody")
     kept = (await submit(db, canceller.celery, actor="distill", queue="elsewhere",
