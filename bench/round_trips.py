@@ -28,10 +28,11 @@ class _TimedCanceller(Canceller):
         super().__init__(*args, **kwargs)
         self.announce_ms = Dist()
 
-    async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID]) -> None:
+    async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID],
+                       **where: Any) -> None:
         started = time.perf_counter()
         try:
-            await super().announce(event, message_ids)
+            await super().announce(event, message_ids, **where)
         finally:
             self.announce_ms.add((time.perf_counter() - started) * 1000)
 

@@ -1,0 +1,357 @@
+"""7. A fleet: 100 pool processes over three simulated hosts, every DB connection through
+PgBouncer in transaction mode (100 and more processes would exceed PostgreSQL's
+max_connections on their own), a reaper, and a Redis server of its own.
+
+With 100 cooperative `distill` tasks running (and some queued behind them), in order:
+
+1. Connections: per pool process, its TCP connections to PgBouncer and to Redis (psutil);
+   Redis's CLIENT LIST and PgBouncer's SHOW CLIENTS, each client traced to the process
+   holding its socket; the server connections PgBouncer opened (SHOW SERVERS, and the
+   database's backends in pg_stat_activity).
+2. Steady state: the servers' counters over a window (PgBouncer SHOW STATS,
+   pg_stat_database, pg_stat_user_tables, Redis INFO), per running task and second.
+3. Deliveries: PUBSUB NUMSUB of the channels one cancel uses, then a burst of no-op events
+   shaped as single cancels, once on the task and node channels and once on the fleet-wide
+   channel (what every single cancel used before), with the receivers Redis reports and
+   the bytes it sent.
+4. Single cancels (`Canceller.cancel`, in-process) with the receivers of each PUBLISH and
+   the time to the worker's `task.cancel_observed`.
+5. cancel-all (`Canceller.cancel_all`, in-process): per running task, the time from the
+   call to its worker's `task.cancel_observed` line, and until no row is active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from bench.fleet_cancel import Observed, Published, burst, channel_kind, latencies, numsub
+from bench.fleet_counters import BackendWatch, Counters, CpuUse, census, delta, pools
+from bench.fleet_stack import Fleet, Unavailable, why_unavailable
+from bench.plan import Plan
+from bench.poll import until
+from bench.stack import Servers
+from bench.stats import Dist
+from shared.broker import make_celery
+from shared.cancellation import Canceller
+from shared.db import Db
+from shared.submit import submit
+
+# Cooperative and long: a chunk is a 0.5 s wait that a cancel wakes at once.
+KWARGS = {"chunks": 100_000, "chunk_seconds": 0.5}
+_ACTIVE = "status IN ('queued', 'running', 'cancelling')"
+# Commands the bench itself sends to read the counters.
+_OWN_COMMANDS = ("info", "client|list", "config|get", "pubsub|numsub", "client", "config",
+                 "pubsub")
+SAMPLE = 10_000  # processes and running tasks the figures are extrapolated to
+
+
+async def run(servers: Servers, out_dir: Path, plan: Plan, *, cancel_grace: float,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    result: dict[str, Any] = {"concurrency": list(plan.fleet_concurrency),
+                              "settings": {"cancel_grace_s": cancel_grace, "kwargs": KWARGS}}
+    if (why := why_unavailable()) is not None:
+        say(f"  skipped: {why}")
+        return {**result, "skipped": why}
+    fleet = Fleet(servers, out_dir, plan.fleet_concurrency, cancel_grace)
+    try:
+        await fleet.open(say)
+        result["settings"].update(
+            heartbeat_interval_s=fleet.s.heartbeat_interval,
+            cancel_poll_interval_s=fleet.s.cancel_poll_interval,
+            pgbouncer_pool_size=fleet.bouncer.pool_size, pgbouncer_mode="transaction")
+        await _measure(fleet, plan, result, say)
+    except Unavailable as exc:
+        result["skipped"] = str(exc)
+    except Exception as exc:
+        result["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        say(f"  fleet section failed: {result['error']}")
+    finally:
+        left = await fleet.close()
+        result["cleanup"] = {"left_behind": left}
+    return result
+
+
+async def _measure(fleet: Fleet, plan: Plan, result: dict[str, Any],
+                   say: Callable[[str], None]) -> None:
+    pool = await fleet.direct()
+    redis = aioredis.from_url(fleet.s.redis_url)
+    db = await Db.connect(fleet.s.database_url, min_size=1, max_size=2)
+    celery = make_celery(fleet.s)
+    canceller = Canceller(fleet.s, db, Published(aioredis.from_url(fleet.s.redis_url)), celery)
+    try:
+        n = sum(plan.fleet_concurrency)
+        started = time.perf_counter()
+        for _ in range(n + plan.fleet_queued):
+            await submit(db, celery, actor="distill", kwargs=KWARGS)
+
+        async def all_running() -> bool:
+            return await _running(pool) >= n
+
+        await until(all_running, 180, f"{n} tasks running", interval=0.2)
+        result["ramp_s"] = round(time.perf_counter() - started, 1)
+        say(f"  {n} tasks running and {plan.fleet_queued} queued after {result['ramp_s']} s")
+        await asyncio.sleep(2.0)  # every sidecar past its first beat
+
+        result["connections"] = await census(fleet, pool)
+        result["connections"]["at_10k"] = _connections_at(result["connections"],
+                                                          plan.fleet_concurrency)
+        counters = Counters(fleet, pool, redis)
+        result["steady"] = await steady(fleet, counters, pool, plan.fleet_steady_s)
+        st = result["steady"]
+        say(f"  steady state: {st['db']['statements_per_task_s']} DB statements and "
+            f"{st['redis']['commands_per_task_s']} Redis commands per task-second")
+        result["deliveries"] = await deliveries(fleet, pool, redis, plan.fleet_burst,
+                                                st["redis"]["net_out_per_s"])
+        result["singles"] = await singles(fleet, pool, canceller, plan.fleet_singles)
+        await until(all_running, 60, f"{n} tasks running again", interval=0.2)
+        result["cancel_all"] = await cancel_all(fleet, pool, canceller, counters)
+        c = result["cancel_all"]
+        say(f"  cancel-all: observed p50 {c['latency']['from_call_ms']['p50']} / p99 "
+            f"{c['latency']['from_call_ms']['p99']} ms over {c['running']} tasks; every row "
+            f"terminal after {c['all_terminal_ms']} ms")
+    finally:
+        celery.close()
+        await canceller.redis.aclose()
+        await db.close()
+        await redis.aclose()
+        await pool.close()
+
+
+async def _running(pool: Any) -> int:
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM tasks WHERE status = 'running' AND heartbeat_at IS NOT NULL"))
+
+
+# -- 2. steady state -----------------------------------------------------------------------
+
+async def steady(fleet: Fleet, counters: Counters, pool: Any, seconds: float) -> dict[str, Any]:
+    running = [await _running(pool)]
+    load = os.getloadavg()[0]
+    cpu = CpuUse(fleet, await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+    a = await counters.snapshot()
+    cpu.begin()
+    await asyncio.sleep(seconds)
+    used = cpu.end()
+    b = await counters.snapshot()
+    running.append(await _running(pool))
+    d = delta(a, b)
+    tasks = sum(running) / 2
+    task_s = tasks * d["seconds"]
+
+    def per(value: float) -> float:
+        return round(value / task_s, 3) if task_s else 0.0
+
+    bouncer, tables = d["bouncer"], d["tables"]
+    # The bench's own reads (two per snapshot) go straight to PostgreSQL.
+    xacts = d["pg"]["xact_commit"] + d["pg"]["xact_rollback"] - 2
+    statements = bouncer.get("total_xact_count", xacts)
+    # PostgreSQL's table counters are flushed by each backend at its own pace (up to 10 s
+    # late); the checkpoints are counted exactly from the rows' own times.
+    beats = tables.get("tasks", {}).get("upd", 0)
+    checkpoints = int(await pool.fetchval(
+        "SELECT count(*) FROM task_results WHERE created_at >= $1 AND created_at < $2",
+        a["db_now"], b["db_now"]))
+    own = sum(v for k, v in d["commandstats"].items() if k in _OWN_COMMANDS)
+    commands = d["redis"]["commands"] - own
+    by_command = {k: v for k, v in d["commandstats"].items() if k not in _OWN_COMMANDS}
+    xact_us = (bouncer["total_xact_time"] / bouncer["total_xact_count"]
+               if bouncer.get("total_xact_count") else None)
+    return {
+        "seconds": d["seconds"], "running": running, "task_seconds": round(task_s, 1),
+        "load_average_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
+        # CPU per second of the window, by role (ms of CPU per wall second).
+        "cpu_ms_per_s": {k: round(v / used["wall_ms"] * 1000, 1)
+                         for k, v in used["cpu_ms"].items()},
+        "db": {
+            "statements": statements, "statements_per_task_s": per(statements),
+            "pg_xacts": xacts, "pg_xacts_per_task_s": per(xacts),
+            "pgbouncer_queries": bouncer.get("total_query_count"),
+            "heartbeat_updates_per_task_s": per(beats),
+            "checkpoint_writes_per_task_s": per(checkpoints),
+            "other_per_task_s": per(max(statements - beats - checkpoints, 0)),
+            "mean_xact_us": round(xact_us, 1) if xact_us is not None else None,
+            "client_wait_ms": round(bouncer.get("total_wait_time", 0) / 1000, 1),
+            "tables": tables,
+        },
+        "redis": {
+            "commands": commands, "commands_per_task_s": per(commands),
+            "by_command_per_task_s": {k: per(v) for k, v in list(by_command.items())[:10]},
+            "net_out_per_s": round(d["redis"]["net_out"] / d["seconds"]),
+            "net_in_per_s": round(d["redis"]["net_in"] / d["seconds"]),
+            "cpu_s_per_s": round(d["redis"]["cpu_s"] / d["seconds"], 4),
+        },
+        "at_10k": _extrapolate(per(statements), per(commands), xact_us,
+                               d["redis"]["cpu_s"] / task_s if task_s else None),
+    }
+
+
+def _extrapolate(statements: float, commands: float, xact_us: float | None,
+                 redis_cpu_per_task_s: float | None) -> dict[str, Any]:
+    """Per-task rates times 10,000 running tasks: a linear extrapolation, not a measurement."""
+    out: dict[str, Any] = {"running_tasks": SAMPLE,
+                           "db_statements_per_s": round(statements * SAMPLE),
+                           "redis_commands_per_s": round(commands * SAMPLE)}
+    if xact_us is not None:
+        # Little's law: transactions in flight = arrival rate x time each holds a server.
+        out["pg_server_connections_busy"] = round(statements * SAMPLE * xact_us / 1e6, 1)
+    if redis_cpu_per_task_s is not None:
+        out["redis_cpu_cores"] = round(redis_cpu_per_task_s * SAMPLE, 2)
+    return out
+
+
+def _connections_at(found: dict[str, Any], concurrency: tuple[int, ...]) -> dict[str, Any]:
+    """The measured connections per process times a fleet of 10,000 pool processes in
+    workers of the same size: arithmetic on this run's counts, not a measurement."""
+    per_worker = sum(concurrency) / len(concurrency)
+    workers = -(-SAMPLE // round(per_worker))
+    pool_p, main_p = found["per_pool_process"], found["per_worker_main"]
+    redis_by, pg_by = found["redis"]["by_process"], found["pgbouncer"]["clients_by_process"]
+
+    def total(kind: str, reaper: int) -> int:
+        return round(pool_p[kind].get("mean", 0) * SAMPLE
+                     + main_p[kind].get("mean", 0) * workers + reaper)
+
+    redis_total = total("redis", redis_by.get("reaper", 0))
+    return {"pool_processes": SAMPLE, "workers": workers,
+            "redis_clients": redis_total, "redis_maxclients": found["redis"]["maxclients"],
+            "redis_subscribers": SAMPLE + workers,
+            "pgbouncer_clients": total("pgbouncer", pg_by.get("reaper", 0))}
+
+
+# -- 3. deliveries -------------------------------------------------------------------------
+
+async def _running_rows(pool: Any) -> list[Any]:
+    return list(await pool.fetch(
+        "SELECT id, worker FROM tasks WHERE status = 'running' ORDER BY worker, id"))
+
+
+async def deliveries(fleet: Fleet, pool: Any, redis: aioredis.Redis, events: int,
+                     out_per_s: float) -> dict[str, Any]:
+    rows = await _running_rows(pool)
+    if not rows:
+        return {"error": "no running task"}
+    keys = fleet.keys
+    first = rows[0]
+    pairs = [(keys.task_cancel_channel(str(r["id"])), keys.node_cancel_channel(r["worker"]))
+             for r in (rows * (events // len(rows) + 1))[:events]]
+    single = await burst(redis, pairs, out_per_s)
+    await asyncio.sleep(1.0)
+    fleetwide = await burst(redis, [(keys.cancel_channel,)] * events, out_per_s)
+    return {"numsub": await numsub(redis, keys, str(first["id"]), first["worker"]),
+            "pool_processes": len(fleet.pool_pids()), "hosts": len(fleet.hosts),
+            "single_cancel_channels": single, "fleet_channel": fleetwide}
+
+
+# -- 4. single cancels ---------------------------------------------------------------------
+
+async def singles(fleet: Fleet, pool: Any, canceller: Canceller, count: int
+                  ) -> dict[str, Any]:
+    rows = await _running_rows(pool)
+    # Spread over the hosts: every third row of the list ordered by worker.
+    chosen = rows[:: max(1, len(rows) // max(count, 1))][:count]
+    observed = Observed(fleet.log_files())
+    published: Published = canceller.redis  # type: ignore[assignment]
+    took, receivers = Dist(), {"task": [], "node": [], "fleet": []}
+    missing = 0
+    for row in chosen:
+        published.sent.clear()
+        t0 = time.time()
+        await canceller.cancel(row["id"], by="bench-fleet", reason="bench")
+        seen = await observed.wait([str(row["id"])], timeout=10.0)
+        if seen:
+            took.add((seen[str(row["id"])]["epoch"] - t0) * 1000)
+        else:
+            missing += 1
+        for entry in published.sent:
+            for p in entry["publishes"]:
+                receivers.setdefault(channel_kind(fleet.keys, p["channel"]), []).append(
+                    p["receivers"])
+    ids = [r["id"] for r in chosen]
+
+    async def ended() -> bool:
+        return not await pool.fetchval(
+            f"SELECT count(*) FROM tasks WHERE id = ANY($1::uuid[]) AND {_ACTIVE}", ids)
+
+    await until(ended, 30, "single-cancelled tasks terminal", interval=0.05)
+    return {"cancels": len(chosen), "observed_ms": took.to_json(), "not_observed": missing,
+            "receivers": {k: v for k, v in receivers.items() if v},
+            "receivers_per_cancel": round(sum(sum(v) for v in receivers.values())
+                                          / max(len(chosen), 1), 2)}
+
+
+# -- 5. cancel-all -------------------------------------------------------------------------
+
+async def cancel_all(fleet: Fleet, pool: Any, canceller: Canceller, counters: Counters
+                     ) -> dict[str, Any]:
+    running = [str(r["id"]) for r in await _running_rows(pool)]
+    queued = int(await pool.fetchval("SELECT count(*) FROM tasks WHERE status = 'queued'"))
+    observed = Observed(fleet.log_files())
+    observed.find(str(uuid.uuid4()))  # reads what the logs hold so far
+    published: Published = canceller.redis  # type: ignore[assignment]
+    published.sent.clear()
+    before = await counters.snapshot()
+    cpu = CpuUse(fleet, await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+    load = os.getloadavg()[0]
+    watch = BackendWatch(pool).start()
+    cpu.begin()
+    t0, p0 = time.time(), time.perf_counter()
+    answer = await canceller.cancel_all(by="bench-fleet", reason="bench")
+    answered_ms = (time.perf_counter() - p0) * 1000
+    fleet_pub = next((e for e in published.sent if any(
+        channel_kind(fleet.keys, p["channel"]) == "fleet" for p in e["publishes"])), None)
+    records = await observed.wait(running, timeout=10.0)
+    cpu_used = cpu.end()
+    limit = fleet.s.cancel_grace + 30.0
+    all_terminal_ms = None
+    while time.perf_counter() - p0 < limit:
+        if not await pool.fetchval(f"SELECT count(*) FROM tasks WHERE {_ACTIVE}"):
+            all_terminal_ms = round((time.perf_counter() - p0) * 1000, 1)
+            break
+        await asyncio.sleep(0.02)
+    peak_backends = await watch.stop()
+    after = await counters.snapshot()
+    d = delta(before, after)
+    last_finished = await pool.fetchval(
+        "SELECT extract(epoch FROM max(finished_at))::float8 FROM tasks WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(t) for t in running])
+    ends = await pool.fetch("SELECT status, outcome, count(*) AS n FROM tasks "
+                            "GROUP BY status, outcome ORDER BY n DESC")
+    published_at = fleet_pub["sent_at"] if fleet_pub else None
+    lat = latencies(t0, published_at, records)
+    times = sorted(r["epoch"] for r in records.values())
+    return {
+        "via": "shared.cancellation.Canceller.cancel_all in-process (through PgBouncer)",
+        "running": len(running), "queued": queued, "observed": len(records),
+        "not_observed": len(running) - len(records),
+        "answered_ms": round(answered_ms, 1), "server_took_ms": round(answer.took_ms, 1),
+        "event_sent_ms": round((fleet_pub["sent_at"] - t0) * 1000, 1) if fleet_pub else None,
+        "event_answered_ms": round((published_at - t0) * 1000, 1) if published_at else None,
+        "event_receivers": (fleet_pub["publishes"][0]["receivers"] if fleet_pub else None),
+        "event_bytes": (fleet_pub["publishes"][0]["bytes"] if fleet_pub else None),
+        "latency": lat,
+        "observed_spread_ms": round((times[-1] - times[0]) * 1000, 1) if times else None,
+        "all_terminal_ms": all_terminal_ms,
+        "running_finished_ms": (round((last_finished - t0) * 1000, 1)
+                                if last_finished is not None else None),
+        "grace_s": fleet.s.cancel_grace,
+        "ends": [{"status": r["status"], "outcome": r["outcome"], "n": r["n"]} for r in ends],
+        "answer": {"cancelled": answer.cancelled, "cancelling": len(answer.cancelling),
+                   "fence_id": answer.fence_id},
+        "peak_pg_backends": peak_backends,
+        "load_average_1m": round(load, 2),
+        "cpu_until_observed": cpu_used,
+        "pgbouncer_after": await pools(fleet),
+        "pgbouncer_client_wait_ms": round(d["bouncer"].get("total_wait_time", 0) / 1000, 1),
+        "db_statements": d["bouncer"].get("total_xact_count"),
+        "redis_commands": d["redis"]["commands"],
+    }
