@@ -1,5 +1,5 @@
 """Cancels across the fleet: who receives one, what it costs Redis, and how long until every
-pool process has seen a cancel-all.
+pool process has seen a cancel-all (steps 3 to 5 of the section, see `bench/fleet.py`).
 
 Receivers are Redis's own answer: PUBLISH returns how many subscribers it delivered the
 message to. The canceller is the product's (`shared.cancellation.Canceller`) in this
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -18,9 +19,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from bench.fleet_counters import BackendWatch, Counters, CpuUse, delta, pools
+from bench.fleet_stack import Fleet
 from bench.logtail import LogTail
+from bench.poll import until
 from bench.stats import Dist
+from shared.cancellation import Canceller
 from shared.keys import Keys
+
+_ACTIVE = "status IN ('queued', 'running', 'cancelling')"
 
 
 class Published:
@@ -141,3 +148,133 @@ def latencies(t0: float, published_at: float | None, records: dict[str, dict[str
         via[key] = via.get(key, 0) + 1
     return {"from_call_ms": from_call.to_json(), "from_event_ms": from_event.to_json(),
             "via": via}
+
+
+# -- 3. deliveries -------------------------------------------------------------------------
+
+async def _running_rows(pool: Any) -> list[Any]:
+    return list(await pool.fetch(
+        "SELECT id, worker FROM tasks WHERE status = 'running' ORDER BY worker, id"))
+
+
+async def deliveries(fleet: Fleet, pool: Any, redis: aioredis.Redis, events: int,
+                     out_per_s: float) -> dict[str, Any]:
+    rows = await _running_rows(pool)
+    if not rows:
+        return {"error": "no running task"}
+    keys = fleet.keys
+    first = rows[0]
+    pairs = [(keys.task_cancel_channel(str(r["id"])), keys.node_cancel_channel(r["worker"]))
+             for r in (rows * (events // len(rows) + 1))[:events]]
+    single = await burst(redis, pairs, out_per_s)
+    await asyncio.sleep(1.0)
+    fleetwide = await burst(redis, [(keys.cancel_channel,)] * events, out_per_s)
+    return {"numsub": await numsub(redis, keys, str(first["id"]), first["worker"]),
+            "pool_processes": len(fleet.pool_pids()), "hosts": len(fleet.hosts),
+            "single_cancel_channels": single, "fleet_channel": fleetwide}
+
+
+# -- 4. single cancels ---------------------------------------------------------------------
+
+async def singles(fleet: Fleet, pool: Any, canceller: Canceller, count: int
+                  ) -> dict[str, Any]:
+    rows = await _running_rows(pool)
+    # Spread over the hosts: every third row of the list ordered by worker.
+    chosen = rows[:: max(1, len(rows) // max(count, 1))][:count]
+    observed = Observed(fleet.log_files())
+    published: Published = canceller.redis  # type: ignore[assignment]
+    took, receivers = Dist(), {"task": [], "node": [], "fleet": []}
+    missing = 0
+    for row in chosen:
+        published.sent.clear()
+        t0 = time.time()
+        await canceller.cancel(row["id"], by="bench-fleet", reason="bench")
+        seen = await observed.wait([str(row["id"])], timeout=10.0)
+        if seen:
+            took.add((seen[str(row["id"])]["epoch"] - t0) * 1000)
+        else:
+            missing += 1
+        for entry in published.sent:
+            for p in entry["publishes"]:
+                receivers.setdefault(channel_kind(fleet.keys, p["channel"]), []).append(
+                    p["receivers"])
+    ids = [r["id"] for r in chosen]
+
+    async def ended() -> bool:
+        return not await pool.fetchval(
+            f"SELECT count(*) FROM tasks WHERE id = ANY($1::uuid[]) AND {_ACTIVE}", ids)
+
+    await until(ended, 30, "single-cancelled tasks terminal", interval=0.05)
+    return {"cancels": len(chosen), "observed_ms": took.to_json(), "not_observed": missing,
+            "receivers": {k: v for k, v in receivers.items() if v},
+            "receivers_per_cancel": round(sum(sum(v) for v in receivers.values())
+                                          / max(len(chosen), 1), 2)}
+
+
+# -- 5. cancel-all -------------------------------------------------------------------------
+
+async def cancel_all(fleet: Fleet, pool: Any, canceller: Canceller, counters: Counters
+                     ) -> dict[str, Any]:
+    running = [str(r["id"]) for r in await _running_rows(pool)]
+    queued = int(await pool.fetchval("SELECT count(*) FROM tasks WHERE status = 'queued'"))
+    observed = Observed(fleet.log_files())
+    observed.find(str(uuid.uuid4()))  # reads what the logs hold so far
+    published: Published = canceller.redis  # type: ignore[assignment]
+    published.sent.clear()
+    before = await counters.snapshot()
+    cpu = CpuUse(fleet, await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+    load = os.getloadavg()[0]
+    watch = BackendWatch(pool).start()
+    cpu.begin()
+    t0, p0 = time.time(), time.perf_counter()
+    answer = await canceller.cancel_all(by="bench-fleet", reason="bench")
+    answered_ms = (time.perf_counter() - p0) * 1000
+    fleet_pub = next((e for e in published.sent if any(
+        channel_kind(fleet.keys, p["channel"]) == "fleet" for p in e["publishes"])), None)
+    records = await observed.wait(running, timeout=10.0)
+    cpu_used = cpu.end()
+    limit = fleet.s.cancel_grace + 30.0
+    all_terminal_ms = None
+    while time.perf_counter() - p0 < limit:
+        if not await pool.fetchval(f"SELECT count(*) FROM tasks WHERE {_ACTIVE}"):
+            all_terminal_ms = round((time.perf_counter() - p0) * 1000, 1)
+            break
+        await asyncio.sleep(0.02)
+    peak_backends = await watch.stop()
+    after = await counters.snapshot()
+    d = delta(before, after)
+    last_finished = await pool.fetchval(
+        "SELECT extract(epoch FROM max(finished_at))::float8 FROM tasks WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(t) for t in running])
+    ends = await pool.fetch("SELECT status, outcome, count(*) AS n FROM tasks "
+                            "GROUP BY status, outcome ORDER BY n DESC")
+    published_at = fleet_pub["sent_at"] if fleet_pub else None
+    lat = latencies(t0, published_at, records)
+    times = sorted(r["epoch"] for r in records.values())
+    return {
+        "via": "shared.cancellation.Canceller.cancel_all in-process (through PgBouncer)",
+        "running": len(running), "queued": queued, "observed": len(records),
+        "not_observed": len(running) - len(records),
+        "answered_ms": round(answered_ms, 1), "server_took_ms": round(answer.took_ms, 1),
+        "event_sent_ms": round((fleet_pub["sent_at"] - t0) * 1000, 1) if fleet_pub else None,
+        "event_answered_ms": round((published_at - t0) * 1000, 1) if published_at else None,
+        "event_receivers": (fleet_pub["publishes"][0]["receivers"] if fleet_pub else None),
+        "event_bytes": (fleet_pub["publishes"][0]["bytes"] if fleet_pub else None),
+        "latency": lat,
+        "observed_spread_ms": round((times[-1] - times[0]) * 1000, 1) if times else None,
+        "all_terminal_ms": all_terminal_ms,
+        "running_finished_ms": (round((last_finished - t0) * 1000, 1)
+                                if last_finished is not None else None),
+        "grace_s": fleet.s.cancel_grace,
+        "ends": [{"status": r["status"], "outcome": r["outcome"], "n": r["n"]} for r in ends],
+        "answer": {"cancelled": answer.cancelled, "cancelling": len(answer.cancelling),
+                   "fence_id": answer.fence_id},
+        "peak_pg_backends": peak_backends,
+        "load_average_1m": round(load, 2),
+        "cpu_until_observed": cpu_used,
+        "pgbouncer_after": await pools(fleet),
+        "pgbouncer_client_wait_ms": round(d["bouncer"].get("total_wait_time", 0) / 1000, 1),
+        "db_statements": d["bouncer"].get("total_xact_count"),
+        "redis_commands": d["redis"]["commands"],
+    }

@@ -51,7 +51,7 @@ def _observed(results: Results) -> Goal:
         f"{c['event_receivers']} subscribers at once; from there to each `task.cancel_observed` "
         f"line took p50 {event['p50']:.1f} / p99 {event['p99']:.1f} / max {event['max']:.1f} "
         f"ms, the first and the last process {_n(c['observed_spread_ms'])} ms apart. That "
-        f"spread is the CPU queue: {c['running']} processes woken at the same moment on "
+        f"spread is mostly waiting for a core: {c['running']} processes woken at once on "
         f"{cpu.get('cores', '?')} cores, and those woken first already run their task's end "
         f"(the checkpoint, `finish_task`, the registry entry) while the last ones wait to be "
         f"scheduled. Until the last line, the fleet's processes and the servers used "

@@ -144,9 +144,11 @@ def connection_rows(results: Results) -> list[list[str]]:
 
 
 def steady_rows(results: Results) -> list[list[str]]:
-    st = _fleet(results).get("steady")
+    f = _fleet(results)
+    st = f.get("steady")
     if not st:
         return []
+    limit = ((f.get("connections") or {}).get("postgres") or {}).get("max_connections")
     db, rd, at = st["db"], st["redis"], st["at_10k"]
     tasks = sum(st["running"]) / 2
 
@@ -167,7 +169,7 @@ def steady_rows(results: Results) -> list[list[str]]:
     busy = at.get("pg_server_connections_busy")
     rows.append(["PostgreSQL server connections busy (Little's law)", "—",
                  "—", _n(busy, 0), f"mean server hold per statement {_n(db['mean_xact_us'], 0)} "
-                                   f"µs (PgBouncer)"])
+                                   f"µs (PgBouncer); max_connections here {limit or '?'}"])
     rows.append(["Redis CPU (cores)", "—", _n(rd["cpu_s_per_s"], 3),
                  _n(at.get("redis_cpu_cores"), 2), "Redis runs commands on one thread"])
     cpu = st.get("cpu_ms_per_s") or {}
@@ -251,9 +253,9 @@ def _steady_note(results: Results) -> str:
         "extrapolation, not a measurement; it counts the fixed per-worker and per-reaper "
         "work as if it grew with the tasks, so it overstates a little. Little's law gives "
         "the server connections busy at that rate: statements a second times the mean time "
-        "PgBouncer held a server connection for one (two round trips, prepare and execute, "
-        "as asyncpg runs without a statement cache), which on this loaded machine includes "
-        "the time a client process waited for a core.")
+        "PgBouncer held a server connection for one (its own `SET client_encoding`, then the "
+        "prepare and the execute round trips, as asyncpg runs without a statement cache), "
+        "which on this loaded machine includes the time a client process waited for a core.")
 
 
 SECTIONS: tuple[tuple[str, Any], ...] = ((CANCEL, _cancel_note),
