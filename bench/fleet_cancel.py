@@ -74,14 +74,16 @@ def channel_kind(keys: Keys, channel: str) -> str:
 
 
 class Observed:
-    """`task.cancel_observed` lines from every host's worker log."""
+    """`task.cancel_observed` lines from every host's worker log (`<host>/celery_worker.log`);
+    each record found gets its host's name."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.tails = [LogTail(p) for p in paths]
+        self.tails = [(p.parent.name, LogTail(p)) for p in paths]
 
     def find(self, task_id: str) -> dict[str, Any] | None:
-        for tail in self.tails:
+        for host, tail in self.tails:
             if (record := tail.find("task.cancel_observed", task_id)) is not None:
+                record.setdefault("host", host)
                 return record
         return None
 
@@ -139,14 +141,20 @@ def latencies(t0: float, published_at: float | None, records: dict[str, dict[str
               ) -> dict[str, Any]:
     """Call -> observed and event sent -> observed, per task, as distributions (ms)."""
     from_call, from_event = Dist(), Dist()
+    by_host: dict[str, Dist] = {}
     via: dict[str, int] = {}
     for record in records.values():
         from_call.add((record["epoch"] - t0) * 1000)
         if published_at is not None:
             from_event.add((record["epoch"] - published_at) * 1000)
+            by_host.setdefault(str(record.get("host")), Dist()).add(
+                (record["epoch"] - published_at) * 1000)
         key = str(record.get("via"))
         via[key] = via.get(key, 0) + 1
     return {"from_call_ms": from_call.to_json(), "from_event_ms": from_event.to_json(),
+            # Hosts in the order their pool processes subscribed (they started in turn).
+            "from_event_by_host_ms": {h: d.to_json(with_samples=False)
+                                      for h, d in sorted(by_host.items())},
             "via": via}
 
 

@@ -54,7 +54,7 @@ def _observed(results: Results) -> Goal:
         f"spread is mostly waiting for a core: {c['running']} processes woken at once on "
         f"{cpu.get('cores', '?')} cores, and those woken first already run their task's end "
         f"(the checkpoint, `finish_task`, the registry entry) while the last ones wait to be "
-        f"scheduled. Until the last line, the fleet's processes and the servers used "
+        f"scheduled.{_by_host(c)} Until the last line, the fleet's processes and the servers used "
         f"{_n(cpu.get('total_cpu_ms'), 0)} ms of CPU in {_n(cpu.get('wall_ms'), 0)} ms "
         f"(pool processes {_n(parts.get('pool'), 0)}, PostgreSQL {_n(parts.get('postgres'), 0)}"
         f", psutil's 10 ms resolution) with a 1-minute load average of "
@@ -66,6 +66,16 @@ def _observed(results: Results) -> Goal:
         f"statements is a prepare and an execute round trip while PgBouncer holds a server "
         f"connection, after PgBouncer's own `SET client_encoding` (see Observations).")
     return Goal(goal, measured, met, note)
+
+
+def _by_host(c: dict[str, Any]) -> str:
+    hosts = c["latency"].get("from_event_by_host_ms") or {}
+    if len(hosts) < 2:
+        return ""
+    return (" By host, in the order their pool processes subscribed (the order Redis writes "
+            "the event to its subscribers): " + "; ".join(
+                f"{h} p50 {d['p50']:.1f} / max {d['max']:.1f} ms" for h, d in hosts.items())
+            + ".")
 
 
 def _terminal(results: Results) -> Goal:

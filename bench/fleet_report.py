@@ -62,6 +62,9 @@ def cancel_rows(results: Results) -> list[list[str]]:
         ["call → token observed", _dist(lat["from_call_ms"])],
         ["event sent → token observed", _dist(lat["from_event_ms"])],
         ["first to last observed", f"{_n(c['observed_spread_ms'])} ms"],
+        ["event sent → token observed, by host (in the order they subscribed)",
+         "; ".join(f"{h}: p50 {d['p50']:,.1f} / max {d['max']:,.1f} ms"
+                   for h, d in (lat.get("from_event_by_host_ms") or {}).items()) or "—"],
         ["heard via", ", ".join(f"{n}× {k}" for k, n in lat["via"].items())
          + (f"; {c['not_observed']} never observed" if c["not_observed"] else "")],
         ["CPU until the last was observed",
