@@ -152,7 +152,7 @@ def latencies(t0: float, published_at: float | None, records: dict[str, dict[str
         key = str(record.get("via"))
         via[key] = via.get(key, 0) + 1
     return {"from_call_ms": from_call.to_json(), "from_event_ms": from_event.to_json(),
-            # Hosts in the order their pool processes subscribed (they started in turn).
+            # Hosts by name, which is the order they started in.
             "from_event_by_host_ms": {h: d.to_json(with_samples=False)
                                       for h, d in sorted(by_host.items())},
             "via": via}
@@ -179,7 +179,23 @@ async def deliveries(fleet: Fleet, pool: Any, redis: aioredis.Redis, events: int
     fleetwide = await burst(redis, [(keys.cancel_channel,)] * events, out_per_s)
     return {"numsub": await numsub(redis, keys, str(first["id"]), first["worker"]),
             "pool_processes": len(fleet.pool_pids()), "hosts": len(fleet.hosts),
+            "running": len(rows), "task_channels": await task_channels(redis, keys),
             "single_cancel_channels": single, "fleet_channel": fleetwide}
+
+
+async def _channels_settle(redis: Any, keys: Keys, within: float = 2.0) -> int:
+    """Task channels still subscribed after up to `within` seconds (0 as soon as none)."""
+    deadline = time.monotonic() + within
+    while True:
+        left = await task_channels(redis, keys)
+        if not left or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(0.05)
+
+
+async def task_channels(redis: aioredis.Redis, keys: Keys) -> int:
+    """Task cancel channels with at least one subscriber (PUBSUB CHANNELS)."""
+    return len(await redis.pubsub_channels(keys.task_cancel_channel("*")))
 
 
 # -- 4. single cancels ---------------------------------------------------------------------
@@ -279,6 +295,8 @@ async def cancel_all(fleet: Fleet, pool: Any, canceller: Canceller, counters: Co
         "answer": {"cancelled": answer.cancelled, "cancelling": len(answer.cancelling),
                    "fence_id": answer.fence_id},
         "peak_pg_backends": peak_backends,
+        # Every process stops listening on its task's channel once the task ended.
+        "task_channels_left": await _channels_settle(canceller.redis, fleet.keys),
         "load_average_1m": round(load, 2),
         "cpu_until_observed": cpu_used,
         "pgbouncer_after": await pools(fleet),

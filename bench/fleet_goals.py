@@ -72,8 +72,7 @@ def _by_host(c: dict[str, Any]) -> str:
     hosts = c["latency"].get("from_event_by_host_ms") or {}
     if len(hosts) < 2:
         return ""
-    return (" By host, in the order their pool processes subscribed (the order Redis writes "
-            "the event to its subscribers): " + "; ".join(
+    return (" By host (started in this order): " + "; ".join(
                 f"{h} p50 {d['p50']:.1f} / max {d['max']:.1f} ms" for h, d in hosts.items())
             + ".")
 

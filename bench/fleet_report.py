@@ -62,7 +62,7 @@ def cancel_rows(results: Results) -> list[list[str]]:
         ["call → token observed", _dist(lat["from_call_ms"])],
         ["event sent → token observed", _dist(lat["from_event_ms"])],
         ["first to last observed", f"{_n(c['observed_spread_ms'])} ms"],
-        ["event sent → token observed, by host (in the order they subscribed)",
+        ["event sent → token observed, by host (started in this order)",
          "; ".join(f"{h}: p50 {d['p50']:,.1f} / max {d['max']:,.1f} ms"
                    for h, d in (lat.get("from_event_by_host_ms") or {}).items()) or "—"],
         ["heard via", ", ".join(f"{n}× {k}" for k, n in lat["via"].items())
@@ -76,6 +76,8 @@ def cancel_rows(results: Results) -> list[list[str]]:
         ["last running row's `finished_at`", f"{_n(c['running_finished_ms'])} ms"],
         ["rows at the end", ", ".join(f"{e['n']} {e['status']}/{e['outcome']}"
                                       for e in c["ends"])],
+        ["task channels still subscribed (given 2 s after every row was terminal)",
+         str(c.get("task_channels_left", "—"))],
         ["PgBouncer meanwhile", f"clients waited {_n(c['pgbouncer_client_wait_ms'])} ms in "
                                 f"total for a server connection; at most "
                                 f"{c['peak_pg_backends']} backends on the database"],
@@ -90,6 +92,8 @@ def delivery_rows(results: Results) -> list[list[str]]:
     if not d or "numsub" not in d:
         return []
     sub, one, wide = d["numsub"], d["single_cancel_channels"], d["fleet_channel"]
+    listening = (f"; {d['task_channels']} task channels subscribed, {d['running']} tasks "
+                 f"running" if "task_channels" in d else "")
     singles = f.get("singles") or {}
     c = f.get("cancel_all") or {}
     workers = ((f.get("connections") or {}).get("at_10k") or {}).get("workers",
@@ -97,7 +101,7 @@ def delivery_rows(results: Results) -> list[list[str]]:
     per_delivery = wide["net_output_bytes"] / max(wide["deliveries"], 1)
     return [
         ["single cancel: its task's channel + its worker's channel",
-         f"{sub['task']} + {sub['node']}", _n(one["per_event"], 0),
+         f"{sub['task']} + {sub['node']}{listening}", _n(one["per_event"], 0),
          f"{singles.get('receivers_per_cancel', '—')}", f"{one['bytes_per_event']:,}",
          "2 (extrapolated: independent of the fleet's size)"],
         ["the fleet-wide channel (what every single cancel used before)", f"{sub['fleet']}",
