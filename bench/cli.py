@@ -36,6 +36,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=int, default=None, metavar="N",
                         help="queued tasks in the scale section (default 1,000,000; "
                              "20,000 with --quick)")
+    parser.add_argument("--simulated", default=None, metavar="N,N,...",
+                        help="running tasks in each run of the simulated section (default "
+                             "100,1000,10000; 100,1000 with --quick)")
     parser.add_argument("--render", action="store_true",
                         help="only rebuild RESULTS.md and latency.png from results.json")
     args = parser.parse_args(argv)
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = QUICK if args.quick else FULL
         if args.scale is not None:
             plan = replace(plan, scale=args.scale)
+        if args.simulated:
+            plan = replace(plan, simulated=tuple(
+                int(n.replace("_", "").replace(",", "")) for n in args.simulated.split(",")
+                if n.strip()))
         console.print(f"[bold]Taskreaper bench[/] ({plan.name}); service logs in {work}")
         results = asyncio.run(Suite(plan, work, args.sections, console).run())
         results["meta"]["logs"] = str(work.relative_to(HERE.parent))

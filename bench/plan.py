@@ -40,6 +40,12 @@ class Plan:
     fleet_steady_s: float = 20.0
     fleet_singles: int = 10
     fleet_burst: int = 100
+    # The simulated section: running tasks per run, the steady-state window, generator
+    # processes, and the window of the heartbeat statement alone (pgbench; 0 leaves it out).
+    simulated: tuple[int, ...] = (100, 1_000, 10_000)
+    simulated_seconds: float = 30.0
+    simulated_procs: int = 2
+    simulated_pgbench_seconds: float = 15.0
 
 
 FULL = Plan("full")
@@ -49,4 +55,5 @@ QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
              is_aborted_checks=300, row_reads=100, round_trips=100, scale=20_000,
              scale_reconcile_passes=3, scale_scan_passes=2, scale_wait_s=45.0,
              fleet_concurrency=(10, 10, 10), fleet_queued=10, fleet_steady_s=8.0,
-             fleet_singles=3, fleet_burst=30)
+             fleet_singles=3, fleet_burst=30, simulated=(100, 1_000), simulated_seconds=8.0,
+             simulated_pgbench_seconds=5.0)

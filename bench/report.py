@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import fleet_report, scale_report
+from bench import fleet_report, scale_report, simulated_report
 from bench import goals as goal_list
 from bench.latencies import collect
 from bench.machine import one_line
@@ -131,6 +131,7 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
      api_rows),
     ("5. Resident memory (MiB)", ["process", "idle", "after load"], rss_rows),
     *fleet_report.TABLES,
+    *simulated_report.TABLES,
     *scale_report.TABLES,
     ("Goals", ["goal", "measured", "verdict"], goal_rows),
 )

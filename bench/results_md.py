@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench import fleet_report, report, scale_report
+from bench import fleet_report, report, scale_report, simulated_report
 from bench.machine import one_line
 
 Results = dict[str, Any]
@@ -44,6 +44,7 @@ _SECTIONS: tuple[tuple[str, Callable[[Results], str]], ...] = (
         "RSS from psutil before the API load test and right after it; the worker's pool "
         "processes are listed one by one.")),
     *fleet_report.SECTIONS,
+    *simulated_report.SECTIONS,
     *scale_report.SECTIONS,
 )
 
@@ -155,7 +156,8 @@ def _observations(results: Results) -> list[str]:
             f"`GET` ({api['get_task']['rps']:.0f} req/s): each submission inserts the row, "
             f"publishes the Celery message through kombu's blocking client in a thread "
             f"(`loop.run_in_executor`), then publishes an event.")
-    return out + fleet_report.observations(results) + scale_report.observations(results)
+    return (out + fleet_report.observations(results) + simulated_report.observations(results)
+            + scale_report.observations(results))
 
 
 def _caveats(results: Results) -> list[str]:

@@ -26,6 +26,7 @@ from bench import (
     reconcile,
     round_trips,
     scale,
+    simulated,
 )
 from bench.logtail import count
 from bench.ours import Ours
@@ -35,7 +36,7 @@ from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
 SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
-            "reconcile", "fleet", "scale")
+            "reconcile", "fleet", "simulated", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -103,6 +104,12 @@ class Suite:
                              f"cancel deliveries, cancel-all",
                     lambda: fleet.run(servers, self.out_dir / "fleet", self.plan,
                                       cancel_grace=CANCEL_GRACE, say=self._say))
+            if self.wants("simulated"):
+                sizes = ", ".join(f"{n:,}" for n in self.plan.simulated)
+                self.data["simulated"] = await self._phase(
+                    "simulated", f"8. steady state with {sizes} simulated executions behind "
+                                 f"PgBouncer: DB statements and Redis commands per task-second",
+                    lambda: simulated.run(servers, self.plan, say=self._say))
             if self.wants("scale"):
                 self.data["scale"] = await self._phase(
                     "scale", f"6. {self.plan.scale:,} queued tasks: load, reaper passes, "

@@ -33,6 +33,9 @@ def queries() -> dict[str, str]:
     return {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+SERVER_SETTINGS = {"client_encoding": "UTF8"}
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
@@ -47,6 +50,9 @@ async def create_pool(database_url: str, *, min_size: int = 1, max_size: int = 1
     return await asyncpg.create_pool(
         database_url, min_size=min_size, max_size=max_size, statement_cache_size=0,
         init=_init_connection, reset=_keep_session, timeout=timeout, command_timeout=30,
+        # Spelled as the server reports it: PgBouncer compares the two and would otherwise
+        # send a SET before every transaction it hands over, doubling the server's work.
+        server_settings=SERVER_SETTINGS,
     )
 
 

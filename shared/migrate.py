@@ -9,6 +9,8 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from shared.db import SERVER_SETTINGS
+
 log = structlog.get_logger("migrate")
 
 _LOCK_ID = 0x7A5C_2EA9  # any constant shared by every process that migrates
@@ -48,7 +50,8 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
 
 
 async def migrate_url(database_url: str) -> list[str]:
-    conn = await asyncpg.connect(database_url, statement_cache_size=0)
+    conn = await asyncpg.connect(database_url, statement_cache_size=0,
+                                 server_settings=SERVER_SETTINGS)
     try:
         return await migrate(conn)
     finally:
