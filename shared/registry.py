@@ -54,6 +54,14 @@ async def register(redis: aioredis.Redis, keys: Keys, info: dict[str, Any], ttl:
         await pipe.execute()
 
 
+async def refresh(redis: aioredis.Redis, keys: Keys, info: dict[str, Any], ttl: float) -> None:
+    """Pushes an entry's expiry on: one command while the entry is there (its details never
+    change during an execution); the whole entry again if it went missing (a Redis
+    restart, a prune)."""
+    if await redis.zadd(keys.executions, {info["task_id"]: time.time() + ttl}):
+        await register(redis, keys, info, ttl)
+
+
 async def unregister(redis: aioredis.Redis, keys: Keys, task_id: str, attempt: int) -> bool:
     return bool(await redis.eval(_UNREGISTER, 2, keys.executions, keys.execution_info,
                                  task_id, attempt))

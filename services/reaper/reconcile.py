@@ -3,6 +3,7 @@ and repairs it. Rules are small, independent, and cost O(active tasks)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class Undead:
         if not live:
             return 0
         rows = {str(r["id"]): r for r in await ctx.db.active_by_ids(list(live))}
-        found = 0
+        doomed = []
         for tid, entry in live.items():
             row = rows.get(tid)
             if row is not None and row["status"] in ("running", "cancelling") \
@@ -131,15 +132,20 @@ class Undead:
             if row is not None and row["attempt"] == entry.attempt \
                     and (row["finished_ago"] or 0) < JUST_FINISHED:
                 continue  # it just recorded its own end; its entry goes a moment later
-            found += 1
-            replies = await ctx.celery.kill(message_id=entry.message_id, task_id=tid,
-                                            node=entry.node, pid=entry.pid,
-                                            pid_started=entry.pid_started)
-            killed = any(r.get("killed") for r in replies)
-            ctx.metrics.kills.labels(result="killed" if killed else "refused").inc()
-            log.warning("reaper.undead", task_id=tid, attempt=entry.attempt, node=entry.node,
-                        pid=entry.pid, row_status=row["status"] if row else None, killed=killed)
-        return found
+            doomed.append((tid, entry, row))
+        # At once: each kill may wait its whole reply timeout for a node that is gone.
+        await asyncio.gather(*(self._kill(ctx, *d) for d in doomed))
+        return len(doomed)
+
+    @staticmethod
+    async def _kill(ctx: ReaperContext, tid: str, entry: Any, row: Any) -> None:
+        replies = await ctx.celery.kill(message_id=entry.message_id, task_id=tid,
+                                        node=entry.node, pid=entry.pid,
+                                        pid_started=entry.pid_started)
+        killed = any(r.get("killed") for r in replies)
+        ctx.metrics.kills.labels(result="killed" if killed else "refused").inc()
+        log.warning("reaper.undead", task_id=tid, attempt=entry.attempt, node=entry.node,
+                    pid=entry.pid, row_status=row["status"] if row else None, killed=killed)
 
 
 class StaleRegistry:

@@ -30,7 +30,7 @@ from shared.db import Db
 from shared.events import encode
 from shared.keys import Keys
 from shared.redis_client import connect
-from shared.registry import register, unregister
+from shared.registry import refresh, unregister
 from shared.settings import Settings
 from shared.states import Outcome, TaskStatus
 
@@ -345,7 +345,7 @@ class Sidecar:
                 "node": self.node, "host": self.settings.hostname, "pid": self.pid,
                 "pid_started": self.pid_started, "started_at": ex.started_at}
         try:
-            await register(self.redis, self.keys, info, self.settings.heartbeat_timeout)
+            await refresh(self.redis, self.keys, info, self.settings.heartbeat_timeout)
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 
