@@ -6,7 +6,7 @@ processes (one per core) start N simulated executions between them. Each one doe
 pool process does for its delivery (`Runtime.execute` and the sidecar): SUBSCRIBE to the
 task's cancel channel, ZSCORE in the cancelled set, `Db.claim_task`, ZREM from the pending
 set, `Db.saved_chunks`, a `task.changed` event; then, every
-min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), the sidecar's `_monitor` step: `register()`
+min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), the sidecar's `_monitor` step: `refresh()` of the registry entry
 of its registry entry and, beside it, `_beat`: `Db.heartbeat` (fenced by attempt, with the
 progress the task reported) and a `task.progress` event when the progress changed since the
 last one. The simulated task reports its next chunk every CHUNK_SECONDS. Each worker node's
@@ -80,7 +80,7 @@ from shared.db import Db, create_pool, queries
 from shared.events import encode
 from shared.keys import Keys
 from shared.redis_client import connect
-from shared.registry import register
+from shared.registry import refresh
 from shared.settings import Settings
 from shared.states import TaskStatus
 
@@ -452,7 +452,7 @@ class Generator:
             self.tally.error("publish", exc)
 
     async def _register(self, sim: _Sim) -> None:
-        """Sidecar._register: MULTI, ZADD, HSET, EXEC in one round trip."""
+        """Sidecar._register: one ZADD pushing the expiry on (the whole entry again only if it went missing)."""
         assert self.redis is not None
         ex = sim.ex
         assert ex is not None
@@ -462,7 +462,7 @@ class Generator:
         t = time.time()
         started = time.perf_counter()
         try:
-            await register(self.redis, self.keys, info, self.settings.heartbeat_timeout)
+            await refresh(self.redis, self.keys, info, self.settings.heartbeat_timeout)
             self.tally.count("redis:register", t)
             self.tally.sample("register_ms", (time.perf_counter() - started) * 1000, t)
         except Exception as exc:
@@ -1098,7 +1098,7 @@ def _passes(passes: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
 
 
 # Redis commands each counted call of the generators sends.
-_COMMANDS = {"register": ("multi", "zadd", "hset", "exec"), "publish": ("publish",),
+_COMMANDS = {"register": ("zadd",), "publish": ("publish",),
              "zscore": ("zscore",), "zrem": ("zrem",), "subscribe": ("subscribe",)}
 _SIDECAR_QUERIES = ("heartbeat", "execution_state", "save_result")
 _GUARDIAN_QUERIES = ("cancelling_among",)
