@@ -19,7 +19,8 @@ async def test_a_claim_held_up_past_its_deadline_runs_the_task_later(
     # given a queued task whose row a slow transaction holds locked
     from services.worker.app import load_actors, publish_catalogue
 
-    s = settings.with_(claim_timeout=2.0)
+    # (with the default lease: a redelivery may not take over the row the late claim took)
+    s = settings.with_(claim_timeout=2.0, heartbeat_timeout=30.0)
     await publish_catalogue(s, load_actors(s))  # what a starting worker does
     start_reaper(s)
     row = await submit(db, canceller.celery, actor="distill",
