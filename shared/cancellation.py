@@ -144,7 +144,6 @@ class Canceller:
         force instead and their host records how they ended. Returns counts by prior
         state, and how many went to other hosts (`remote`)."""
         async with self.db.transaction() as conn:
-            await conn.execute(self.db.q["fence_lock"])
             rows = await self.db.force_kill_all(conn, reason=reason, by=by,
                                                 remote_nodes=remote_nodes or [])
             before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")

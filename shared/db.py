@@ -222,7 +222,9 @@ class Db:
     async def force_kill_all(self, conn: asyncpg.Connection, *, reason: str, by: str,
                              remote_nodes: Sequence[str] = ()) -> list[Record]:
         """Ends every non-terminal row as cancelled, but for executions on `remote_nodes`
-        (cancelled with force instead); runs inside the caller's transaction."""
+        (cancelled with force instead); inside the caller's transaction, after the fence
+        lock that every cancel-all takes first (see `fence_lock` in queries.sql)."""
+        await conn.execute(self.q["fence_lock"])
         return await conn.fetch(self.q["force_kill_all"], reason, by, list(remote_nodes))
 
     async def prune_history(self, days: int, limit: int = 1000) -> int:
