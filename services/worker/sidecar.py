@@ -60,6 +60,9 @@ class Sidecar:
         self._events: aioredis.Redis | None = None
         self._db: Db | None = None
         self._db_lock: asyncio.Lock | None = None
+        # The heartbeat and a checkpoint may both find buffered results to write: one at a
+        # time, or both write the same chunk and both take it off the buffer.
+        self._flush_lock: asyncio.Lock | None = None
         self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
         # The one subscription of this process: the fleet-wide channel (cancel-all) plus
         # the channel of the task it is about to run or runs.
@@ -83,6 +86,7 @@ class Sidecar:
         self.redis = connect(self.settings.redis_url, socket_timeout=2.0)
         self._events = connect(self.settings.redis_url, socket_timeout=None)
         self._db_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
         # Held here: the loop keeps only a weak reference to a task.
         self._listener = self.loop.create_task(self._listen())
         self.loop.call_soon(self._ready.set)
@@ -330,12 +334,14 @@ class Sidecar:
     async def _flush_pending(self, ex: Execution) -> None:
         if not ex.pending:
             return
-        db = await self.db()
-        while ex.pending:
-            chunk, ok, result = ex.pending[0]
-            await asyncio.wait_for(db.save_result(ex.task_id, ex.attempt, chunk, ok, result),
-                                   DB_CALL_TIMEOUT)
-            ex.pending.pop(0)
+        assert self._flush_lock is not None
+        async with self._flush_lock:
+            db = await self.db()
+            while ex.pending:
+                chunk, ok, result = ex.pending[0]
+                await asyncio.wait_for(
+                    db.save_result(ex.task_id, ex.attempt, chunk, ok, result), DB_CALL_TIMEOUT)
+                ex.pending.pop(0)
 
     # -- the execution registry: what runs where, without a broadcast ----------------------
 
