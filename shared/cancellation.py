@@ -24,6 +24,11 @@ from shared.submit import publish
 
 log = structlog.get_logger("cancellation")
 
+# Covered queued rows that cancel-all writes `cancelled` itself before it answers: a small
+# backlog reads as cancelled at once, a big one costs the same few milliseconds and the reaper
+# sweeps the rest in batches.
+INLINE_SWEEP = 1000
+
 
 class CancelConflict(Exception):
     """The task already ended in a way a cancel cannot change (or a resume cannot restart)."""
@@ -95,17 +100,17 @@ class Canceller:
                          actor: str | None = None, queue: str | None = None) -> CancelAll:
         """O(1) for the queued side, O(running) for the rest, whatever the backlog.
 
-        Queued tasks are covered by one fence row: claims refuse them from the commit on,
-        and the reaper writes them `cancelled` (and takes their messages out of Redis) in
-        short batches. Running ones go to `cancelling` here, as for a single cancel."""
+        Queued tasks are covered by one fence row: claims refuse them from the commit on.
+        The oldest `INLINE_SWEEP` of them are written `cancelled` here; the reaper writes
+        the rest in short batches and takes their messages out of Redis. Running ones go to `cancelling` here, as for a single cancel."""
         started = time.perf_counter()
         grace = 0.0 if force else self.settings.cancel_grace
         out = CancelAll()
         message_ids: list[uuid.UUID] = []
         scope = (actor, queue)
         async with self.db.transaction() as conn:
-            fence = await self.db.set_fence(conn, actor=actor, queue=queue, reason=reason, by=by,
-                                            forced=force)
+            fence, _ = await self.db.set_fence(conn, actor=actor, queue=queue, reason=reason,
+                                               by=by, forced=force, sweep=INLINE_SWEEP)
             out.fence_id, out.cancelled = fence["id"], int(fence["covered"])
             for kind, query, args in (
                     ("hastened", "cancel_all_hasten", scope if force else None),

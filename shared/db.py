@@ -166,11 +166,16 @@ class Db:
                                    cancelling, list(task_ids))
 
     async def set_fence(self, conn: asyncpg.Connection, *, actor: str | None, queue: str | None,
-                        reason: str | None, by: str, forced: bool) -> Record:
+                        reason: str | None, by: str, forced: bool, sweep: int = 0
+                        ) -> tuple[Record, int]:
         """Locks the fences (see `fence_lock` in queries.sql) and writes a new one; inside the
-        caller's transaction, which must be short: claims wait for it to commit."""
+        caller's transaction, which must be short: claims wait for it to commit. Then writes
+        up to `sweep` of the covered rows `cancelled` at once (the reaper takes the rest);
+        returns the fence and how many rows that was."""
         await conn.execute(self.q["fence_lock"])
-        return await conn.fetchrow(self.q["cancel_all_fence"], actor, queue, reason, by, forced)
+        fence = await conn.fetchrow(self.q["cancel_all_fence"], actor, queue, reason, by, forced)
+        swept = await self.sweep_fence(fence, sweep, conn=conn) if sweep and fence["covered"] else 0
+        return fence, swept
 
     async def list_audit(self, limit: int = 50) -> list[Record]:
         return await self.pool.fetch(self.q["list_audit"], limit)
@@ -244,13 +249,15 @@ class Db:
     async def open_fences(self) -> list[Record]:
         return await self.pool.fetch(self.q["open_fences"])
 
-    async def sweep_fence(self, fence: Record, batch: int) -> int:
-        status = await self.pool.execute(
+    async def sweep_fence(self, fence: Record, batch: int,
+                          conn: asyncpg.Connection | None = None) -> int:
+        on = conn or self.pool
+        status = await on.execute(
             self.q["sweep_fence"], fence["at"], fence["actor"], fence["queue"], fence["reason"],
             fence["by"], fence["forced"], batch)
         n = int(status.split()[-1])
         if n:
-            await self.pool.execute(self.q["fence_progress"], fence["id"], n)
+            await on.execute(self.q["fence_progress"], fence["id"], n)
         return n
 
     async def fence_swept(self, fence_id: int) -> None:

@@ -240,3 +240,26 @@ async def test_cancel_all_takes_the_covered_messages_out_of_the_broker(
     assert lengths["elsewhere"] == 1
     assert (await db.get_task(kept))["status"] == "queued"
     await _assert_never_ran(db, covered)
+
+
+async def test_cancel_all_answers_with_a_small_backlog_already_cancelled(
+        settings: Settings, db: Db, canceller: Canceller,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shared.cancellation
+    from services.worker.app import load_actors, publish_catalogue
+
+    # given 8 queued tasks, no worker and no reaper, and room for 5 in cancel-all's own sweep
+    await publish_catalogue(settings, load_actors(settings))
+    monkeypatch.setattr(shared.cancellation, "INLINE_SWEEP", 5)
+    ids = await _submit_many(db, canceller.celery, 8, queue="nobody")
+    # when everything is cancelled
+    out = await canceller.cancel_all(by="test")
+    # then the answer covers all 8, and the 5 oldest already read cancelled, never started
+    assert out.cancelled == 8
+    rows = {r["id"]: r for r in await db.pool.fetch(
+        "SELECT id, status, outcome FROM tasks WHERE id = ANY($1::uuid[])", ids)}
+    assert [rows[i]["status"] for i in ids] == ["cancelled"] * 5 + ["queued"] * 3
+    assert {rows[i]["outcome"] for i in ids[:5]} == {"never_started"}
+    fence = await db.pool.fetchrow("SELECT swept, covered FROM cancel_fences WHERE id = $1",
+                                   out.fence_id)
+    assert (fence["swept"], fence["covered"]) == (5, 8)

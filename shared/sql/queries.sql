@@ -200,7 +200,8 @@ INSERT INTO cancel_fences (at, actor, queue, reason, by, forced, queues, covered
 SELECT clock_timestamp(), $1, $2, $3, $4, $5,
        coalesce((SELECT array_agg(queue ORDER BY queue) FROM scope_tally WHERE n > 0), '{}'),
        coalesce((SELECT sum(n) FROM scope_tally), 0)
-RETURNING id, at, extract(epoch FROM at)::float8 AS at_epoch, covered;
+RETURNING id, at, extract(epoch FROM at)::float8 AS at_epoch, actor, queue, reason, by, forced,
+          covered;
 
 -- name: cancel_all_running
 UPDATE tasks
