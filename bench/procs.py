@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from shared import processes
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,21 +94,21 @@ class Child:
 def is_gone(pid: int) -> bool:
     """A zombie (exited, not yet reaped by its parent) counts as gone."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return processes.is_gone(psutil.Process(pid))
     except psutil.NoSuchProcess:
         return True
 
 
 def wait_gone(pid: int, timeout: float, interval: float = 0.001) -> float | None:
-    """Polls until the process is gone; returns time.perf_counter() of the first poll that
-    saw it gone, or None after `timeout`."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        if is_gone(pid):
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            return None
-        time.sleep(interval)
+    """Polls until the process is gone; returns time.perf_counter() right after the poll
+    that saw it gone, or None after `timeout`."""
+    try:
+        proc = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return time.perf_counter()
+    if processes.wait_gone([proc], timeout, interval=interval):
+        return None
+    return time.perf_counter()
 
 
 def rss_mib(pid: int) -> float | None:

@@ -30,6 +30,7 @@ from typing import IO
 import psutil
 
 from shared.broker import make_celery
+from shared.processes import is_gone, wait_gone
 from shared.settings import Settings
 from tests.support import ROOT, settings_env
 
@@ -91,20 +92,6 @@ def ns_pid(proc: psutil.Process | int) -> int:
     raise LookupError(f"no NSpid for {pid}")
 
 
-def _gone(proc: psutil.Process) -> bool:
-    """Exited, or a zombie (its exit status not yet collected by its parent)."""
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(not _gone(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 class HostWorker:
     """A `python -m services.worker` (Celery prefork) inside a simulated host."""
 
@@ -145,7 +132,7 @@ class HostWorker:
     def pool(self) -> list[psutil.Process]:
         """The pool processes (outer pids), in the order of the pid the host sees."""
         try:
-            kids = [p for p in self.main.children() if not _gone(p)]
+            kids = [p for p in self.main.children() if not is_gone(p)]
         except (psutil.NoSuchProcess, LookupError):
             return []
         numbered = []
@@ -164,7 +151,7 @@ class HostWorker:
 
     def alive(self) -> bool:
         try:
-            return not _gone(self.main)
+            return not is_gone(self.main)
         except LookupError:
             return self.proc is not None and self.proc.poll() is None
 
@@ -204,13 +191,13 @@ class HostWorker:
         self.resume_helper()
         tree = self.processes()
         self.terminate()
-        _wait_gone(tree[:1], timeout)
+        wait_gone(tree[:1], timeout)
         for p in tree:
             try:
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        _wait_gone(tree, 5)
+        wait_gone(tree, 5)
         self.reap()
 
     def resume_helper(self) -> None:
@@ -277,7 +264,7 @@ class SimulatedHost:
 
     @property
     def running(self) -> bool:
-        return self.init is not None and not _gone(self.init)
+        return self.init is not None and not is_gone(self.init)
 
     def command(self, argv: list[str]) -> list[str]:
         """`argv` as a command line that runs inside this host."""
@@ -291,7 +278,7 @@ class SimulatedHost:
             return []
         out = []
         for p in psutil.process_iter():
-            if _pid_ns(p.pid) == self._ns and not _gone(p):
+            if _pid_ns(p.pid) == self._ns and not is_gone(p):
                 out.append(p)
         return out
 
@@ -343,7 +330,7 @@ class SimulatedHost:
                 pass
         for w in self.workers:
             w.resume_helper()
-        _wait_gone(procs, timeout)
+        wait_gone(procs, timeout)
         self._reap()
         return [p.pid for p in procs]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +19,8 @@ import psutil
 import redis.asyncio as aioredis
 
 from shared.keys import Keys
+from shared.processes import REUSED, ProcessIdentity, wait_gone
 from shared.registry import LiveExecution, live_executions
-
-# psutil derives start times from clock ticks since boot: the same process always
-# yields the same value, a recycled pid a different one.
-START_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,10 @@ class LocalProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def identity(self) -> ProcessIdentity:
+        return ProcessIdentity(pid=self.pid, started=self.created)
 
 
 @dataclass
@@ -91,16 +91,9 @@ def _text(value: str | bytes) -> str:
 
 
 def verified(pid: int, started: float) -> tuple[psutil.Process | None, str]:
-    """The process with this pid, if it is still the one that started at `started`."""
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - started) > START_TOLERANCE:
-            return None, "pid reused"
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None, "gone"
-        return proc, "alive"
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None, "gone"
+    """The process with this pid, if it is still the one that started at `started`;
+    the state is alive, gone or pid reused."""
+    return ProcessIdentity(pid=pid, started=started).check()
 
 
 def _descendants(main: LocalProcess) -> list[LocalProcess]:
@@ -166,12 +159,16 @@ def _signal(p: LocalProcess, sig: signal.Signals, report: KillReport) -> bool:
         report.refused.append((p.pid, "taskctl itself or its parent"))
         return False
     try:
-        if abs(p.proc.create_time() - p.created) > START_TOLERANCE:
-            report.refused.append((p.pid, "pid reused"))
+        proc, state = p.identity.check()
+        if proc is None:
+            if state == REUSED:
+                report.refused.append((p.pid, REUSED))
+            else:
+                report.already_gone.append(p.pid)
             return False
-        p.proc.send_signal(sig)  # psutil re-checks the start time before signalling
+        proc.send_signal(sig)  # psutil re-checks the start time right before signalling
         return True
-    except (psutil.NoSuchProcess, psutil.ZombieProcess, ProcessLookupError):
+    except (psutil.NoSuchProcess, ProcessLookupError):
         report.already_gone.append(p.pid)
         return False
     except psutil.AccessDenied:
@@ -200,26 +197,8 @@ def kill_local(found: HostWorkers, *, timeout: float = 5.0) -> KillReport:
     targets = [p for p in order if _signal(p, signal.SIGKILL, report)]
     targets += [m for m in frozen if _signal(m, signal.SIGKILL, report)]
     report.killed = [p.pid for p in targets]
-    report.survivors = wait_gone([p.proc for p in targets], timeout)
+    report.survivors = [p.pid for p in wait_gone([p.identity for p in targets], timeout)]
     return report
-
-
-def is_gone(proc: psutil.Process) -> bool:
-    """Exited, or a zombie waiting for its parent to read its status."""
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE or not proc.is_running()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return True
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = list(procs)
-    while left and time.monotonic() < deadline:
-        left = [p for p in left if not is_gone(p)]
-        if left:
-            time.sleep(0.02)
-    return [p.pid for p in left]
 
 
 def snapshot(p: LocalProcess, now: float) -> dict[str, Any]:

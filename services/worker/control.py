@@ -17,6 +17,8 @@ import structlog
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
+from shared.processes import REUSED, ProcessIdentity
+
 log = structlog.get_logger("worker.control")
 
 
@@ -44,11 +46,16 @@ def verify_target(message_id: str, task_id: str | None, pid: int | None,
         proc = psutil.Process(worker_pid)
         if proc.ppid() != os.getpid():
             return None, f"pid {worker_pid} is not a pool process of this worker"
-        if pid_started is not None and abs(proc.create_time() - pid_started) > 0.05:
-            return None, f"pid {worker_pid} was reused by another process"
+        # Without an announced start time, the pool process found by pid right now is meant.
+        identity = (ProcessIdentity.of(proc) if pid_started is None
+                    else ProcessIdentity(pid=worker_pid, started=pid_started))
     except psutil.NoSuchProcess:
         return None, "process already gone"
-    return proc, "verified"
+    live, state = identity.check()
+    if live is None:
+        return None, (f"pid {worker_pid} was reused by another process" if state == REUSED
+                      else "process already gone")
+    return live, "verified"
 
 
 @control_command(
@@ -63,8 +70,8 @@ def taskreaper_kill(state: Any, message_id: str, task_id: str | None = None,
         log.info("worker.kill_refused", message_id=message_id, task_id=task_id, why=why)
         return {"ok": True, "killed": False, "why": why}
     try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        proc.send_signal(signal.SIGKILL)  # psutil re-checks pid and start time first
+    except psutil.NoSuchProcess:
         return {"ok": True, "killed": False, "why": "process already gone"}
     log.warning("worker.killed", message_id=message_id, task_id=task_id, pid=proc.pid)
     return {"ok": True, "killed": True, "pid": proc.pid}
