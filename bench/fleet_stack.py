@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from bench.poll import until
 from bench.procs import Child, settings_env
 from bench.stack import Servers, free_port
-from shared.databases import create_database, drop_database
+from devstack.databases import create_database, drop_database
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -66,7 +66,7 @@ def redis_binary() -> str | None:
     if found:
         return found
     try:
-        from shared.embedded import redis_server_binary
+        from devstack.redis_server import redis_server_binary
 
         return str(redis_server_binary())
     except Exception:

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.stack import Servers, delete_prefix
 from bench.stats import Dist
+from devstack.databases import create_database, drop_database
 from services.reaper.celery_ops import CeleryOps
 from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
@@ -27,7 +28,6 @@ from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
 from services.reaper.reconcile import Pass, Reconciler, Rule, default_rules
 from shared.broker import make_celery
-from shared.databases import create_database, drop_database
 from shared.db import Db
 from shared.keys import Keys
 from shared.redis_client import connect

@@ -15,9 +15,9 @@ from typing import Any
 
 from bench.stack import Servers, delete_prefix
 from bench.stats import Dist
+from devstack.databases import create_database, drop_database
 from shared.broker import make_celery
 from shared.cancellation import Canceller
-from shared.databases import create_database, drop_database
 from shared.db import Db
 from shared.redis_client import connect
 from shared.settings import Settings

@@ -72,10 +72,10 @@ from bench.reconcile import TimedRule
 from bench.stack import Servers, delete_prefix
 from bench.stats import percentile
 from bench.watch import claim_arguments
+from devstack.databases import create_database, drop_database
 from services.worker.execution import Execution
 from services.worker.sidecar import DB_CALL_TIMEOUT
 from shared.cancellation import event_matches
-from shared.databases import create_database, drop_database
 from shared.db import Db, create_pool, queries
 from shared.events import encode
 from shared.keys import Keys

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 
 from bench.poll import until
 from bench.procs import ROOT, Child, settings_env
+from devstack.databases import create_database, drop_database
 from shared.broker import make_celery
-from shared.databases import create_database, drop_database
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -38,7 +38,7 @@ class Servers:
         redis_url = os.environ.get("REDIS_URL", "")
         if database_url and redis_url:
             return cls(database_url, redis_url, "configured (DATABASE_URL, REDIS_URL)")
-        from shared.embedded import EmbeddedServices
+        from devstack.embedded import EmbeddedServices
 
         embedded = EmbeddedServices(ROOT / ".run")
         urls = embedded.start()

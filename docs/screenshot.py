@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from shared.databases import create_database, database_url, drop_database
+from devstack.databases import create_database, database_url, drop_database
 from shared.settings import Settings
 from tests.support import ServiceProcess, WorkerProcess
 from tests.test_dashboard import eventually, http, launch_chromium, start_api

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if not settings.database_url or not settings.redis_url:
                 # Imported here so a deployment with real servers never loads the wheels.
-                from shared.embedded import EmbeddedServices
+                from devstack.embedded import EmbeddedServices
 
                 embedded = EmbeddedServices(Path(settings.run_dir))
                 database_url, redis_url = embedded.start()

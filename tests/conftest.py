@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from shared.databases import create_database, drop_database
+from devstack.databases import create_database, drop_database
 from shared.db import Db
 from shared.settings import Settings
 from tests.support import ServiceProcess, WorkerProcess
@@ -29,7 +29,7 @@ def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str
     redis_url = os.environ.get("REDIS_URL", "")
     embedded = None
     if not database_url or not redis_url:
-        from shared.embedded import EmbeddedServices
+        from devstack.embedded import EmbeddedServices
 
         embedded = EmbeddedServices(Path(os.environ.get("RUN_DIR", ".run")))
         urls = embedded.start()

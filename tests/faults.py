@@ -19,7 +19,7 @@ import pgserver
 import psutil
 import redis
 
-from shared.embedded import redis_server_binary
+from devstack.redis_server import redis_server_binary
 
 
 def free_port() -> int:

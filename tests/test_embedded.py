@@ -24,7 +24,7 @@ import redis
 import redis.asyncio as aioredis
 from kombu import Connection
 
-from shared.embedded import EmbeddedServices
+from devstack.embedded import EmbeddedServices
 
 pytestmark = pytest.mark.e2e
 
@@ -169,7 +169,7 @@ def test_servers_of_a_killed_process_are_adopted_and_stopped(scratch: Path) -> N
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from shared.embedded import EmbeddedServices
+        from devstack.embedded import EmbeddedServices
         print("URLS", *EmbeddedServices(Path({str(deep)!r})).start(), flush=True)
         time.sleep(600)
     """)

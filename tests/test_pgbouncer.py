@@ -11,8 +11,8 @@ import asyncpg
 import psutil
 import pytest
 
+from devstack.databases import create_database, drop_database
 from shared.cancellation import Canceller
-from shared.databases import create_database, drop_database
 from shared.db import Db
 from shared.migrate import migrate_url, migration_files
 from shared.settings import Settings

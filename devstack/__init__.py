@@ -1,0 +1,1 @@
+"""Local development and test tooling: embedded PostgreSQL and Redis, per-test databases."""
