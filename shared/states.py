@@ -1,8 +1,16 @@
-"""Task states and the transitions between them."""
+"""Task states and the transitions between them.
+
+`TRANSITIONS` is the one table of every move a task's row can make; the named sets
+below are read off it, never written out by hand. tests/test_states.py checks the table
+against every `UPDATE tasks SET status ...` in the SQL, both ways, so a move the SQL
+learns without the table (or a move the table keeps that the SQL lost) fails a test.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 
 
 class TaskStatus(StrEnum):
@@ -19,9 +27,118 @@ class TaskStatus(StrEnum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.LOST})
-ACTIVE = frozenset({TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.CANCELLING})
-RESUMABLE = frozenset({TaskStatus.CANCELLED, TaskStatus.LOST, TaskStatus.FAILED})
+class Event(StrEnum):
+    """What moves a task from one state to another."""
+
+    CLAIM = "claim"      # a worker takes the task: the only way into `running` (invariant 2)
+    FINISH = "finish"    # the execution, or its host, records how it ended
+    CANCEL = "cancel"    # the ladder's first rung: one, cancel-all, time limit, force-kill
+    REAP = "reap"        # the reaper settles what no live execution will
+    REQUEUE = "requeue"  # a new attempt of a running execution: retry, automatic resume
+    RESUME = "resume"    # an operator's explicit resume, from the checkpoint
+
+
+_S, _E = TaskStatus, Event
+
+# from-state -> {to-state: the events that make that move}. A task enters at INITIAL.
+TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
+    _S.QUEUED: {
+        _S.RUNNING: frozenset({_E.CLAIM}),
+        # Never started: cancel, cancel-all (its fence refuses the claim, its sweep and
+        # force-kill end the row).
+        _S.CANCELLED: frozenset({_E.CANCEL}),
+        # Its message is in no queue and on no worker, and was already published again once.
+        _S.LOST: frozenset({_E.REAP}),
+    },
+    _S.RUNNING: {
+        # A redelivered message takes over once the lease expired: a new attempt.
+        _S.RUNNING: frozenset({_E.CLAIM}),
+        # Retry, automatic resume of a zombie, or a claim whose answer never reached its
+        # worker undone for the retried delivery.
+        _S.QUEUED: frozenset({_E.REQUEUE}),
+        _S.SUCCEEDED: frozenset({_E.FINISH}),
+        _S.FAILED: frozenset({_E.FINISH}),
+        _S.CANCELLING: frozenset({_E.CANCEL}),
+        # force-kill of an execution on this host: killed at once, no grace.
+        _S.CANCELLED: frozenset({_E.CANCEL}),
+        # A zombie: no heartbeat, and active nowhere.
+        _S.LOST: frozenset({_E.REAP}),
+    },
+    _S.CANCELLING: {
+        # force-kill of another host's execution: the deadline is pulled in to now.
+        _S.CANCELLING: frozenset({_E.CANCEL}),
+        # Stopped cooperatively or killed, found gone by the reaper, or killed by
+        # force-kill on this host.
+        _S.CANCELLED: frozenset({_E.FINISH, _E.REAP, _E.CANCEL}),
+        # Ended before it saw the cancel: the state matches what happened (invariant 7).
+        _S.SUCCEEDED: frozenset({_E.FINISH}),
+        _S.FAILED: frozenset({_E.FINISH}),
+    },
+    _S.SUCCEEDED: {},
+    _S.FAILED: {_S.QUEUED: frozenset({_E.RESUME})},
+    _S.CANCELLED: {_S.QUEUED: frozenset({_E.RESUME})},
+    _S.LOST: {_S.QUEUED: frozenset({_E.RESUME})},
+}
+
+INITIAL = TaskStatus.QUEUED
+
+
+def can_move(source: TaskStatus | str, target: TaskStatus | str,
+             event: Event | None = None) -> bool:
+    """Whether the table allows `source -> target` (by `event`, when one is named)."""
+    events = TRANSITIONS.get(TaskStatus(source), {}).get(TaskStatus(target))
+    return events is not None and (event is None or event in events)
+
+
+def _sources(event: Event) -> frozenset[TaskStatus]:
+    """States with a move by `event`."""
+    return frozenset(s for s, moves in TRANSITIONS.items()
+                     for events in moves.values() if event in events)
+
+
+def _targets(event: Event) -> frozenset[TaskStatus]:
+    """States a move by `event` leads to."""
+    return frozenset(t for moves in TRANSITIONS.values()
+                     for t, events in moves.items() if event in events)
+
+
+# Terminal: nothing but an explicit resume leaves it.
+TERMINAL = frozenset(s for s, moves in TRANSITIONS.items()
+                     if all(events == {Event.RESUME} for events in moves.values()))
+ACTIVE = frozenset(TaskStatus) - TERMINAL
+RESUMABLE = _sources(Event.RESUME)
+# A cancel acts on these; on a task already cancelling, only a forced one does anything.
+CANCELLABLE = _sources(Event.CANCEL)
+# Still active after a cancel: one is under way, and only a forced cancel adds anything.
+CANCEL_PENDING = _targets(Event.CANCEL) & ACTIVE
+# A live execution holds the task: it beats, saves chunks and records its end.
+EXECUTING = _sources(Event.FINISH)
+
+# The order an operator reads states in: what needs attention first.
+ATTENTION = (TaskStatus.RUNNING, TaskStatus.CANCELLING, TaskStatus.QUEUED, TaskStatus.FAILED,
+             TaskStatus.LOST, TaskStatus.CANCELLED, TaskStatus.SUCCEEDED)
+
+
+def describe() -> dict[str, Any]:
+    """The table and its sets as plain JSON, for clients (the dashboard) that must not
+    keep their own copy. Lists follow the enum's order."""
+    def names(states: frozenset[TaskStatus]) -> list[str]:
+        return [s.value for s in TaskStatus if s in states]
+
+    return {
+        "states": [s.value for s in TaskStatus],
+        "initial": INITIAL.value,
+        "active": names(ACTIVE),
+        "terminal": names(TERMINAL),
+        "resumable": names(RESUMABLE),
+        "cancellable": names(CANCELLABLE),
+        "cancel_pending": names(CANCEL_PENDING),
+        "executing": names(EXECUTING),
+        "attention": [s.value for s in ATTENTION],
+        "transitions": [{"from": s.value, "to": t.value,
+                         "events": [e.value for e in Event if e in events]}
+                        for s, moves in TRANSITIONS.items() for t, events in moves.items()],
+    }
 
 
 class Outcome(StrEnum):

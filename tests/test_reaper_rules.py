@@ -15,8 +15,9 @@ from shared.cancellation import Canceller
 from shared.db import Db
 from shared.keys import Keys
 from shared.settings import Settings
+from shared.states import TERMINAL, Outcome, TaskStatus
 from shared.submit import submit
-from tests.support import TERMINAL, row_where, wait_for, wait_gone
+from tests.support import row_where, wait_for, wait_gone
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,14 @@ async def test_killed_execution_of_an_auto_resume_actor_completes_each_chunk_onc
     start_reaper()
     row = await submit(db, canceller.celery, actor="resilient",
                        kwargs={"chunks": 30, "chunk_seconds": 0.1})
-    running = await row_where(db, row["id"], lambda r: r["status"] == "running" and r["done"] >= 5,
-                         20, "five chunks done")
+    running = await row_where(
+        db, row["id"], lambda r: r["status"] == TaskStatus.RUNNING and r["done"] >= 5, 20,
+        "five chunks done")
     # when its pool process is killed
     psutil.Process(running["pid"]).kill()
     # then a new attempt continues from the checkpoint and completes
     final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 40, "terminal")
-    assert final["status"] == "succeeded" and final["attempt"] == 2, dict(final)
+    assert final["status"] == TaskStatus.SUCCEEDED and final["attempt"] == 2, dict(final)
     results = await db.list_results(row["id"])
     assert [r["chunk"] for r in results] == list(range(30))
     assert {r["attempt"] for r in results} == {1, 2}
@@ -61,7 +63,8 @@ async def test_killing_the_leader_mid_escalation_hands_it_to_the_other_replica(
     leader = await wait_for(lambda: redis.get(keys.leader), timeout=10, what="a leader")
     row = await submit(db, canceller.celery, actor="stubborn",
                        kwargs={"seconds": 120, "mode": "gil"})
-    running = await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    running = await row_where(db, row["id"], lambda r: r["status"] == TaskStatus.RUNNING, 20,
+                              "running")
     # when it is cancelled and the leading reaper is killed before the deadline
     await canceller.cancel(row["id"], by="test")
     replicas = {f"{settings.hostname}:{p.pid}": p for p in (first, second)}
@@ -70,7 +73,7 @@ async def test_killing_the_leader_mid_escalation_hands_it_to_the_other_replica(
     bound = settings.cancel_grace + settings.kill_margin + settings.leader_ttl + 3.0
     assert await asyncio.to_thread(wait_gone, running["pid"], bound)
     final = await row_where(db, row["id"], lambda r: r["status"] in TERMINAL, 5, "terminal")
-    assert (final["status"], final["outcome"]) == ("cancelled", "killed")
+    assert (final["status"], final["outcome"]) == (TaskStatus.CANCELLED, Outcome.KILLED)
     assert await redis.get(keys.leader) != leader
 
 
@@ -80,7 +83,8 @@ async def test_row_made_terminal_by_hand_is_stopped_within_one_pass(
     start_worker()
     start_reaper()
     row = await submit(db, canceller.celery, actor="stubborn", kwargs={"seconds": 120})
-    running = await row_where(db, row["id"], lambda r: r["status"] == "running", 20, "running")
+    running = await row_where(db, row["id"], lambda r: r["status"] == TaskStatus.RUNNING, 20,
+                              "running")
     await asyncio.sleep(0.5)
     # when someone marks it failed by hand
     await db.pool.execute("UPDATE tasks SET status='failed', finished_at=now() WHERE id=$1",
@@ -90,7 +94,7 @@ async def test_row_made_terminal_by_hand_is_stopped_within_one_pass(
     assert await asyncio.to_thread(wait_gone, running["pid"], 10)
     took = time.monotonic() - t0
     assert took < settings.reconcile_interval + 1.0 < settings.cancel_grace, f"{took:.2f}s"
-    assert (await db.get_task(row["id"]))["status"] == "failed"
+    assert (await db.get_task(row["id"]))["status"] == TaskStatus.FAILED
 
 
 async def test_a_scheduled_message_without_a_row_is_revoked_within_one_scan(
@@ -139,6 +143,6 @@ async def test_a_queued_row_whose_message_vanished_is_requeued_once_then_lost(
     start_reaper(settings.with_(lost_message_after=1.0))
     # then the first is enqueued again and runs; the second is given up as lost
     done = await row_where(db, fresh, lambda r: r["status"] in TERMINAL, 20, "requeued task done")
-    assert (done["status"], done["requeues"], done["attempt"]) == ("succeeded", 1, 1)
+    assert (done["status"], done["requeues"], done["attempt"]) == (TaskStatus.SUCCEEDED, 1, 1)
     gone = await row_where(db, again, lambda r: r["status"] in TERMINAL, 20, "stranded task lost")
-    assert (gone["status"], gone["attempt"]) == ("lost", 0)
+    assert (gone["status"], gone["attempt"]) == (TaskStatus.LOST, 0)

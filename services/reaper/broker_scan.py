@@ -15,7 +15,7 @@ import structlog
 
 from services.reaper.context import ReaperContext
 from services.reaper.reconcile import Pass
-from shared.states import Outcome
+from shared.states import EXECUTING, Outcome, TaskStatus
 from shared.submit import publish
 
 log = structlog.get_logger("reaper.broker_scan")
@@ -82,7 +82,7 @@ class BrokerScan:
                 log.warning("reaper.orphan", message_id=req["id"], task=req.get("name"),
                             node=req["node"], executing=executing)
             elif executing and str(row["message_id"]) == req["id"] \
-                    and row["status"] not in ("running", "cancelling"):
+                    and row["status"] not in EXECUTING:
                 undead += 1
                 await ctx.celery.kill(message_id=req["id"], task_id=tid, node=req["node"])
                 log.warning("reaper.undead", task_id=tid, node=req["node"],
@@ -121,7 +121,7 @@ class BrokerScan:
                     log.warning("reaper.message_requeued", task_id=str(row["id"]))
             elif await ctx.db.mark_queued_lost(row["id"], row["message_id"]):
                 log.warning("reaper.message_lost", task_id=str(row["id"]))
-                await ctx.publish_change(row["id"], "lost", outcome=Outcome.GONE)
+                await ctx.publish_change(row["id"], TaskStatus.LOST, outcome=Outcome.GONE)
         if found:
             ctx.metrics.findings.labels(rule="lost_messages").inc(found)
         p.extra["lost_messages"] = found

@@ -13,7 +13,7 @@ import structlog
 
 from services.reaper.context import ReaperContext
 from shared.registry import live_executions, prune_expired
-from shared.states import Outcome
+from shared.states import EXECUTING, Outcome, TaskStatus
 from shared.submit import publish
 
 log = structlog.get_logger("reaper.reconcile")
@@ -89,7 +89,8 @@ class Zombies:
     async def _settle(self, ctx: ReaperContext, row: Any) -> None:
         actor = await ctx.db.get_actor(row["actor"])
         allowed = int((actor["options"] or {}).get("auto_resume", 0)) if actor else 0
-        if row["status"] == "running" and row["resumes"] < allowed:
+        # Only a running execution goes back to queued: one being cancelled stays cancelled.
+        if row["status"] == TaskStatus.RUNNING and row["resumes"] < allowed:
             message_id = uuid.uuid4()
             new = await ctx.db.requeue_execution(row["id"], row["attempt"], message_id, None,
                                                  "execution lost; resumed automatically")
@@ -98,7 +99,7 @@ class Zombies:
                               queued_at=new["queued_at"])
                 log.warning("reaper.zombie_resumed", task_id=str(row["id"]),
                             attempt=row["attempt"], resumes=new["resumes"])
-                await ctx.publish_change(row["id"], "queued", resumed=True)
+                await ctx.publish_change(row["id"], TaskStatus.QUEUED, resumed=True)
                 return
         status = await ctx.db.mark_dead(row["id"], row["attempt"], Outcome.GONE)
         if status:
@@ -126,7 +127,7 @@ class Undead:
         doomed = []
         for tid, entry in live.items():
             row = rows.get(tid)
-            if row is not None and row["status"] in ("running", "cancelling") \
+            if row is not None and row["status"] in EXECUTING \
                     and row["attempt"] == entry.attempt:
                 continue
             if row is not None and row["attempt"] == entry.attempt \

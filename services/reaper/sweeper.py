@@ -18,6 +18,7 @@ import structlog
 from services.reaper.context import ReaperContext
 from shared.db import Record
 from shared.queues import queue_lists
+from shared.states import TaskStatus
 from shared.submit import QUEUED_AT_HEADER
 
 log = structlog.get_logger("reaper.sweeper")
@@ -130,7 +131,7 @@ class FenceSweeper:
             total += n
             if n:
                 ctx.metrics.swept.inc(n)
-                await ctx.publish_event("tasks.swept", fence=fence["id"], status="cancelled",
+                await ctx.publish_event("tasks.swept", fence=fence["id"], status=TaskStatus.CANCELLED,
                                         swept=n)
             if n < self.batch:
                 return total, True
