@@ -96,3 +96,42 @@ async def test_every_process_of_a_worker_keeps_listening_for_cancels(
 
 async def _equals(value, expected) -> bool:
     return await value == expected
+
+
+async def test_a_one_chunk_execution_crosses_to_the_sidecar_loop_three_times(
+        settings: Settings, db: Db, celery, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a queued one-chunk distill and a pool process's runtime in this very process
+    import signal
+
+    from services.worker.actors.distill import distill
+    from services.worker.app import load_actors, publish_catalogue
+    from services.worker.runtime import Runtime
+
+    await publish_catalogue(settings, load_actors(settings))
+    row = await submit(db, celery, actor="distill", kwargs={"chunks": 1, "chunk_seconds": 0})
+    previous_handler = signal.getsignal(signal.SIGUSR2)
+    runtime = Runtime(settings, celery)
+    runtime.start_process()
+    assert runtime.sidecar is not None
+    hops: list[str] = []
+    real = asyncio.run_coroutine_threadsafe
+
+    def counted(coro, loop):
+        if loop is runtime.sidecar.loop:
+            hops.append(coro.__qualname__)
+        return real(coro, loop)
+
+    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", counted)
+    try:
+        # when it executes
+        outcome = runtime.execute(distill, str(row["id"]), str(row["message_id"]))
+    finally:
+        monkeypatch.undo()
+        runtime.sidecar.close()
+        signal.signal(signal.SIGUSR2, previous_handler)
+    # then it ran to its end, and the runtime's thread handed the loop one coroutine to open
+    # the execution, one per checkpoint and one to close it
+    assert outcome == "succeeded"
+    final = await db.get_task(row["id"])
+    assert (final["status"], final["done"]) == ("succeeded", 1), dict(final)
+    assert hops == ["open_execution", "Sidecar.save_result", "close_execution"], hops

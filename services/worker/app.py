@@ -22,7 +22,8 @@ from celery.signals import (
 from services.worker import control  # noqa: F401  (registers the remote control command)
 from services.worker.actor import Actor, discover
 from services.worker.guardian import Guardian
-from services.worker.runtime import RetryLater, Runtime
+from services.worker.lifecycle import RetryLater
+from services.worker.runtime import Runtime
 from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys

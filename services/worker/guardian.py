@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 import uuid
 from typing import Any
@@ -20,6 +19,9 @@ from typing import Any
 import structlog
 
 from services.worker.control import find_request, verify_target
+from services.worker.db_connection import OneConnection
+from services.worker.loop_thread import LoopThread
+from services.worker.subscription import Subscription
 from shared.db import Db
 from shared.keys import Keys
 from shared.redis_client import connect
@@ -58,44 +60,27 @@ class Guardian:
         self.settings = settings
         self.node = node
         self.keys = Keys(settings.key_prefix)
-        self.loop = asyncio.new_event_loop()
-        self._db: Db | None = None
+        self.thread = LoopThread("taskreaper-guardian")
+        self.loop = self.thread.loop
+        self.connection = OneConnection(settings.database_url)
         self._armed: dict[tuple[uuid.UUID, int], asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
-        # The loop keeps only weak references to its tasks: these must not be collected.
-        self._loops: list[asyncio.Task[None]] = []
-        self._enforcing: set[asyncio.Task[None]] = set()
+        # A cancel event only says "look now": the deadlines come from the DB. Cancel-alls,
+        # and single cancels of tasks on this worker only.
+        self.subscription = Subscription(
+            connect(settings.redis_url, socket_timeout=None),
+            [self.keys.cancel_channel, self.keys.node_cancel_channel(node)],
+            lambda _: self._wake.set(), log=log, error_event="worker.guardian_listen_error")
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="taskreaper-guardian", daemon=True).start()
+        self.thread.start(self._loops)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self._loops = [self.loop.create_task(self._listen()), self.loop.create_task(self._poll())]
-        self.loop.run_forever()
+    def _loops(self) -> None:
+        self.thread.spawn(self.subscription.run())
+        self.thread.spawn(self._poll())
 
     async def db(self) -> Db:
-        if self._db is None:
-            self._db = await Db.connect(self.settings.database_url, min_size=0, max_size=1)
-        return self._db
-
-    async def _listen(self) -> None:
-        """A cancel event only says "look now": the deadlines come from the DB."""
-        client = connect(self.settings.redis_url, socket_timeout=None)
-        while True:
-            try:
-                async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    # Cancel-alls, and single cancels of tasks on this worker only.
-                    await pubsub.subscribe(self.keys.cancel_channel,
-                                           self.keys.node_cancel_channel(self.node))
-                    async for message in pubsub.listen():
-                        if message and message.get("type") == "message":
-                            self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("worker.guardian_listen_error", error=str(exc))
-                await asyncio.sleep(0.5)
+        return await self.connection.get()
 
     async def _poll(self) -> None:
         while True:
@@ -123,9 +108,7 @@ class Guardian:
             self._armed[key] = self.loop.call_later(delay, self._start_enforcing, row)
 
     def _start_enforcing(self, row: Any) -> None:
-        task = self.loop.create_task(self._enforce(row))
-        self._enforcing.add(task)
-        task.add_done_callback(self._enforcing.discard)
+        self.thread.spawn(self._enforce(row))
 
     async def _enforce(self, row: Any) -> None:
         key = (row["id"], row["attempt"])

@@ -1,15 +1,25 @@
-"""Heartbeat log lines in the original guide's style, at an interval chosen by job size."""
+"""The running execution's heartbeat: the fenced DB write that also polls for cancels,
+its registry entry kept fresh, progress events, and log lines in the original guide's
+style at an interval chosen by job size."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from services.worker.db_connection import DB_CALL_TIMEOUT
 from services.worker.execution import Execution
 from shared.settings import Settings
+from shared.states import TaskStatus
+
+if TYPE_CHECKING:
+    from services.worker.sidecar import Sidecar
 
 log = structlog.get_logger("worker.heartbeat")
+sidecar_log = structlog.get_logger("worker.sidecar")
 
 
 def log_interval(total: int | None, settings: Settings) -> float:
@@ -54,3 +64,53 @@ class HeartbeatLog:
                  summary=(f"💓 heartbeat - running: {human(elapsed)}, progress: "
                           f"{percent if percent is not None else '?'}%, remaining: {human(eta)} | "
                           f"📊 succeeded={p.done}, failed={p.failed}, chunk={chunk}"))
+
+
+class Heartbeat:
+    """Beats for the sidecar's current execution until it finishes."""
+
+    def __init__(self, sc: Sidecar) -> None:
+        self._sc = sc
+        # The progress last published, so that an unchanged one is not sent again.
+        self._published: dict[str, tuple[Any, ...]] = {}
+
+    async def run(self, ex: Execution) -> None:
+        settings = self._sc.settings
+        interval = min(settings.heartbeat_interval, settings.cancel_poll_interval)
+        beats = HeartbeatLog(settings, ex)
+        while not ex.finished.is_set():
+            # Independent of each other: one server stalling must not stop the other's part.
+            await asyncio.gather(self._sc.registry.refresh(ex), self.beat(ex))
+            beats.maybe_log()
+            await asyncio.sleep(interval)
+
+    async def beat(self, ex: Execution) -> None:
+        """Writes progress (fenced by attempt) and reads back whether to stop."""
+        sc, p = self._sc, ex.progress
+        try:
+            await sc.checkpoints.flush(ex)
+            db = await sc.db()
+            row = await asyncio.wait_for(db.heartbeat(
+                ex.task_id, ex.attempt, done=p.done, failed=p.failed, total=p.total,
+                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped)),
+                DB_CALL_TIMEOUT)
+            if row is None:
+                state = await db.execution_state(ex.task_id)
+                why = "superseded" if state and state["attempt"] != ex.attempt else "ended"
+                sc.trigger(ex, why, forced=False, via="poll")
+            else:
+                await self._publish_progress(ex)
+            if row is not None and row["status"] == TaskStatus.CANCELLING:
+                sc.trigger(ex, row["cancel_reason"] or "cancelled",
+                           forced=bool(row["cancel_forced"]), via="poll")
+        except Exception as exc:
+            # The task keeps running through a DB outage; the next beat retries.
+            sidecar_log.warning("task.heartbeat_failed", task_id=ex.id, error=str(exc))
+
+    async def _publish_progress(self, ex: Execution) -> None:
+        p = ex.progress
+        now = (p.done, p.failed, p.total, p.current)
+        if now != self._published.get(ex.id):
+            self._published = {ex.id: now}
+            await self._sc.publish("task.progress", ex,
+                                   eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped))
