@@ -1,7 +1,9 @@
 """The first rung of the cancel ladder: the DB transaction, then the Redis event.
 
 Used by the API and by taskctl. The DB is the truth; the Redis event and the set of
-cancelled message ids only make the news travel fast.
+cancelled message ids only make the news travel fast. Each operation owns all its effects,
+the change event for watchers (the dashboard, `GET /api/v1/events`) included, so every
+caller gets them alike.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import structlog
 from celery import Celery
 
 from shared.db import Db, Record
+from shared.errors import CancelConflict
+from shared.events import encode
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.states import ACTIVE, RESUMABLE, TERMINAL, TaskStatus
 from shared.submit import publish
+
+__all__ = ["INLINE_SWEEP", "CancelAll", "CancelConflict", "CancelOne", "Canceller",
+           "event_matches"]
 
 log = structlog.get_logger("cancellation")
 
@@ -28,14 +35,6 @@ log = structlog.get_logger("cancellation")
 # backlog reads as cancelled at once, a big one costs the same few milliseconds and the reaper
 # sweeps the rest in batches.
 INLINE_SWEEP = 1000
-
-
-class CancelConflict(Exception):
-    """The task already ended in a way a cancel cannot change (or a resume cannot restart)."""
-
-    def __init__(self, message: str, row: Record) -> None:
-        super().__init__(message)
-        self.row = row
 
 
 @dataclass
@@ -80,18 +79,18 @@ class Canceller:
 
     async def cancel(self, task_id: uuid.UUID, *, by: str, reason: str | None = None,
                      force: bool = False) -> CancelOne:
+        """Raises TaskNotFound, or CancelConflict for a task that already ended otherwise."""
         grace = 0.0 if force else self.settings.cancel_grace
-        row = await self.db.pool.fetchrow(self.db.q["cancel_one"], task_id, reason, by, force,
-                                          grace)
-        if row is None:
-            raise KeyError(task_id)
+        row = await self.db.cancel_task(task_id, reason=reason, by=by, forced=force, grace=grace)
         was = TaskStatus(row["was"])
         if not row["changed"]:
             if was in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
                 raise CancelConflict(f"task already {was}", row)
             return CancelOne(row=row, changed=False)
         await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
-                            [row["message_id"]], task_id=task_id, node=row["worker"])
+                            [row["message_id"]], task_id=task_id, node=row["worker"],
+                            change=encode("task.cancel_requested", task_id=str(task_id),
+                                          status=row["status"], by=by, forced=force))
         log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
                  now=row["status"], by=by, forced=force, reason=reason)
         return CancelOne(row=row, changed=True)
@@ -107,31 +106,35 @@ class Canceller:
         grace = 0.0 if force else self.settings.cancel_grace
         out = CancelAll()
         message_ids: list[uuid.UUID] = []
-        scope = (actor, queue)
         async with self.db.transaction() as conn:
             fence, _ = await self.db.set_fence(conn, actor=actor, queue=queue, reason=reason,
                                                by=by, forced=force, sweep=INLINE_SWEEP)
             out.fence_id, out.cancelled = fence["id"], int(fence["covered"])
-            for kind, query, args in (
-                    ("hastened", "cancel_all_hasten", scope if force else None),
-                    ("cancelling", "cancel_all_running", (*scope, reason, by, force, grace))):
-                if args is None:
-                    continue
-                for r in await conn.fetch(self.db.q[query], *args):
-                    getattr(out, kind).append(r["id"])
-                    message_ids.append(r["message_id"])
+            # Hastened first: those already cancelling are not the ones moved there below.
+            hastened = (await self.db.hasten_cancelling(conn, actor=actor, queue=queue)
+                        if force else [])
+            cancelling = await self.db.mark_cancelling(conn, actor=actor, queue=queue,
+                                                       reason=reason, by=by, forced=force,
+                                                       grace=grace)
+            for ids, rows in ((out.hastened, hastened), (out.cancelling, cancelling)):
+                ids.extend(r["id"] for r in rows)
+                message_ids.extend(r["message_id"] for r in rows)
             audit = await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, "actor": actor, "queue": queue},
                 forced=force, cancelled=out.cancelled,
                 cancelling=len(out.cancelling) + len(out.hastened),
                 task_ids=[*out.cancelling, *out.hastened])
             out.audit_id = audit["id"]
-            await conn.execute(self.db.q["fence_audit"], fence["id"], audit["id"])
+            await self.db.link_fence_audit(conn, fence["id"], audit["id"])
         # `before` is the fence's time: every claim that committed earlier was seen above,
         # every later one started after it (and refuses covered tasks itself).
         await self.announce({"all": True, "actor": actor, "queue": queue, "force": force,
                              "reason": reason, "before": fence["at_epoch"],
-                             "fence": fence["id"]}, message_ids)
+                             "fence": fence["id"]}, message_ids,
+                            change=encode("tasks.cancel_all", by=by, forced=force, actor=actor,
+                                          queue=queue, cancelled=out.cancelled,
+                                          cancelling=len(out.cancelling),
+                                          hastened=len(out.hastened)))
         out.orphans = await self._orphans_and_scan()
         out.took_ms = (time.perf_counter() - started) * 1000
         log.info("task.cancel_all", by=by, forced=force, actor=actor, queue=queue,
@@ -151,7 +154,7 @@ class Canceller:
         async with self.db.transaction() as conn:
             rows = await self.db.force_kill_all(conn, reason=reason, by=by,
                                                 remote_nodes=remote_nodes or [])
-            before = await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+            before = await self.db.clock(conn)
             was: dict[str, int] = {s.value: 0 for s in ACTIVE}
             for r in rows:
                 was[r["was"]] += 1
@@ -166,24 +169,28 @@ class Canceller:
         log.warning("task.force_kill_all", by=by, remote=remote, **was)
         return {**was, "remote": remote}
 
-    async def resume(self, task_id: uuid.UUID) -> Record:
+    async def resume(self, task_id: uuid.UUID, *, by: str | None = None) -> Record:
+        """A new attempt from the checkpoint. Raises TaskNotFound, CancelConflict for a task
+        that is active or succeeded, BrokerUnavailable (and then nothing changed)."""
         message_id = uuid.uuid4()
         async with self.db.transaction() as conn:
-            row = await conn.fetchrow(self.db.q["lock_task"], task_id)
-            if row is None:
-                raise KeyError(task_id)
+            row = await self.db.lock_task(conn, task_id)
             status = TaskStatus(row["status"])
             if status not in RESUMABLE:
                 why = "still active" if status not in TERMINAL else f"already {status}"
                 raise CancelConflict(f"cannot resume a task that is {why}", row)
-            new = await conn.fetchrow(self.db.q["resume_task"], task_id, message_id,
-                                      [s.value for s in RESUMABLE])
+            new = await self.db.resume_task(conn, task_id, message_id,
+                                            [s.value for s in RESUMABLE])
+            assert new is not None  # the row is locked and was resumable
             # Inside the transaction: a broker that refuses the message rolls the resume
             # back, so a 503 means nothing changed. A worker that gets the message first
             # waits for this commit (its claim finds the row busy and retries).
             await publish(self.celery, new["actor"], task_id, message_id, new["queue"],
                           queued_at=new["queued_at"])
-        log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"])
+        log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"],
+                 by=by)
+        await self.publish_change("task.resumed", task_id=str(task_id), status=new["status"],
+                                  by=by)
         return new
 
     async def _orphans_and_scan(self) -> int:
@@ -198,13 +205,15 @@ class Canceller:
             return 0
 
     async def announce(self, event: dict[str, Any], message_ids: list[uuid.UUID], *,
-                       task_id: uuid.UUID | None = None, node: str | None = None) -> None:
+                       task_id: uuid.UUID | None = None, node: str | None = None,
+                       change: str | None = None) -> None:
         """Fast path only: a failure here delays the cancel until the workers' DB poll.
 
         A cancel of one task goes to that task's channel (its process listens there) and
         to its worker's channel (whose guardian enforces the deadline): O(1) deliveries
         whatever the fleet's size. A cancel-all is one event on the channel every process
-        listens to."""
+        listens to. `change`, an encoded task change event, goes to the events channel in
+        the same round trip."""
         payload = json.dumps(event)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -217,6 +226,16 @@ class Canceller:
                     pipe.publish(self.keys.task_cancel_channel(str(task_id)), payload)
                     if node:
                         pipe.publish(self.keys.node_cancel_channel(node), payload)
+                if change is not None:
+                    pipe.publish(self.keys.events_channel, change)
                 await pipe.execute()
         except Exception as exc:
             log.warning("task.cancel_event_failed", error=str(exc))
+
+    async def publish_change(self, kind: str, **fields: Any) -> None:
+        """Best effort: the DB row is the record, the event only makes the news travel."""
+        try:
+            await self.redis.publish(self.keys.events_channel, encode(kind, **fields))
+        except Exception as exc:
+            # `event` is structlog's name for the log line itself; the change's name goes as `kind`.
+            log.warning("task.event_publish_failed", kind=kind, error=str(exc))

@@ -12,30 +12,13 @@ import redis
 from celery import Celery
 
 from shared.db import Db, Record
+from shared.errors import BrokerUnavailable, InvalidKwargs, SubmitError, UnknownActor
 from shared.params import KwargsError, validate
 
-
-class SubmitError(Exception):
-    code = "bad_request"
-    status = 400
-
-
-class UnknownActor(SubmitError):
-    code = "unknown_actor"
-
-
-class InvalidKwargs(SubmitError):
-    code = "invalid_kwargs"
-
-    def __init__(self, problems: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in problems.items()))
-        self.problems = problems
-
-
-class BrokerUnavailable(SubmitError):
-    code = "broker_unavailable"
-    status = 503
-
+# The errors a submission raises live with the others in shared.errors; named here too for
+# callers that think of them as submit's.
+__all__ = ["BrokerUnavailable", "InvalidKwargs", "QUEUED_AT_HEADER", "SubmitError",
+           "UnknownActor", "pending_set", "publish", "submit"]
 
 # The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
 # reaper removes from Redis the messages a cancel fence covers without asking the DB.
@@ -85,7 +68,7 @@ async def submit(db: Db, celery: Celery, *, actor: str, kwargs: Any, queue: str 
                  countdown: float | None = None, eta: datetime | None = None) -> Record:
     spec = await db.get_actor(actor)
     if spec is None:
-        raise UnknownActor(f"no actor named {actor!r}")
+        raise UnknownActor(actor)
     try:
         checked = validate(spec["params"], kwargs if kwargs is not None else {})
     except KwargsError as exc:

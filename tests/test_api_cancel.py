@@ -265,3 +265,40 @@ async def test_resume_of_a_cancelled_task_queues_a_new_message(
     again = await api.post(f"/api/v1/tasks/{tid}/resume", headers=auth)
     assert again.status == 409
     assert (await db.get_task(tid))["message_id"] == row["message_id"]
+
+
+async def test_cancel_and_resume_publish_one_change_event_each(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], redis: aioredis.Redis,
+        keys: Keys, settings: Settings) -> None:
+    # given a task and a watcher of the stream the dashboard reads
+    task = await submit(api, auth)
+    events = Channel(redis, keys.events_channel)
+    await events.pubsub.subscribe(keys.events_channel)
+    me = token_identity(settings.api_token)
+
+    # when it is cancelled, cancelled again (a repeat), and resumed
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth)).status == 202
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth)).status == 200
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/resume", headers=auth)).status == 202
+
+    # then each change is published once, in the same shape as ever; the repeat is silent
+    seen = [await events.next(), await events.next()]
+    with pytest.raises(AssertionError, match="nothing published"):
+        await events.next(timeout=0.5)
+    await events.pubsub.aclose()
+    for event in seen:
+        assert isinstance(event.pop("at"), float)
+    assert seen == [
+        {"type": "task.cancel_requested", "task_id": task["id"], "status": "cancelled",
+         "by": me, "forced": False},
+        {"type": "task.resumed", "task_id": task["id"], "status": "queued", "by": me}]
+
+
+async def test_cancel_and_resume_of_an_unknown_task_are_404(
+        api: ApiClient, auth: dict[str, str]) -> None:
+    missing = uuid.uuid4()
+    for action in ("cancel", "resume"):
+        resp = await api.post(f"/api/v1/tasks/{missing}/{action}", headers=auth)
+        assert resp.status == 404
+        assert (await resp.json())["error"] == {"code": "not_found",
+                                                "message": f"no task {missing}"}

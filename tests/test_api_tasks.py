@@ -5,9 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from services.api.errors import error_middleware
 from shared.db import Db
+from shared.errors import TaskNotFound
 from shared.keys import Keys
 from shared.queues import message_ids
 from tests.fixtures_api import ApiClient, set_status
@@ -156,3 +161,21 @@ async def test_actors_lists_the_catalogue(api: ApiClient, actors: dict[str, str]
     assert items["echo"]["params"]["times"] == {
         "min": 1, "max": 5, "types": ["integer"], "nullable": False, "required": False,
         "default": 1}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("raised, status, code", [
+    (TaskNotFound(uuid.UUID(int=7)), 404, "not_found"),
+    # A lookup that failed somewhere inside is a bug of ours, never the client's "not found".
+    (KeyError("status"), 500, "internal_error"),
+])
+async def test_only_the_domain_says_not_found(raised: Exception, status: int, code: str) -> None:
+    async def handler(request: web.Request) -> web.Response:
+        raise raised
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/thing", handler)
+    async with TestClient(TestServer(app)) as client:
+        resp = await client.get("/thing")
+        assert resp.status == status
+        assert (await resp.json())["error"]["code"] == code

@@ -1,7 +1,9 @@
 """Every error leaves as `{"error": {"code", "message"}}`; nothing leaves as an HTML page.
 
 Infrastructure outages (PostgreSQL, Redis, the broker) answer 503: a client can retry
-those, and they say nothing about the request itself.
+those, and they say nothing about the request itself. The domain's own errors
+(shared.errors) get their status here, and only those: any other exception, a stray
+`KeyError` included, is a 500.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ import redis.exceptions
 import structlog
 from aiohttp import web
 
-from shared.submit import BrokerUnavailable
+from shared.errors import (
+    BrokerUnavailable,
+    CancelConflict,
+    InvalidKwargs,
+    TaskNotFound,
+    TaskreaperError,
+    UnknownActor,
+)
 
 log = structlog.get_logger("api.errors")
 
@@ -54,6 +63,21 @@ class ApiError(Exception):
         self.message = message
         self.details = details
         self.headers = headers
+
+
+def domain_error(exc: TaskreaperError) -> ApiError | None:
+    """What the API answers for a refusal of the domain; None for one it has no answer for."""
+    match exc:
+        case TaskNotFound():
+            return ApiError(404, "not_found", str(exc))
+        case CancelConflict():
+            return ApiError(409, "conflict", str(exc), details={"status": exc.row["status"]})
+        case UnknownActor():
+            return ApiError(422, "unknown_actor", str(exc))
+        case InvalidKwargs():
+            return ApiError(422, "invalid_kwargs", f"invalid kwargs: {exc}",
+                            details=exc.problems)
+    return None
 
 
 def error_response(status: int, code: str, message: str, *,
@@ -105,6 +129,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                     path=request.path, error=f"{type(exc).__name__}: {exc}")
         return error_response(503, "unavailable", f"{which} unavailable, retry later",
                               details={"dependency": which}, headers={"Retry-After": "1"})
+    except TaskreaperError as exc:
+        answer = domain_error(exc)
+        if answer is None:
+            log.exception("api.unmapped_domain_error", method=request.method, path=request.path)
+            return error_response(500, "internal_error", "unexpected server error")
+        return error_response(answer.status, answer.code, answer.message,
+                              details=answer.details)
     except Exception:
         log.exception("api.unexpected_error", method=request.method, path=request.path)
         return error_response(500, "internal_error", "unexpected server error")

@@ -1,4 +1,8 @@
-"""The task endpoints: submit, list, inspect, results, cancel, cancel-all and resume."""
+"""The task endpoints: submit, list, inspect, results, cancel, cancel-all and resume.
+
+The operations raise the domain's errors (shared.errors) and publish their own change
+events; the error middleware gives each refusal its status.
+"""
 
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ from services.api.inputs import (
 )
 from services.api.serialize import decode_cursor, encode_cursor, result_json, task_json
 from services.api.state import CANCELLER, CELERY, DB, METRICS
-from shared.cancellation import CancelConflict
 from shared.db import Record
+from shared.errors import TaskNotFound
 from shared.states import TaskStatus
-from shared.submit import InvalidKwargs, UnknownActor, submit
+from shared.submit import submit
 
 log = structlog.get_logger("api.tasks")
 
@@ -41,14 +45,6 @@ def _task_response(row: Record, status: int) -> web.Response:
     return web.json_response(task_json(row), status=status, headers=headers)
 
 
-def _not_found(tid: object) -> ApiError:
-    return ApiError(404, "not_found", f"no task {tid}")
-
-
-def _conflict(exc: CancelConflict) -> ApiError:
-    return ApiError(409, "conflict", str(exc), details={"status": exc.row["status"]})
-
-
 async def submit_task(request: web.Request) -> web.Response:
     by = authenticate(request)
     body = Body(await json_object(request), {"actor", "kwargs", "queue", "countdown", "eta"})
@@ -61,13 +57,8 @@ async def submit_task(request: web.Request) -> web.Response:
         body.problem("eta", "countdown and eta are mutually exclusive")
     body.done()
     assert actor is not None
-    try:
-        row = await submit(request.app[DB], request.app[CELERY], actor=actor, kwargs=kwargs,
-                           queue=queue, countdown=countdown, eta=eta)
-    except UnknownActor as exc:
-        raise ApiError(422, exc.code, str(exc)) from None
-    except InvalidKwargs as exc:
-        raise ApiError(422, exc.code, f"invalid kwargs: {exc}", details=exc.problems) from None
+    row = await submit(request.app[DB], request.app[CELERY], actor=actor, kwargs=kwargs,
+                       queue=queue, countdown=countdown, eta=eta)
     request.app[METRICS].submitted.labels(actor).inc()
     log.info("task.submitted", task_id=str(row["id"]), actor=actor, queue=row["queue"], by=by,
              eta=row["eta"].isoformat() if row["eta"] else None)
@@ -96,7 +87,7 @@ async def get_task(request: web.Request) -> web.Response:
     tid = task_id(request)
     row = await request.app[DB].get_task(tid)
     if row is None:
-        raise _not_found(tid)
+        raise TaskNotFound(tid)
     return _task_response(row, 200)
 
 
@@ -104,7 +95,7 @@ async def task_results(request: web.Request) -> web.Response:
     tid = task_id(request)
     db = request.app[DB]
     if await db.get_task(tid) is None:
-        raise _not_found(tid)
+        raise TaskNotFound(tid)
     items = [result_json(r) for r in await db.list_results(tid)]
     return web.json_response({"task_id": str(tid), "items": items})
 
@@ -116,20 +107,13 @@ async def cancel_task(request: web.Request) -> web.Response:
     reason = body.string("reason", max_length=REASON_MAX)
     force = bool(body.boolean("force"))
     body.done()
-    try:
-        outcome = await request.app[CANCELLER].cancel(tid, by=by, reason=reason, force=force)
-    except KeyError:
-        raise _not_found(tid) from None
-    except CancelConflict as exc:
-        raise _conflict(exc) from None
+    outcome = await request.app[CANCELLER].cancel(tid, by=by, reason=reason, force=force)
     if not outcome.changed:
         # Repeating a cancel is harmless: it reports where the first one got to.
         return _task_response(outcome.row, 200)
     metrics = request.app[METRICS]
     metrics.cancels.labels("one", str(force).lower()).inc()
     metrics.cancelled_tasks.labels(outcome.row["status"]).inc()
-    await publish_event(request.app, "task.cancel_requested", task_id=str(tid),
-                        status=outcome.row["status"], by=by, forced=force)
     return _task_response(outcome.row, 202)
 
 
@@ -149,8 +133,6 @@ async def cancel_all(request: web.Request) -> web.Response:
                "hastened": len(out.hastened)}
     for effect, n in summary.items():
         metrics.cancelled_tasks.labels(effect).inc(n)
-    await publish_event(request.app, "tasks.cancel_all", by=by, forced=force, actor=actor,
-                        queue=queue, **summary)
     return web.json_response({**summary, "orphans": out.orphans, "took_ms": round(out.took_ms, 1),
                               "audit_id": out.audit_id, "fence_id": out.fence_id}, status=202)
 
@@ -159,14 +141,7 @@ async def resume_task(request: web.Request) -> web.Response:
     by = authenticate(request)
     tid = task_id(request)
     Body(await json_object(request, optional=True), set()).done()
-    try:
-        row = await request.app[CANCELLER].resume(tid)
-    except KeyError:
-        raise _not_found(tid) from None
-    except CancelConflict as exc:
-        raise _conflict(exc) from None
+    row = await request.app[CANCELLER].resume(tid, by=by)
     request.app[METRICS].resumed.inc()
     log.info("task.resume_requested", task_id=str(tid), by=by)
-    await publish_event(request.app, "task.resumed", task_id=str(tid), status=row["status"],
-                        by=by)
     return _task_response(row, 202)

@@ -1,7 +1,8 @@
 """taskctl's one-shot commands: cancel, cancel-all, resume, submit.
 
 All of them go through the same code as the API (shared.cancellation, shared.submit),
-so the audit trail and the cancel ladder are identical whoever asked.
+so the audit trail, the cancel ladder and the events are identical whoever asked. What
+those refuse (shared.errors) becomes a message and an exit code in main.py.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from typing import Any
 from rich.console import Console
 
 from services.ctl.context import CtlContext, parse_task_id
-from services.ctl.errors import bad_input, failed
-from shared.cancellation import CancelConflict
+from services.ctl.errors import bad_input
 from shared.db import Record
-from shared.submit import BrokerUnavailable, SubmitError, submit
+from shared.submit import submit
 
 
 def _row_json(row: Record) -> dict[str, Any]:
@@ -54,12 +54,7 @@ async def resolve(ctx: CtlContext, ident: str) -> uuid.UUID:
 async def cancel(ctx: CtlContext, console: Console, ident: str, *, force: bool,
                  reason: str | None, as_json: bool = False) -> int:
     task_id = await resolve(ctx, ident)
-    try:
-        result = await ctx.canceller().cancel(task_id, by=ctx.actor, reason=reason, force=force)
-    except KeyError:
-        raise bad_input(f"no task with id {task_id}") from None
-    except CancelConflict as exc:
-        raise failed(f"task {task_id}: {exc}") from None
+    result = await ctx.canceller().cancel(task_id, by=ctx.actor, reason=reason, force=force)
     row = result.row
     verb = "cancel requested" if result.changed else "nothing to do, already"
     _emit(console, as_json, {**_row_json(row), "changed": result.changed},
@@ -85,14 +80,7 @@ async def cancel_all(ctx: CtlContext, console: Console, *, force: bool, reason: 
 async def resume(ctx: CtlContext, console: Console, ident: str, *, as_json: bool = False
                  ) -> int:
     task_id = parse_task_id(ident)
-    try:
-        row = await ctx.canceller().resume(task_id)
-    except KeyError:
-        raise bad_input(f"no task with id {task_id}") from None
-    except CancelConflict as exc:
-        raise failed(f"task {task_id}: {exc}") from None
-    except BrokerUnavailable as exc:
-        raise failed(str(exc)) from None
+    row = await ctx.canceller().resume(task_id, by=ctx.actor)
     _emit(console, as_json, _row_json(row), f"{task_id}: resumed, {row['status']} again")
     return 0
 
@@ -118,12 +106,7 @@ async def submit_task(ctx: CtlContext, console: Console, actor: str, pairs: list
     kwargs = parse_kwargs(pairs)
     if countdown is not None and countdown < 0:
         raise bad_input("--countdown must not be negative")
-    try:
-        row = await submit(ctx.db, ctx.celery, actor=actor, kwargs=kwargs, queue=queue,
-                           countdown=countdown)
-    except BrokerUnavailable as exc:
-        raise failed(str(exc)) from None
-    except SubmitError as exc:
-        raise bad_input(str(exc)) from None
+    row = await submit(ctx.db, ctx.celery, actor=actor, kwargs=kwargs, queue=queue,
+                       countdown=countdown)
     _emit(console, as_json, _row_json(row), str(row["id"]))
     return 0

@@ -30,8 +30,9 @@ from rich.console import Console
 
 from services.ctl import commands, force_kill, monitor, status
 from services.ctl.context import open_context
-from services.ctl.errors import FAILED, USAGE, CtlError
+from services.ctl.errors import FAILED, USAGE, CtlError, bad_input, failed
 from shared import runfile
+from shared.errors import CancelConflict, SubmitError, TaskNotFound, TaskreaperError
 from shared.logs import configure_logging
 from shared.settings import Settings, SettingsError
 
@@ -151,6 +152,19 @@ def _setup_logging(settings: Settings, args: argparse.Namespace) -> None:
                         logger_factory=structlog.PrintLoggerFactory(sys.stderr))
 
 
+def domain_error(exc: TaskreaperError) -> CtlError:
+    """What taskctl says, and exits with, for a refusal of the domain: what the operator
+    asked for is wrong (2), or it could not be done (1)."""
+    match exc:
+        case TaskNotFound():
+            return bad_input(f"no task with id {exc.task_id}")
+        case CancelConflict():
+            return failed(f"task {exc.row['id']}: {exc}")
+        case SubmitError():
+            return bad_input(str(exc))
+    return failed(str(exc))
+
+
 def _complain(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -172,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CtlError as exc:
         _complain(f"taskctl: error: {exc}")
         return exc.code
+    except TaskreaperError as exc:
+        error = domain_error(exc)
+        _complain(f"taskctl: error: {error}")
+        return error.code
     except BrokenPipeError:  # `taskctl status --json | head`: the reader left, fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

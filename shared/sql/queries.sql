@@ -412,6 +412,11 @@ FROM doomed
 WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling')
 RETURNING t.id, t.message_id, doomed.status AS was, doomed.remote AS remote;
 
+-- name: clock_epoch
+-- The server's clock, not the transaction's start: a cancel event's `before` must be later
+-- than every claim that committed ahead of it.
+SELECT extract(epoch FROM clock_timestamp())::float8;
+
 -- name: prune_history
 -- Results go with their task (ON DELETE CASCADE). Bounded per call.
 WITH old AS (

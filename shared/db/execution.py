@@ -1,0 +1,63 @@
+"""The worker's side: claiming a task and writing its progress, fenced by attempt."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from shared.db.base import DbBase, Record
+from shared.states import TaskStatus
+
+
+class ClaimBusy(Exception):
+    """Another writer holds the task's row: the claim did not wait, try again shortly."""
+
+
+class ExecutionQueries(DbBase):
+    async def claim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str, pid: int,
+                         lease_seconds: float, deadline: float = 10.0) -> Record | None:
+        """The claimed row, or None when the task is not claimable: covered by a cancel fence
+        (it was just ended as cancelled), finished, stale, already running, or reached after
+        `deadline` seconds. Raises ClaimBusy when someone holds the row right now."""
+        row = await self.pool.fetchrow(self.q["claim_task"], task_id, message_id, worker, pid,
+                                       lease_seconds, deadline, timeout=deadline + 5.0)
+        if row is None or row["fenced"]:
+            return None
+        if row["busy"]:
+            raise ClaimBusy(f"task {task_id} is held by another writer")
+        return row
+
+    async def unclaim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str,
+                           pid: int) -> int | None:
+        return await self.pool.fetchval(self.q["unclaim_task"], task_id, message_id, worker, pid)
+
+    async def heartbeat(self, task_id: uuid.UUID, attempt: int, *, done: int, failed: int,
+                        total: int | None, current: int | None, eta_seconds: float | None
+                        ) -> Record | None:
+        return await self.pool.fetchrow(self.q["heartbeat"], task_id, attempt, done, failed, total,
+                                        current, eta_seconds)
+
+    async def execution_state(self, task_id: uuid.UUID) -> Record | None:
+        return await self.pool.fetchrow(self.q["execution_state"], task_id)
+
+    async def save_result(self, task_id: uuid.UUID, attempt: int, chunk: int, ok: bool,
+                          result: Any) -> bool:
+        """False when the write was fenced off (stale attempt) or the chunk was already saved."""
+        row = await self.pool.fetchrow(self.q["save_result"], task_id, attempt, chunk, ok, result)
+        return row is not None
+
+    async def finish_task(self, task_id: uuid.UUID, attempt: int, status: TaskStatus, *,
+                          outcome: str | None = None, error: str | None = None,
+                          done: int | None = None, failed: int | None = None,
+                          total: int | None = None) -> str | None:
+        return await self.pool.fetchval(self.q["finish_task"], task_id, attempt, str(status),
+                                        outcome, error, done, failed, total)
+
+    async def request_time_limit(self, task_id: uuid.UUID, attempt: int, grace: float
+                                 ) -> datetime | None:
+        return await self.pool.fetchval(self.q["request_time_limit"], task_id, attempt, grace)
+
+    async def cancelling_among(self, ids: Sequence[uuid.UUID]) -> list[Record]:
+        return await self.pool.fetch(self.q["cancelling_among"], list(ids))
