@@ -54,8 +54,9 @@ class Settings:
     orphan_scan_interval: float = 30.0
     # Seconds before Redis hands an unacknowledged message to another worker.
     visibility_timeout: float = 3600.0
-    # Comma-separated modules whose actors the worker serves.
-    actor_modules: str = "services.worker.actors"
+    # Comma-separated modules whose actors the worker serves; empty means the actors shipped
+    # with the worker (the worker names them: settings know no service's modules).
+    actor_modules: str = ""
     max_body_bytes: int = 1 << 20
     db_pool_size: int = 10
     history_retention_days: int = 30

@@ -31,8 +31,13 @@ from shared.settings import Settings
 
 log = structlog.get_logger("worker.app")
 
+# What an unset ACTOR_MODULES stands for: the actors shipped with the worker.
+BUILTIN_ACTORS = "services.worker.actors"
+
+
 def load_actors(settings: Settings) -> list[Actor]:
-    modules = [m.strip() for m in settings.actor_modules.split(",") if m.strip()]
+    named = settings.actor_modules or BUILTIN_ACTORS
+    modules = [m.strip() for m in named.split(",") if m.strip()]
     return discover(importlib.import_module(m) for m in modules)
 
 
