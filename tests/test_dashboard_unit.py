@@ -13,13 +13,16 @@ from yarl import URL
 from services.api import dashboard
 from services.api.errors import error_middleware
 from services.api.openapi import document
+from shared.states import TaskStatus, describe
 from tests.fixtures_api import ApiClient
 
 STATIC = dashboard.STATIC_DIR
 INDEX = (STATIC / "index.html").read_text()
-SCRIPT = (STATIC / "app.js").read_text()
+SCRIPTS = {p.name: p.read_text() for p in sorted(STATIC.glob("*.js"))}
 STYLE = (STATIC / "app.css").read_text()
 REFERENCED = re.findall(r'(?:href|src)="/static/([^"]+)"', INDEX)
+ENTRY = "main.js"
+IMPORT = re.compile(r'^\s*(?:import|export)\b[^;]*?\bfrom\s+"([^"]+)"', re.M | re.S)
 
 
 async def test_the_page_is_html_revalidated_and_locked_down(api: ApiClient) -> None:
@@ -37,7 +40,8 @@ async def test_the_page_is_html_revalidated_and_locked_down(api: ApiClient) -> N
 
 
 @pytest.mark.parametrize(("name", "content_type"), [
-    ("app.js", "text/javascript"), ("app.css", "text/css"), ("favicon.svg", "image/svg+xml")])
+    *((name, "text/javascript") for name in SCRIPTS), ("app.css", "text/css"),
+    ("favicon.svg", "image/svg+xml")])
 async def test_assets_have_their_content_type(api: ApiClient, name: str,
                                               content_type: str) -> None:
     resp = await api.get(f"/static/{name}")
@@ -47,7 +51,7 @@ async def test_assets_have_their_content_type(api: ApiClient, name: str,
     assert resp.headers["Cache-Control"] == "no-cache" and resp.headers["ETag"]
 
 
-@pytest.mark.parametrize("path", ["/", "/static/app.js"])
+@pytest.mark.parametrize("path", ["/", f"/static/{ENTRY}"])
 async def test_an_unchanged_file_answers_304_without_a_body(api: ApiClient, path: str) -> None:
     etag = (await api.get(path)).headers["ETag"]
 
@@ -66,7 +70,7 @@ async def test_head_answers_like_get_without_a_body(api: ApiClient) -> None:
     assert await resp.read() == b""
 
 
-@pytest.mark.parametrize("name", ["nope.js", "index.html", "..", "../app.py", "app.js.map"])
+@pytest.mark.parametrize("name", ["nope.js", "index.html", "..", "../app.py", "main.js.map"])
 async def test_only_the_shipped_files_are_served(api: ApiClient, name: str) -> None:
     # Sent as written: the client would otherwise resolve the dots itself.
     url = URL.build(scheme="http", host=api.host, port=api.port, path=f"/static/{name}",
@@ -77,20 +81,72 @@ async def test_only_the_shipped_files_are_served(api: ApiClient, name: str) -> N
     assert (await resp.json())["error"]["code"] == "not_found"
 
 
+def imports(name: str) -> list[str]:
+    return IMPORT.findall(SCRIPTS[name])
+
+
 def test_every_file_the_page_loads_is_shipped_and_described() -> None:
     described = document()["paths"]["/static/{name}"]["get"]["parameters"][0]["schema"]["enum"]
-    assert set(REFERENCED) == {"app.css", "app.js", "favicon.svg"}
+    assert set(REFERENCED) == {"app.css", ENTRY, "favicon.svg"}
     assert set(REFERENCED) <= set(dashboard.asset_names()) == set(described)
+    assert set(SCRIPTS) <= set(dashboard.asset_names())
+
+
+def test_the_script_is_one_module_graph_of_shipped_files() -> None:
+    # The page loads one module; the browser fetches the rest from its imports.
+    assert re.findall(r"<script\b[^>]*>", INDEX) == [
+        f'<script type="module" src="/static/{ENTRY}">']
+    reached, todo = {ENTRY}, [ENTRY]
+    while todo:
+        for spec in imports(todo.pop()):
+            # Relative to /static/, so a module can only name a file served beside it.
+            assert re.fullmatch(r"\./[a-z]+\.js", spec), spec
+            assert spec[2:] in SCRIPTS, spec
+            if spec[2:] not in reached:
+                reached.add(spec[2:])
+                todo.append(spec[2:])
+    assert reached == set(SCRIPTS), "a module nothing imports"
+    for name, text in SCRIPTS.items():
+        # Modules are strict already; a sloppy-mode script pasted in would say so.
+        assert '"use strict"' not in text and "import(" not in text, name
 
 
 def test_the_page_loads_nothing_from_elsewhere_and_writes_no_markup() -> None:
-    for text in (INDEX, SCRIPT, STYLE):
+    for text in (INDEX, STYLE, *SCRIPTS.values()):
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I)
         assert "<script>" not in text and "style=" not in text
     # Server data reaches the page as text: none of the ways to parse a string as markup.
-    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
-                 "new Function", "srcdoc"):
-        assert sink not in SCRIPT, sink
+    for name, text in SCRIPTS.items():
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                     "new Function", "srcdoc"):
+            assert sink not in text, (name, sink)
+
+
+def test_the_scripts_compare_with_no_state_and_list_none() -> None:
+    # The states and their sets come from GET /api/v1/states; none is copied by hand.
+    # ("failed" is also a progress field: a state's name alone is not a copy.)
+    names = "|".join(s.value for s in TaskStatus)
+    literal = rf"""["'`](?:{names})["'`]"""
+    compared = re.compile(rf"(?:[=!]==?|\bcase|\.(?:has|includes|indexOf)\()\s*{literal}"
+                          rf"|{literal}\s*[=!]==?")
+    for name, text in SCRIPTS.items():
+        assert not compared.search(text), (name, compared.search(text))
+        for listed in re.findall(r"\[[^\[\]]*\]", text):
+            assert len(re.findall(literal, listed)) < 2, (name, listed)
+
+
+async def test_the_states_are_served_as_the_table_says(api: ApiClient) -> None:
+    resp = await api.get("/api/v1/states")
+
+    assert resp.status == 200 and resp.content_type == "application/json"
+    assert await resp.json() == describe()
+
+
+def test_every_state_has_its_colour_and_the_palette_is_written_once() -> None:
+    for state in TaskStatus:
+        assert f".s-{state.value} {{ --c: var(--{state.value}); }}" in STYLE, state.value
+    declared = re.findall(r"^\s*(--[a-z0-9-]+):", STYLE, re.M)
+    assert declared and len(declared) == len(set(declared)), sorted(declared)
 
 
 async def test_without_its_files_the_api_still_runs_and_says_so(

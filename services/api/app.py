@@ -66,6 +66,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_post("/api/v1/tasks/{id}/cancel", tasks.cancel_task)
     router.add_post("/api/v1/tasks/{id}/resume", tasks.resume_task)
     router.add_get("/api/v1/actors", system.list_actors)
+    router.add_get("/api/v1/states", system.task_states)
     router.add_get("/api/v1/system/status", system.system_status)
     # HEAD would hold a connection open with nothing to send.
     router.add_get("/api/v1/events", events.stream_events, allow_head=False)

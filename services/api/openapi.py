@@ -9,7 +9,7 @@ from aiohttp import web
 from services.api.dashboard import asset_names
 from services.api.inputs import NAME_MAX, NAME_PATTERN, QUEUE_MAX, QUEUE_PATTERN, REASON_MAX
 from services.api.tasks import LIST_DEFAULT, LIST_MAX, MAX_COUNTDOWN
-from shared.states import TaskStatus
+from shared.states import Event, TaskStatus
 
 Schema = dict[str, Any]
 
@@ -74,6 +74,7 @@ _TIME = {"type": "string", "format": "date-time"}
 _NAME = {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": NAME_PATTERN}
 _QUEUE = {"type": "string", "minLength": 1, "maxLength": QUEUE_MAX, "pattern": QUEUE_PATTERN}
 _REASON = {"type": "string", "maxLength": REASON_MAX, "pattern": _NO_NUL}
+_STATE = {"type": "string", "enum": [s.value for s in TaskStatus]}
 _ID_PARAM = {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "format": "uuid"}}
 
@@ -93,7 +94,7 @@ def _schemas() -> dict[str, Schema]:
         "Task": _obj({
             "id": {"type": "string", "format": "uuid"}, "actor": string, "queue": string,
             "kwargs": {"type": "object", "additionalProperties": True},
-            "status": {"type": "string", "enum": [s.value for s in TaskStatus]},
+            "status": _STATE,
             "attempt": integer, "progress": _ref("Progress"), "eta": _nullable(_TIME),
             "heartbeat_at": _nullable(_TIME), "created_at": _TIME,
             "started_at": _nullable(_TIME), "finished_at": _nullable(_TIME),
@@ -144,7 +145,31 @@ def _schemas() -> dict[str, Schema]:
             "queue": {**_QUEUE, "description": "Only tasks on this queue"},
         }),
         "Empty": _obj({}),
+        "States": _states_schema(),
     }
+
+
+def _states_schema() -> Schema:
+    def states(description: str) -> Schema:
+        return {"type": "array", "items": _STATE, "description": description}
+
+    return _obj({
+        "states": states("Every state"),
+        "initial": {**_STATE, "description": "Where a submitted task starts"},
+        "active": states("Not finished yet"),
+        "terminal": states("Finished: only a resume leaves them"),
+        "resumable": states("A resume queues them again, from the checkpoint"),
+        "cancellable": states("A cancel acts on them"),
+        "cancel_pending": states("A cancel is under way; only a forced one adds anything"),
+        "executing": states("A live execution holds the task and sends heartbeats"),
+        "attention": states("Every state, what needs attention first"),
+        "transitions": {"type": "array", "items": _obj({
+            "from": _STATE, "to": _STATE,
+            "events": {"type": "array", "items": {"type": "string",
+                                                  "enum": [e.value for e in Event]}},
+        }, ["from", "to", "events"])},
+    }, ["states", "initial", "active", "terminal", "resumable", "cancellable", "cancel_pending",
+        "executing", "attention", "transitions"])
 
 
 def _asset_name() -> Schema:
@@ -171,7 +196,7 @@ def document() -> Schema:
                 "get": _op("List tasks", {200: _json(page, "Newest first")}, errors=(400, 503),
                            params=[
                     {"name": "status", "in": "query",
-                     "schema": {"type": "string", "enum": [s.value for s in TaskStatus]}},
+                     "schema": _STATE},
                     {"name": "actor", "in": "query", "schema": _NAME},
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": LIST_MAX,
@@ -210,6 +235,11 @@ def document() -> Schema:
                     {"items": {"type": "array", "items": _ref("Actor")}}, ["items"]),
                     "The actor catalogue")}),
             },
+            "/api/v1/states": {
+                "get": _op("Task states", {200: _json(_ref("States"), "The states, the moves "
+                                                      "between them and their named sets")},
+                           errors=()),
+            },
             "/api/v1/system/status": {
                 "get": _op("System status", {200: _json(anything, "Counts by state, queues, "
                                                         "live executions, reaper")}),
@@ -236,7 +266,7 @@ def document() -> Schema:
                 404: _json(_ref("Error"), "The dashboard is not installed"),
             }, errors=())},
             "/static/{name}": {"get": _op("Dashboard asset", {
-                200: {"description": "A stylesheet, script or icon of the dashboard",
+                200: {"description": "A stylesheet, script module or icon of the dashboard",
                       "content": {t: {"schema": {"type": "string"}} for t in (
                           "text/css", "text/javascript", "image/svg+xml")}},
                 304: {"description": "Unchanged since the ETag in If-None-Match"},

@@ -1,4 +1,4 @@
-"""What the whole system looks like right now: the actor catalogue and the status board."""
+"""What the whole system looks like: the actor catalogue, the task states, the status board."""
 
 from __future__ import annotations
 
@@ -15,12 +15,17 @@ from services.api.state import DB, KEYS, REDIS, SETTINGS
 from shared.db import Db
 from shared.queues import queue_lengths, unacked_count
 from shared.registry import live_executions
-from shared.states import TERMINAL
+from shared.states import TERMINAL, describe
 
 
 async def list_actors(request: web.Request) -> web.Response:
     rows = await request.app[DB].list_actors()
     return web.json_response({"items": [actor_json(r) for r in rows]})
+
+
+async def task_states(request: web.Request) -> web.Response:
+    """The transition table and its named sets: clients read them here, never copy them."""
+    return web.json_response(describe())
 
 
 def _json_or_text(value: str) -> Any:

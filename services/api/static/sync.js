@@ -1,0 +1,165 @@
+// Keeping the page current: loads through the API, server-sent events for news, and a
+// poll (faster while anything is active) for whatever an event did not say.
+
+import { API, call, listTasks } from "./api.js";
+import { $, setText } from "./dom.js";
+import { renderSystem, renderSystemError } from "./panel.js";
+import { ACTIVE, STATES } from "./states.js";
+import { store } from "./store.js";
+import { renderActors, renderCounts, renderTasks, showFilter, updateRow } from "./views.js";
+
+const EVENT_TYPES = ["task.submitted", "task.cancel_requested", "tasks.cancel_all",
+  "task.resumed", "task.changed", "task.progress", "message"];
+const POLL_ACTIVE_MS = 2000;
+const POLL_IDLE_MS = 6000;
+const SYSTEM_MS = 5000;
+const HISTORY_LIMIT = 100;
+const ACTIVE_LIMIT = 200;
+
+const timers = { poll: null, event: null };
+let loading = null;   // the task load under way, if any
+let again = false;    // a load was asked for while one ran: run once more after it
+let systemAt = 0;
+
+async function fetchTasks() {
+  const { status, actor } = store.filter;
+  if (status) return listTasks({ status, actor, limit: ACTIVE_LIMIT });
+  // Active tasks are fetched by state so a long history never pushes them off the page.
+  const lists = await Promise.all([
+    ...[...ACTIVE].map((s) => listTasks({ status: s, actor, limit: ACTIVE_LIMIT })),
+    listTasks({ actor, limit: HISTORY_LIMIT }),
+  ]);
+  return lists.flat();
+}
+
+export async function refreshTasks() {
+  // One load at a time; a request arriving meanwhile runs once more afterwards.
+  if (loading) {
+    again = true;
+    return loading;
+  }
+  const generation = store.generation;
+  loading = (async () => {
+    try {
+      const items = await fetchTasks();
+      if (generation !== store.generation) return;
+      store.tasks = new Map(items.map((t) => [t.id, t]));
+      renderTasks();
+      setText($("updated"), `Updated ${new Date().toLocaleTimeString()}`);
+    } catch (err) {
+      if (err.code !== "no_token") setText($("updated"), `Refresh failed: ${err.message}`);
+    }
+  })();
+  try {
+    await loading;
+  } finally {
+    loading = null;
+  }
+  if (again) {
+    again = false;
+    await refreshTasks();
+  }
+  return undefined;
+}
+
+async function refreshSystem() {
+  try {
+    const { data } = await call("GET", `${API}/system/status`);
+    store.system = data;
+    renderCounts();
+    renderSystem(data);
+  } catch (err) {
+    renderSystemError(err);
+  }
+}
+
+export async function refreshActors() {
+  try {
+    const { data } = await call("GET", `${API}/actors`);
+    store.actors = data.items;
+    renderActors();
+  } catch (_) {
+    // The catalogue fills in on the next refresh.
+  }
+}
+
+export async function maybeRefreshSystem(force) {
+  if (!force && Date.now() - systemAt < SYSTEM_MS) return;
+  systemAt = Date.now();
+  await refreshSystem();
+}
+
+export function schedule() {
+  clearTimeout(timers.poll);
+  if (document.hidden) return;
+  const busy = [...store.tasks.values()].some((t) => ACTIVE.has(t.status));
+  timers.poll = setTimeout(async () => {
+    await Promise.all([refreshTasks(), maybeRefreshSystem()]);
+    schedule();
+  }, busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
+}
+
+export function refreshSoon() {
+  // Events come in bursts (a cancel-all touches many tasks): one refresh per burst.
+  if (timers.event) return;
+  timers.event = setTimeout(async () => {
+    timers.event = null;
+    await Promise.all([refreshTasks(), maybeRefreshSystem(true)]);
+  }, 200);
+}
+
+export function setFilter(change) {
+  Object.assign(store.filter, change);
+  showFilter();
+  store.generation += 1;
+  renderCounts();
+  renderTasks();
+  refreshTasks().then(schedule);
+}
+
+// --- live events ------------------------------------------------------------------------
+
+export function connectEvents() {
+  const live = $("live");
+  const source = new EventSource(`${API}/events`);
+  source.addEventListener("open", () => {
+    live.dataset.state = "open";
+    setText($("live-text"), "Live");
+    refreshSoon();
+  });
+  source.addEventListener("error", () => {
+    live.dataset.state = "error";
+    setText($("live-text"), "Reconnecting");
+  });
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (event) => onEvent(type, event.data));
+  }
+}
+
+function onEvent(type, raw) {
+  let event;
+  try {
+    event = JSON.parse(raw);
+  } catch (_) {
+    return;
+  }
+  const task = event && typeof event.task_id === "string" ? store.tasks.get(event.task_id) : null;
+  if (type === "task.progress") {
+    // Progress needs no round trip: patch the row, unless it is from an older attempt.
+    // A task not on the page comes in with the next poll or state change.
+    if (!task || (typeof event.attempt === "number" && event.attempt < task.attempt)) return;
+    const p = task.progress;
+    for (const key of ["done", "failed", "total", "current_chunk", "eta_seconds"]) {
+      if (key in event) p[key] = event[key];
+    }
+    p.percent = p.total ? Math.round((1000 * (p.done + p.failed)) / p.total) / 10 : null;
+    if (typeof event.at === "number") task.heartbeat_at = new Date(event.at * 1000).toISOString();
+    updateRow(task);
+    return;
+  }
+  if (task && typeof event.status === "string" && STATES.includes(event.status)) {
+    task.status = event.status;
+    updateRow(task);
+  }
+  refreshSoon();
+}
