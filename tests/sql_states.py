@@ -57,7 +57,7 @@ Toks = Sequence[Tok]
 
 def tokenize(sql: str) -> list[Tok]:
     """Tokens without blanks, comments or casts (`$3::text[]` reads `$3`)."""
-    raw = [Tok(m.lastgroup if m.lastgroup != "tag" else "dollar", m.group())
+    raw = [Tok(m.lastgroup if m.lastgroup not in (None, "tag") else "dollar", m.group())
            for m in _TOKEN.finditer(sql)]
     raw = [t for t in raw if t.kind not in ("ws", "comment")]
     out: list[Tok] = []
@@ -178,6 +178,8 @@ def parse_statement(name: str, toks: Toks) -> Statement:
         i = 1
         while True:
             cte, at = toks[i].low, i + 2
+            if toks[i + 1].low != "as":
+                raise SqlShapeError(f"{name}: cannot read the CTE {_text(toks[i:i + 4])!r}")
             if toks[at].low in ("materialized", "not"):
                 at = next(j for j in range(at, len(toks)) if toks[j].text == "(")
             end = _close(toks, at)
