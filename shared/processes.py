@@ -18,9 +18,9 @@ import psutil
 
 # psutil derives a start time from the kernel's clock ticks since boot (10 ms apart), so
 # the same process always yields the same value; the allowance absorbs only the float
-# rounding of a value that went through JSON, Redis or a Celery message. A pid reused
-# within one tick of the original's start would pass, which the kernel's pid allocation
-# (it hands out pids in rising order and wraps only after the whole range) rules out.
+# rounding of a value that went through JSON, Redis or a Celery message. A pid handed to a
+# new process within the allowance of the old one's start would pass; the kernel rules
+# that out in practice, as it hands out pids in rising order and wraps only after the range.
 START_TOLERANCE = 0.05
 
 ALIVE = "alive"
