@@ -44,8 +44,8 @@ _S, _E = TaskStatus, Event
 TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
     _S.QUEUED: {
         _S.RUNNING: frozenset({_E.CLAIM}),
-        # Never started: cancel, cancel-all (its fence refuses the claim, its sweep and
-        # force-kill end the row).
+        # Never started: a cancel, a cancel-all's fence (met by the claim or the sweep),
+        # force-kill.
         _S.CANCELLED: frozenset({_E.CANCEL}),
         # Its message is in no queue and on no worker, and was already published again once.
         _S.LOST: frozenset({_E.REAP}),
