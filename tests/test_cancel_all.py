@@ -251,9 +251,9 @@ async def test_cancel_all_answers_with_a_small_backlog_already_cancelled(
     # given 8 queued tasks, no worker and no reaper, and room for 5 in cancel-all's own sweep
     await publish_catalogue(settings, load_actors(settings))
     monkeypatch.setattr(shared.cancellation, "INLINE_SWEEP", 5)
-    ids = await _submit_many(db, canceller.celery, 8, queue="nobody")
-    # when everything is cancelled
-    out = await canceller.cancel_all(by="test")
+    ids = await _submit_many(db, canceller.celery, 8, queue="small-backlog")
+    # when everything in that queue is cancelled
+    out = await canceller.cancel_all(by="test", queue="small-backlog")
     # then the answer covers all 8, and the 5 oldest already read cancelled, never started
     assert out.cancelled == 8
     rows = {r["id"]: r for r in await db.pool.fetch(
