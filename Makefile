@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv .venv run worker test lint
+.PHONY: help venv .venv run worker test test-unit lint
 
 help:
 	@echo "make run     API, reaper and a worker in the foreground (embedded PostgreSQL/Redis"
 	@echo "             unless DATABASE_URL and REDIS_URL are set); Ctrl-C stops everything"
 	@echo "make worker  one more worker against the same services"
 	@echo "make test    the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
+	@echo "make test-unit  the unit tests alone: in-memory fakes, no PostgreSQL or Redis"
 	@echo "make lint    ruff"
 	@echo "make venv    create or refresh $(VENV) from pyproject.toml"
 
@@ -32,6 +33,9 @@ worker: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=10 $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m unit
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

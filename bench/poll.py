@@ -1,11 +1,11 @@
-"""Waiting for a condition, bounded."""
+"""Waiting for a condition, bounded: the tests' polling, with the timeout a bench expects."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from tests.support import TimedOut, wait_for
 
 T = TypeVar("T")
 
@@ -13,11 +13,7 @@ T = TypeVar("T")
 async def until(check: Callable[[], Awaitable[T]], timeout: float, what: str,
                 interval: float = 0.1) -> T:
     """Polls `check` until it returns something truthy, and returns that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+    try:
+        return await wait_for(check, timeout=timeout, interval=interval, what=what)
+    except TimedOut as exc:
+        raise TimeoutError(str(exc)) from None

@@ -22,6 +22,35 @@ pytest_plugins = ["tests.fixtures_api"]
 
 TEST_TOKEN = "test-token-" + uuid.uuid4().hex
 
+# Every fixture that reaches PostgreSQL or Redis depends on one of these.
+SERVER_FIXTURES = frozenset({"service_urls", "private_redis"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that uses a server fixture is `integration` unless its module says `e2e`, so
+    that no module has to say it. `unit` is only ever given by hand (a test without servers
+    may still start processes), and a `unit` test that reaches a server is an error: the
+    unit tier runs with no server at all (`make test-unit`)."""
+    for item in items:
+        servers = SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if not servers:
+            continue
+        if item.get_closest_marker("unit") is not None:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked unit but uses {', '.join(sorted(servers))}")
+        if item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """With `-m unit` alone, a test module whose text never names the mark is not imported:
+    it holds no unit test (the mark is only given by hand), and importing every module
+    would be most of the unit tier's time."""
+    if config.option.markexpr.strip() != "unit" or not collection_path.name.startswith("test_") \
+            or collection_path.suffix != ".py":
+        return None
+    return True if "mark.unit" not in collection_path.read_text() else None
+
 
 @pytest.fixture(scope="session")
 def service_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:

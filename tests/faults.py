@@ -8,10 +8,8 @@ so unreadable for the PostgreSQL server's own user.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -20,12 +18,7 @@ import psutil
 import redis
 
 from devstack.redis_server import redis_server_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support import eventually, free_port
 
 
 def scratch_dir(name: str) -> Path:
@@ -53,14 +46,12 @@ class RedisServer:
              "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis did not start")
+        try:
+            eventually(client.ping, timeout=10, what=f"the private Redis on port {self.port}",
+                       ignore=(redis.ConnectionError,))
+        finally:
+            client.close()
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

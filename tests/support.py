@@ -1,10 +1,11 @@
-"""Helpers for tests: real processes, polling, environment for subprocesses."""
+"""Helpers for tests: real processes, polling, free ports, environment for subprocesses."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import psutil
 
 from shared.broker import make_celery
 from shared.settings import Settings
+from shared.submit import submit
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -33,18 +35,66 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TimedOut(AssertionError):
+    """A polled condition did not come true in time."""
+
+
+class _Poll:
+    def __init__(self, timeout: float, what: str) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.what = what
+
+    def done(self, last: Any) -> bool:
+        """True once `last` is truthy; raises once the time is up."""
+        if last:
+            return True
+        if time.monotonic() > self.deadline:
+            raise TimedOut(f"timed out after {self.timeout}s waiting for {self.what}; "
+                           f"last={last!r}")
+        return False
+
+
 async def wait_for(check: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.05,
                    what: str = "condition") -> T:
-    """Polls an async check until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = await check()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
+    """Polls an async check until it returns something truthy, and returns that."""
+    poll = _Poll(timeout, what)
+    while not poll.done(last := await check()):
         await asyncio.sleep(interval)
+    return last
+
+
+def eventually(check: Callable[[], T], *, timeout: float, interval: float = 0.05,
+               what: str = "condition", ignore: tuple[type[Exception], ...] = ()) -> T:
+    """Polls a blocking check until it returns something truthy, and returns that; the
+    exceptions in `ignore` count as "not yet" (a page re-rendered under the reader)."""
+    poll = _Poll(timeout, what)
+    while not poll.done(last := _attempt(check, ignore)):
+        time.sleep(interval)
+    return last
+
+
+def _attempt(check: Callable[[], T], ignore: tuple[type[Exception], ...]) -> T | None:
+    try:
+        return check()
+    except ignore:
+        return None
+
+
+async def submit_task(settings: Settings, db: Any, actor: str, kwargs: dict[str, Any]) -> Any:
+    """Submits one task as the API does, through a Celery app of its own; returns its row."""
+    celery = make_celery(settings)
+    try:
+        return await submit(db, celery, actor=actor, kwargs=kwargs)
+    finally:
+        celery.close()
 
 
 async def row_where(db: Any, task_id: Any, predicate: Callable[[Any], bool], timeout: float,
@@ -92,23 +142,10 @@ class WorkerProcess:
             return []
 
     def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
-        app = make_celery(self.settings)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"worker exited with {self.proc.returncode}; see {self.log_path}")
-                try:
-                    replies = app.control.ping(destination=[self.node], timeout=0.5)
-                except Exception:  # the broker is restarting; ask again
-                    time.sleep(0.2)
-                    continue
-                if replies and len(self.children()) >= self.concurrency:
-                    return self
-            raise AssertionError(f"worker {self.node} not ready after {timeout}s")
-        finally:
-            app.close()
+        assert self.proc is not None
+        wait_worker_ready(self.settings, self.node, self.proc, lambda: len(self.children()),
+                          self.concurrency, log_path=self.log_path, timeout=timeout)
+        return self
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -135,6 +172,29 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 pass
         psutil.wait_procs(tree, timeout=5)
+
+
+def wait_worker_ready(settings: Settings, node: str, proc: subprocess.Popen[bytes],
+                      pool_size: Callable[[], int], concurrency: int, *, log_path: Path,
+                      timeout: float) -> None:
+    """Until the Celery node answers a ping and its pool has all its processes; an exit of
+    the worker meanwhile fails at once."""
+    app = make_celery(settings)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker {node} exited with {proc.returncode}; see {log_path}")
+        try:
+            replies = app.control.ping(destination=[node], timeout=0.5)
+        except Exception:  # the broker is busy or restarting; ask again
+            return False
+        return bool(replies) and pool_size() >= concurrency
+
+    try:
+        eventually(ready, timeout=timeout, interval=0.05,
+                   what=f"worker {node} ready (see {log_path})")
+    finally:
+        app.close()
 
 
 class ServiceProcess:
@@ -175,15 +235,16 @@ class ServiceProcess:
 
 def wait_gone(pid: int, timeout: float) -> bool:
     """True once the process has exited; a zombie awaiting its parent's reap counts as exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def exited() -> bool:
         try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
-        time.sleep(0.005)
-    return False
+
+    try:
+        return eventually(exited, timeout=timeout, interval=0.005, what=f"pid {pid} to exit")
+    except TimedOut:
+        return False
 
 
 def require_debian_packages(missing: list[str], packages: str) -> None:

@@ -38,6 +38,19 @@ async def _running(db: Db, n: int) -> list:
     return await wait_for(check, timeout=30, what=f"{n} running tasks")
 
 
+async def _four_running_and_a_backlog(db: Db, celery, *, countdown: float
+                                      ) -> tuple[list[uuid.UUID], ...]:
+    """Four long tasks running (a pool of four), then 200 queued behind them and 20
+    scheduled `countdown` seconds ahead: their ids, in that order."""
+    running = [(await submit(db, celery, actor="distill",
+                             kwargs={"chunks": 1000, "chunk_seconds": 0.1}))["id"]
+               for _ in range(4)]
+    await _running(db, 4)
+    queued = await _submit_many(db, celery, 200)
+    scheduled = await _submit_many(db, celery, 20, countdown=countdown)
+    return running, queued, scheduled
+
+
 async def _next_message(pubsub) -> dict:
     while True:
         message = await pubsub.get_message(timeout=1.0)
@@ -63,12 +76,8 @@ async def test_cancel_all_with_running_queued_and_scheduled_tasks(
     # given 4 running tasks, 200 queued and 20 scheduled a minute ahead
     start_worker(concurrency=4)
     start_reaper()
-    running = [(await submit(db, canceller.celery, actor="distill",
-                             kwargs={"chunks": 1000, "chunk_seconds": 0.1}))["id"]
-               for _ in range(4)]
-    await _running(db, 4)
-    queued = await _submit_many(db, canceller.celery, 200)
-    scheduled = await _submit_many(db, canceller.celery, 20, countdown=60)
+    running, queued, scheduled = await _four_running_and_a_backlog(db, canceller.celery,
+                                                                   countdown=60)
     pubsub = canceller.redis.pubsub(ignore_subscribe_messages=True)
     await pubsub.subscribe(Keys(settings.key_prefix).cancel_channel)
     # when everything is cancelled
@@ -102,12 +111,8 @@ async def test_cancel_all_while_every_worker_is_down_then_restart(
     fast = settings.with_(visibility_timeout=4.0)
     worker = start_worker(fast, concurrency=4)
     start_reaper(fast)
-    running = [(await submit(db, canceller.celery, actor="distill",
-                             kwargs={"chunks": 1000, "chunk_seconds": 0.1}))["id"]
-               for _ in range(4)]
-    await _running(db, 4)
-    queued = await _submit_many(db, canceller.celery, 200)
-    scheduled = await _submit_many(db, canceller.celery, 20, countdown=3)
+    running, queued, scheduled = await _four_running_and_a_backlog(db, canceller.celery,
+                                                                   countdown=3)
     await asyncio.sleep(0.5)
     # when every worker process dies, and everything is cancelled while they are down
     worker.kill()

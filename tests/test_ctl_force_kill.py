@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pexpect
@@ -125,6 +128,24 @@ async def _plant_fake_records(settings: Settings, redis: aioredis.Redis, decoy_p
          "started_at": started}))
 
 
+@asynccontextmanager
+async def _busy_beside_a_decoy(
+        settings: Settings, db: Db, redis: aioredis.Redis, celery, start_worker
+) -> AsyncIterator[tuple[set[int], list[uuid.UUID], subprocess.Popen[bytes]]]:
+    """A busy deployment whose every worker process taskctl finds, and beside it a decoy
+    that records name with another start time or on another host. Yields the deployment's
+    pids, its task ids and the decoy, which is stopped afterwards."""
+    worker, ids = await _busy_deployment(settings, db, celery, start_worker)
+    pids = _tree(worker)
+    assert deployment_workers(settings) == pids
+    decoy = start_decoy(settings)
+    try:
+        await _plant_fake_records(settings, redis, decoy.pid)
+        yield pids, ids, decoy
+    finally:
+        stop(decoy)
+
+
 async def test_force_kill_answered_no_changes_nothing(
         settings: Settings, db: Db, redis: aioredis.Redis, celery, start_worker) -> None:
     # given a busy worker, queued and parked messages, in a settled state
@@ -153,12 +174,8 @@ async def test_force_kill_answered_no_changes_nothing(
 
 async def test_force_kill_answered_yes_clears_this_host_and_spares_a_decoy(
         settings: Settings, db: Db, redis: aioredis.Redis, celery, start_worker) -> None:
-    worker, ids = await _busy_deployment(settings, db, celery, start_worker)
-    pids = _tree(worker)
-    assert deployment_workers(settings) == pids
-    decoy = start_decoy(settings)
-    try:
-        await _plant_fake_records(settings, redis, decoy.pid)
+    async with _busy_beside_a_decoy(settings, db, redis, celery, start_worker) as (
+            pids, ids, decoy):
         active = sum((await db.counts(history=False)).values())
         # when the operator answers "y"
         session = spawn_ctl(settings, "force-kill")
@@ -172,18 +189,12 @@ async def test_force_kill_answered_yes_clears_this_host_and_spares_a_decoy(
         assert f"cancelled {active} rows" in output
         assert "Taskreaper status" in output
         await _assert_cleared(settings, db, redis, pids, ids, decoy.pid)
-    finally:
-        stop(decoy)
 
 
 async def test_force_kill_with_force_asks_nothing_and_nothing_runs_again(
         settings: Settings, db: Db, redis: aioredis.Redis, celery, start_worker) -> None:
-    worker, ids = await _busy_deployment(settings, db, celery, start_worker)
-    pids = _tree(worker)
-    assert deployment_workers(settings) == pids
-    decoy = start_decoy(settings)
-    try:
-        await _plant_fake_records(settings, redis, decoy.pid)
+    async with _busy_beside_a_decoy(settings, db, redis, celery, start_worker) as (
+            pids, ids, decoy):
         # when force-kill runs without a terminal and with --force
         done = await arun_ctl(settings, "force-kill", "--force")
         assert done.returncode == 0, done.stdout + done.stderr
@@ -193,5 +204,3 @@ async def test_force_kill_with_force_asks_nothing_and_nothing_runs_again(
         await _assert_cleared(settings, db, redis, pids, ids, decoy.pid)
         # and a new worker starts: nothing that was cancelled runs
         await _assert_nothing_runs_later(settings, db, ids, start_worker)
-    finally:
-        stop(decoy)

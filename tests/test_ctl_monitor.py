@@ -6,11 +6,9 @@ import re
 
 import pexpect
 
-from shared.broker import make_celery
 from shared.db import Db
 from shared.settings import Settings
-from shared.submit import submit
-from tests.support import wait_for
+from tests.support import submit_task, wait_for
 from tests.test_ctl_helpers import arun_ctl, spawn_ctl
 
 
@@ -26,12 +24,7 @@ async def test_monitor_shows_progress_moving_and_kill_cancels_the_task(
         settings: Settings, db: Db, start_worker) -> None:
     # given a long distill running
     start_worker(concurrency=1)
-    celery = make_celery(settings)
-    try:
-        row = await submit(db, celery, actor="distill",
-                           kwargs={"chunks": 200, "chunk_seconds": 0.1})
-    finally:
-        celery.close()
+    row = await submit_task(settings, db, "distill", {"chunks": 200, "chunk_seconds": 0.1})
     task_id = str(row["id"])
 
     async def progressing() -> bool:

@@ -27,15 +27,19 @@ def _database(settings: Settings) -> str:
     return urlsplit(settings.database_url).path.lstrip("/")
 
 
-async def _backends(admin_url: str, database: str) -> set[int]:
-    """Pids of the sessions open on `database`, as PostgreSQL itself lists them."""
+async def _fetch_direct(admin_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    """One query on a connection of its own, straight to PostgreSQL (not the pooler)."""
     conn = await asyncpg.connect(admin_url)
     try:
-        rows = await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1"
-            " AND backend_type = 'client backend'", database)
+        return await conn.fetch(sql, *args)
     finally:
         await conn.close()
+
+
+async def _backends(admin_url: str, database: str) -> set[int]:
+    """Pids of the sessions open on `database`, as PostgreSQL itself lists them."""
+    rows = await _fetch_direct(admin_url, "SELECT pid FROM pg_stat_activity WHERE datname = $1"
+                               " AND backend_type = 'client backend'", database)
     return {r["pid"] for r in rows}
 
 
@@ -120,13 +124,9 @@ async def test_concurrent_migrations_through_pgbouncer_apply_each_once(
         # then every migration was applied exactly once, and no lock outlived its transaction
         applied = sorted(m for run in runs for m in run)
         assert applied == [n for n, _ in migration_files()], runs
-        conn = await asyncpg.connect(admin)
-        try:
-            locks = await conn.fetch(
-                "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-                " WHERE l.locktype = 'advisory' AND d.datname = $1", name)
-        finally:
-            await conn.close()
+        locks = await _fetch_direct(
+            admin, "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND d.datname = $1", name)
         assert locks == []
         # and a later run finds nothing to do, without waiting
         assert await asyncio.wait_for(migrate_url(url), 10) == []

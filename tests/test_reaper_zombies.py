@@ -6,11 +6,9 @@ import time
 
 import psutil
 
-from shared.broker import make_celery
 from shared.db import Db
 from shared.settings import Settings
-from shared.submit import submit
-from tests.support import wait_for
+from tests.support import submit_task, wait_for
 
 
 async def test_kill_9_of_the_pool_process_makes_the_row_lost(
@@ -18,12 +16,7 @@ async def test_kill_9_of_the_pool_process_makes_the_row_lost(
     # given a distill running in a pool process, and a reaper
     worker = start_worker()
     start_reaper()
-    celery = make_celery(settings)
-    try:
-        row = await submit(db, celery, actor="distill",
-                           kwargs={"chunks": 200, "chunk_seconds": 0.1})
-    finally:
-        celery.close()
+    row = await submit_task(settings, db, "distill", {"chunks": 200, "chunk_seconds": 0.1})
 
     async def beating():
         r = await db.get_task(row["id"])

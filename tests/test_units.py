@@ -15,6 +15,8 @@ from shared.params import KwargsError, Range, describe, validate
 from shared.settings import Settings, SettingsError
 from shared.token import Cancelled, CancelToken
 
+pytestmark = pytest.mark.unit
+
 
 def sample(ctx, text: str | None = None, n: Annotated[int, Range(1, 10)] = 3,
            rate: float = 0.5, tags: list | None = None, required: str = "x") -> None: ...
