@@ -1,3 +1,6 @@
+-- name: ping
+SELECT 1;
+
 -- name: insert_task
 INSERT INTO tasks (id, actor, queue, kwargs, status, message_id, eta)
 VALUES ($1, $2, $3, $4, 'queued', $5, $6)
