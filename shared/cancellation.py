@@ -26,9 +26,6 @@ from shared.settings import Settings
 from shared.states import ACTIVE, RESUMABLE, TERMINAL, TaskStatus
 from shared.submit import publish
 
-__all__ = ["INLINE_SWEEP", "CancelAll", "CancelConflict", "CancelOne", "Canceller",
-           "event_matches"]
-
 log = structlog.get_logger("cancellation")
 
 # Covered queued rows that cancel-all writes `cancelled` itself before it answers: a small
