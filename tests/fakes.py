@@ -15,6 +15,7 @@ or hold, answering kills, inspections and revokes as the workers' remote control
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -43,8 +44,13 @@ class FakeDb:
         self.results: dict[tuple[uuid.UUID, int], dict[str, Any]] = {}
         # While set, every call fails as a dropped connection does.
         self.down: BaseException | None = None
+        # Seconds each call takes: other coroutines run meanwhile, as they do around a
+        # real round trip.
+        self.latency = 0.0
 
-    def _reach(self) -> None:
+    async def _reach(self) -> None:
+        if self.latency:
+            await asyncio.sleep(self.latency)
         if self.down is not None:
             raise self.down
 
@@ -83,30 +89,31 @@ class FakeDb:
     # -- reading ---------------------------------------------------------------------------
 
     async def get_task(self, task_id: uuid.UUID) -> dict[str, Any] | None:
-        self._reach()
+        await self._reach()
         row = self.tasks.get(task_id)
         return dict(row) if row is not None else None
 
     async def upsert_actor(self, name: str, queue: str, params: dict[str, Any],
                            options: dict[str, Any]) -> None:
-        self._reach()
+        await self._reach()
         self.actors[name] = {"name": name, "queue": queue, "params": params, "options": options,
                              "updated_at": now()}
 
     async def get_actor(self, name: str) -> dict[str, Any] | None:
-        self._reach()
+        await self._reach()
         actor = self.actors.get(name)
         return dict(actor) if actor is not None else None
 
     async def saved_chunks(self, task_id: uuid.UUID) -> set[int]:
-        self._reach()
+        await self._reach()
         return {chunk for (tid, chunk), r in self.results.items() if tid == task_id and r["ok"]}
 
     # -- the worker's writes, fenced by attempt ----------------------------------------------
 
     async def save_result(self, task_id: uuid.UUID, attempt: int, chunk: int, ok: bool,
                           result: Any) -> bool:
-        self._reach()
+        await self._reach()
+        json.dumps(result)  # the client's jsonb codec refuses what JSON cannot hold
         row = self.tasks.get(task_id)
         if row is None or row["attempt"] != attempt or row["status"] not in ACTIVE:
             return False
@@ -120,7 +127,7 @@ class FakeDb:
     # -- the reaper's reads and verdicts -----------------------------------------------------
 
     async def stale_executions(self, timeout: float) -> list[dict[str, Any]]:
-        self._reach()
+        await self._reach()
         cutoff = ago(timeout)
         return [_pick(r, "id", "actor", "queue", "status", "attempt", "message_id", "worker",
                       "pid", "heartbeat_at", "started_at", "cancel_reason", "resumes")
@@ -129,7 +136,7 @@ class FakeDb:
                 and (r["heartbeat_at"] or r["started_at"]) < cutoff]
 
     async def due_cancellations(self, margin: float) -> list[dict[str, Any]]:
-        self._reach()
+        await self._reach()
         cutoff = ago(margin)
         return [{**_pick(r, "id", "actor", "attempt", "worker", "pid", "message_id",
                          "cancel_deadline", "cancel_forced"),
@@ -139,7 +146,7 @@ class FakeDb:
                 and r["cancel_deadline"] <= cutoff]
 
     async def mark_dead(self, task_id: uuid.UUID, attempt: int, outcome: str) -> str | None:
-        self._reach()
+        await self._reach()
         row = self.tasks.get(task_id)
         if row is None or row["attempt"] != attempt or row["status"] not in ACTIVE:
             return None
@@ -150,7 +157,7 @@ class FakeDb:
     async def requeue_execution(self, task_id: uuid.UUID, attempt: int, message_id: uuid.UUID,
                                 eta: datetime | None = None, error: str | None = None
                                 ) -> dict[str, Any] | None:
-        self._reach()
+        await self._reach()
         row = self.tasks.get(task_id)
         if row is None or row["attempt"] != attempt or row["status"] != "running":
             return None
@@ -159,7 +166,7 @@ class FakeDb:
         return dict(row)
 
     async def active_by_ids(self, ids: Sequence[uuid.UUID]) -> list[dict[str, Any]]:
-        self._reach()
+        await self._reach()
         return [{**_pick(r, "id", "status", "attempt", "message_id", "finished_at"),
                  "finished_ago": _seconds_since(r["finished_at"])}
                 for tid in ids if (r := self.tasks.get(uuid.UUID(str(tid)))) is not None]
@@ -167,7 +174,7 @@ class FakeDb:
     async def stranded_queued(self, older_than: float,
                               after: tuple[datetime, uuid.UUID] | None, limit: int
                               ) -> list[dict[str, Any]]:
-        self._reach()
+        await self._reach()
         cutoff = ago(older_than)
         rows = sorted((r for r in self.tasks.values()
                        if r["status"] == "queued" and r["enqueued_at"] < cutoff
@@ -180,7 +187,7 @@ class FakeDb:
 
     async def requeue_message(self, task_id: uuid.UUID, old: uuid.UUID, new: uuid.UUID
                               ) -> dict[str, Any] | None:
-        self._reach()
+        await self._reach()
         row = self.tasks.get(task_id)
         if row is None or row["message_id"] != old or row["status"] != "queued":
             return None
@@ -188,7 +195,7 @@ class FakeDb:
         return dict(row)
 
     async def mark_queued_lost(self, task_id: uuid.UUID, message_id: uuid.UUID) -> str | None:
-        self._reach()
+        await self._reach()
         row = self.tasks.get(task_id)
         if row is None or row["message_id"] != message_id or row["status"] != "queued":
             return None
@@ -196,7 +203,7 @@ class FakeDb:
         return "lost"
 
     async def prune_history(self, days: int, limit: int = 1000) -> int:
-        self._reach()
+        await self._reach()
         cutoff = ago(days * 86400)
         old = [tid for tid, r in self.tasks.items()
                if r["finished_at"] is not None and r["finished_at"] < cutoff][:limit]
@@ -206,7 +213,7 @@ class FakeDb:
 
     async def prune_audit(self, days: int, limit: int = 1000) -> int:
         # No audit rows here: only the settled fences older than the period go.
-        self._reach()
+        await self._reach()
         cutoff = ago(days * 86400)
         old = [fid for fid, f in self.fences.items()
                if f["at"] < cutoff and f["swept_at"] and f["purged_at"]]
@@ -215,18 +222,18 @@ class FakeDb:
         return len(old)
 
     async def fold_tallies(self) -> None:
-        self._reach()
+        await self._reach()
 
     # -- cancel fences -----------------------------------------------------------------------
 
     async def open_fences(self) -> list[dict[str, Any]]:
-        self._reach()
+        await self._reach()
         return [{**f, "at_epoch": f["at"].timestamp(), "age": _seconds_since(f["at"])}
                 for _, f in sorted(self.fences.items())
                 if f["swept_at"] is None or f["purged_at"] is None]
 
     async def sweep_fence(self, fence: dict[str, Any], batch: int, conn: Any = None) -> int:
-        self._reach()
+        await self._reach()
         covered = sorted((r for r in self.tasks.values() if _covers(fence, r)),
                          key=lambda r: r["queued_at"])[:batch]
         for row in covered:
@@ -238,11 +245,11 @@ class FakeDb:
         return len(covered)
 
     async def fence_swept(self, fence_id: int) -> None:
-        self._reach()
+        await self._reach()
         self.fences[fence_id]["swept_at"] = now()
 
     async def fence_purged(self, fence_id: int) -> None:
-        self._reach()
+        await self._reach()
         self.fences[fence_id]["purged_at"] = now()
 
 
