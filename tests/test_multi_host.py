@@ -28,7 +28,7 @@ from shared.registry import LiveExecution, live_executions
 from shared.settings import Settings
 from shared.submit import submit
 from tests.hosts import SimulatedHost, missing_tools, ns_pid, unavailable
-from tests.support import TERMINAL, require_debian_packages, wait_for
+from tests.support import TERMINAL, eventually, require_debian_packages, wait_for
 
 NAMES = ("hosta", "hostb", "hostc")
 LONG = {"chunks": 1000, "chunk_seconds": 0.1}  # cooperative, runs for minutes
@@ -83,10 +83,8 @@ class Cluster:
         for w in fresh:
             w.wait_ready()
         for host in self.hosts.values():
-            deadline = time.monotonic() + 20
-            while len(host.worker.pool()) < host.worker.concurrency:
-                assert time.monotonic() < deadline, f"{host.name}: pool not refilled"
-                time.sleep(0.05)
+            eventually(lambda w=host.worker: len(w.pool()) >= w.concurrency, timeout=20,
+                       what=f"{host.name}: pool refilled")
 
     def close(self) -> None:
         for host in self.hosts.values():
@@ -166,6 +164,18 @@ async def all_beating(db: Db, ids: list[uuid.UUID], timeout: float = 30) -> dict
     return await wait_for(check, timeout=timeout, what=f"{len(ids)} tasks running")
 
 
+async def still_beating(db: Db, ids: list[uuid.UUID], *, wait: float) -> dict[uuid.UUID, Any]:
+    """Every one of the tasks still runs, and has beaten again `wait` seconds later: their
+    rows by then."""
+    before = {i: r["heartbeat_at"] for i, r in (await rows_of(db, ids)).items()}
+    await asyncio.sleep(wait)
+    after = await rows_of(db, ids)
+    assert all(r["status"] == "running" for r in after.values()), \
+        {host_of(r): r["status"] for r in after.values()}
+    assert all(r["heartbeat_at"] > before[i] for i, r in after.items())
+    return after
+
+
 def alive(proc: psutil.Process) -> bool:
     """Still the same process (psutil compares the start time too) and not a zombie."""
     try:
@@ -217,12 +227,7 @@ async def test_tasks_spread_over_three_hosts_and_a_cancel_reaches_its_host(
     assert final["status"] == "cancelled" and final["outcome"] == "cooperative", dict(final)
     assert took <= 1.0, f"cancel on another host took {took:.3f}s"
     # and only that task: the others, on every host, keep running and beating
-    before = {i: r["heartbeat_at"] for i, r in (await rows_of(db, others)).items()}
-    await asyncio.sleep(0.6)
-    after = await rows_of(db, others)
-    assert all(r["status"] == "running" for r in after.values()), \
-        {host_of(r): r["status"] for r in after.values()}
-    assert all(r["heartbeat_at"] > before[i] for i, r in after.items())
+    await still_beating(db, others, wait=0.6)
 
 
 # -- e: the same pid on two hosts -----------------------------------------------------------------
@@ -289,10 +294,7 @@ async def test_a_kill_for_a_pid_on_one_host_spares_the_same_pid_on_another(
     for name, procs in before.items():
         assert all(alive(p) for p in procs if p.pid != proc_b.pid), name
     # and A's task still runs and beats in that process
-    row_a = await db.get_task(uuid.UUID(a.task_id))
-    await asyncio.sleep(0.5)
-    later = await db.get_task(uuid.UUID(a.task_id))
-    assert later["status"] == "running" and later["heartbeat_at"] > row_a["heartbeat_at"]
+    later = (await still_beating(db, [uuid.UUID(a.task_id)], wait=0.5))[uuid.UUID(a.task_id)]
     assert later["pid"] == a.pid and later["worker"] == a.node and alive(proc_a)
 
 
@@ -476,11 +478,6 @@ async def test_a_dead_host_s_tasks_are_settled_and_the_others_keep_running(
     assert rows[resumable_id]["status"] in ("queued", "running")
     assert rows[resumable_id]["attempt"] == 1 or host_of(rows[resumable_id]) != "hostb"
     # and the other hosts' tasks kept running all along, still beating
-    beats = {i: r["heartbeat_at"] for i, r in (await rows_of(db, others)).items()}
-    await asyncio.sleep(0.5)
-    now = await rows_of(db, others)
-    assert all(r["status"] == "running" for r in now.values()), \
-        {host_of(r): r["status"] for r in now.values()}
-    assert all(r["heartbeat_at"] > beats[i] for i, r in now.items())
+    await still_beating(db, others, wait=0.5)
     for name in ("hosta", "hostc"):
         assert all(alive(p) for p in cluster[name].worker.processes()), name
