@@ -3,20 +3,24 @@ the registry, the workers and the events, without a server or a process."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import uuid
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from services.reaper.broker_scan import BrokerScan
+from services.reaper.celery_ops import CeleryOps
 from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
 from services.reaper.leader import LeaderLock
 from services.reaper.metrics import ReaperMetrics
 from services.reaper.reconcile import Pass, Reconciler, StaleRegistry, Undead, Zombies
 from services.reaper.sweeper import _PURGE, FenceSweeper
+from shared.db import Db
 from shared.keys import Keys
 from shared.queues import queue_lists
 from shared.registry import live_executions, register
@@ -65,6 +69,24 @@ async def events(ctx: ReaperContext, run: Any) -> list[dict[str, Any]]:
 def kills(ctx: ReaperContext, result: str) -> float:
     return ctx.metrics.registry.get_sample_value("taskreaper_kills_total",
                                                  {"result": result}) or 0.0
+
+
+# -- the fakes keep to what they stand in for ----------------------------------------------------
+
+
+@pytest.mark.parametrize("fake, real", [(FakeDb, Db), (FakeWorkers, CeleryOps),
+                                        (FakeRedis, aioredis.Redis)])
+def test_each_fake_method_has_the_real_ones_name_and_parameters(fake: type, real: type) -> None:
+    arranging = {"add_task", "add_fence", "execute", "runs"}  # for tests, not the code
+    for name, method in vars(fake).items():
+        if name.startswith("_") or not callable(method) or name in arranging:
+            continue
+        assert hasattr(real, name), f"{real.__name__} has no {name}"
+        if fake is FakeRedis:
+            continue  # redis-py spells most parameters out only in its docs
+        ours = list(inspect.signature(method).parameters)
+        theirs = list(inspect.signature(getattr(real, name)).parameters)
+        assert ours == theirs, f"{name}: {ours} != {theirs}"
 
 
 # -- zombies: stale heartbeats -----------------------------------------------------------------
