@@ -96,12 +96,19 @@ async def test_results_kept_through_an_outage_are_written_first_and_in_order(db:
     assert ex.pending == []
 
 
-async def test_a_flush_the_outage_interrupts_keeps_what_it_did_not_write(db: FakeDb) -> None:
+async def kept_through_an_outage(db: FakeDb, ex: Execution, chunks: int) -> CheckpointWriter:
+    """A writer that kept `chunks` results while the DB was away; the DB is back."""
     writer = CheckpointWriter(Connection(db))  # type: ignore[arg-type]
-    ex = running(db)
-    db.down = ConnectionResetError("reset")
-    for chunk in range(3):
-        await writer.save(ex, chunk, True, chunk)
+    db.down = ConnectionResetError("connection reset")
+    for chunk in range(chunks):
+        assert await writer.save(ex, chunk, True, chunk)
+    db.down = None
+    return writer
+
+
+async def test_a_flush_the_outage_interrupts_keeps_what_it_did_not_write(
+        db: FakeDb, ex: Execution) -> None:
+    writer = await kept_through_an_outage(db, ex, 3)
     # when the DB answers one write and drops again
     original = db.save_result
 
@@ -110,7 +117,6 @@ async def test_a_flush_the_outage_interrupts_keeps_what_it_did_not_write(db: Fak
         db.down = ConnectionResetError("reset again")
         return written
 
-    db.down = None
     db.save_result = one_then_gone  # type: ignore[method-assign]
     with pytest.raises(ConnectionResetError):
         await writer.flush(ex)
@@ -119,14 +125,11 @@ async def test_a_flush_the_outage_interrupts_keeps_what_it_did_not_write(db: Fak
     assert [chunk for _, chunk in db.results] == [0]
 
 
-async def test_a_heartbeat_flushing_beside_a_checkpoint_writes_every_result(db: FakeDb) -> None:
+async def test_a_heartbeat_flushing_beside_a_checkpoint_writes_every_result(
+        db: FakeDb, ex: Execution) -> None:
     # given results kept through an outage, and a DB that takes a moment per write
-    writer = CheckpointWriter(Connection(db))  # type: ignore[arg-type]
-    ex = running(db)
-    db.down = OSError("unreachable")
-    for chunk in range(5):
-        await writer.save(ex, chunk, True, chunk)
-    db.down, db.latency = None, 0.001
+    writer = await kept_through_an_outage(db, ex, 5)
+    db.latency = 0.001
     # when the heartbeat's flush and two checkpoints run at once
     await asyncio.gather(writer.flush(ex), writer.save(ex, 5, True, 5), writer.flush(ex))
     # then each result was written, none lost and none taken off the buffer twice
