@@ -22,17 +22,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import IO
 
 import psutil
 
-from shared.broker import make_celery
 from shared.processes import is_gone, wait_gone
 from shared.settings import Settings
-from tests.support import ROOT, settings_env
+from tests.support import ROOT, eventually, settings_env, wait_worker_ready
 
 PR_SET_PDEATHSIG = 1
 
@@ -156,25 +154,10 @@ class HostWorker:
             return self.proc is not None and self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 60.0) -> HostWorker:
-        app = make_celery(self.host.settings)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                assert self.proc is not None
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"worker {self.node} exited with {self.proc.returncode};"
-                                         f" see {self.log_path}")
-                try:
-                    replies = app.control.ping(destination=[self.node], timeout=0.5)
-                except Exception:  # the broker is busy; ask again
-                    time.sleep(0.2)
-                    continue
-                if replies and len(self.pool()) >= self.concurrency:
-                    return self
-            raise AssertionError(f"worker {self.node} not ready after {timeout}s; "
-                                 f"see {self.log_path}")
-        finally:
-            app.close()
+        assert self.proc is not None
+        wait_worker_ready(self.host.settings, self.node, self.proc, lambda: len(self.pool()),
+                          self.concurrency, log_path=self.log_path, timeout=timeout)
+        return self
 
     def terminate(self) -> None:
         """Asks for a warm shutdown (SIGTERM to the main process); `stop` waits for it."""
@@ -252,12 +235,9 @@ class SimulatedHost:
             rest = self.unshare.stdout.read() if self.unshare.poll() is not None else ""
             self.close()
             raise AssertionError(f"host {self.name} did not start: {line}{rest}")
-        deadline = time.monotonic() + timeout
-        while not (kids := psutil.Process(self.unshare.pid).children()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"host {self.name}: no init process")
-            time.sleep(0.01)
-        self.init = kids[0]
+        unshare = psutil.Process(self.unshare.pid)
+        self.init = eventually(unshare.children, timeout=timeout, interval=0.01,
+                               what=f"host {self.name}'s init process")[0]
         self._ns = _pid_ns(self.init.pid)
         assert ns_pid(self.init) == 1, "the host's init is not its PID 1"
         return self

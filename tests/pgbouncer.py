@@ -21,8 +21,8 @@ import subprocess
 import time
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-from tests.faults import free_port, scratch_dir
-from tests.support import require_debian_packages
+from tests.faults import scratch_dir
+from tests.support import free_port, require_debian_packages
 
 PACKAGE = "pgbouncer"
 # Debian installs it in /usr/sbin, which a non-root PATH often lacks.

@@ -6,15 +6,14 @@ The browser is required: without Chromium and its driver these tests fail, they 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
-import socket
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -28,20 +27,17 @@ from services.worker.actor import Actor
 from services.worker.actors.distill import distill
 from shared.db import Db
 from shared.settings import Settings
-from tests.support import ServiceProcess, require_debian_packages
+from tests.support import ServiceProcess, free_port, require_debian_packages
+from tests.support import eventually as _eventually
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync")
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# The page re-renders its rows: one replaced between its lookup and its read is "not yet".
+eventually = functools.partial(_eventually, interval=0.1,
+                               ignore=(StaleElementReferenceException,))
 
 
 def http(method: str, url: str, body: dict[str, Any] | None = None,
@@ -59,22 +55,6 @@ def http(method: str, url: str, body: dict[str, Any] | None = None,
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
-
-
-def eventually(check: Callable[[], T | None], *, timeout: float, what: str,
-               interval: float = 0.1) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-        except StaleElementReferenceException:
-            last = None  # the row was re-rendered between lookup and read
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last={last!r}")
-        time.sleep(interval)
 
 
 def start_api(settings: Settings, log_path: Path) -> tuple[ServiceProcess, str]:
@@ -190,6 +170,7 @@ def test_operator_submits_watches_progress_and_cancels_without_a_reload(
     task_id = eventually(lambda: next((r.get_attribute("data-id") for r in browser.find_elements(
         By.CSS_SELECTOR, "tr.task-row") if "distill" in r.text), None), timeout=10,
         what="the submitted task's row")
+    assert task_id is not None  # eventually returns only a truthy value
     eventually(lambda: row_status(browser, task_id) == "running", timeout=20,
                what="the task to run")
     seen: list[int] = []

@@ -10,13 +10,13 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 
 from devstack.embedded import EmbeddedServices
 from shared.settings import Settings
+from tests.support import TERMINAL, TimedOut, eventually, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -34,12 +35,6 @@ STOP_TIMEOUT = 20.0
 # Variables that would point a run at services other than the ones each test chooses.
 _SERVICE_VARS = {"DATABASE_URL", "REDIS_URL", "API_TOKEN", "KEY_PREFIX", "PORT", "HOST",
                  "RUN_DIR", "LOG_DIR"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
@@ -65,7 +60,7 @@ class Run:
     def __init__(self, tmp: Path, env: dict[str, str], name: str) -> None:
         self.tmp = tmp
         self.run_dir = tmp / "run"
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if k not in _SERVICE_VARS}
         self.env.update({"RUN_DIR": str(self.run_dir), "LOG_DIR": str(tmp / "logs"),
@@ -176,17 +171,29 @@ def _stop_cleanly(run: Run, label: str) -> None:
     assert run.proc.returncode in (0, 130), run.tail()
 
 
+def _wait_task(run: Run, token: str, task_id: str, done: Callable[[int, Any], bool], *,
+               what: str, timeout: float, interval: float) -> Any:
+    """Polls the task through the API until `done(status, body)`; returns the body. A time-out
+    reports the last body and the run's output."""
+    last: list[Any] = [None]
+
+    def check() -> Any:
+        status, last[0] = _http("GET", f"{run.base}/api/v1/tasks/{task_id}", token=token)
+        return last[0] if done(status, last[0]) else None
+
+    try:
+        return eventually(check, timeout=timeout, interval=interval, what=f"task {task_id} {what}")
+    except TimedOut as exc:
+        raise AssertionError(f"{exc}: {last[0]}\n{run.tail()}") from exc
+
 
 def _wait_task_done(run: Run, token: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    task: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status, task = _http("GET", f"{run.base}/api/v1/tasks/{task_id}", token=token)
+    def finished(status: int, task: Any) -> bool:
         assert status == 200, task
-        if task["status"] in ("succeeded", "failed", "cancelled", "lost"):
-            return task
-        time.sleep(0.2)
-    raise AssertionError(f"task {task_id} not finished after {timeout}s: {task}\n{run.tail()}")
+        return task["status"] in TERMINAL
+
+    return _wait_task(run, token, task_id, finished, what="finished", timeout=timeout,
+                      interval=0.2)
 
 
 def test_embedded_run_serves_stops_on_ctrl_c_and_keeps_its_data(scratch: Path) -> None:
@@ -281,14 +288,8 @@ def test_services_import_without_the_local_extra(tmp_path: Path) -> None:
 
 
 def _wait_status(run: Run, token: str, task_id: str, wanted: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    body: Any = None
-    while time.monotonic() < deadline:
-        status, body = _http("GET", f"{run.base}/api/v1/tasks/{task_id}", token=token)
-        if status == 200 and body["status"] == wanted:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"task {task_id} not {wanted} after {timeout}s: {body}\n{run.tail()}")
+    _wait_task(run, token, task_id, lambda status, body: status == 200 and body["status"] == wanted,
+               what=wanted, timeout=timeout, interval=0.1)
 
 
 def test_run_against_configured_services(settings: Settings, tmp_path: Path) -> None:

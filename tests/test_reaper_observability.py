@@ -6,8 +6,7 @@ import asyncio
 import urllib.request
 
 from shared.settings import Settings
-from tests.faults import free_port
-from tests.support import ServiceProcess, wait_for
+from tests.support import ServiceProcess, free_port, wait_for
 
 
 async def test_metrics_are_scrapeable_and_status_shows_leader_and_last_pass(
