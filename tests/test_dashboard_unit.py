@@ -85,6 +85,7 @@ def imports(name: str) -> list[str]:
     return IMPORT.findall(SCRIPTS[name])
 
 
+@pytest.mark.unit
 def test_every_file_the_page_loads_is_shipped_and_described() -> None:
     described = document()["paths"]["/static/{name}"]["get"]["parameters"][0]["schema"]["enum"]
     assert set(REFERENCED) == {"app.css", ENTRY, "favicon.svg"}
@@ -92,6 +93,7 @@ def test_every_file_the_page_loads_is_shipped_and_described() -> None:
     assert set(SCRIPTS) <= set(dashboard.asset_names())
 
 
+@pytest.mark.unit
 def test_the_script_is_one_module_graph_of_shipped_files() -> None:
     # The page loads one module; the browser fetches the rest from its imports.
     assert re.findall(r"<script\b[^>]*>", INDEX) == [
@@ -111,6 +113,7 @@ def test_the_script_is_one_module_graph_of_shipped_files() -> None:
         assert '"use strict"' not in text and "import(" not in text, name
 
 
+@pytest.mark.unit
 def test_the_page_loads_nothing_from_elsewhere_and_writes_no_markup() -> None:
     for text in (INDEX, STYLE, *SCRIPTS.values()):
         assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I)
@@ -122,6 +125,7 @@ def test_the_page_loads_nothing_from_elsewhere_and_writes_no_markup() -> None:
             assert sink not in text, (name, sink)
 
 
+@pytest.mark.unit
 def test_the_scripts_compare_with_no_state_and_list_none() -> None:
     # The states and their sets come from GET /api/v1/states; none is copied by hand.
     # ("failed" is also a progress field: a state's name alone is not a copy.)
@@ -142,6 +146,7 @@ async def test_the_states_are_served_as_the_table_says(api: ApiClient) -> None:
     assert await resp.json() == describe()
 
 
+@pytest.mark.unit
 def test_every_state_has_its_colour_and_the_palette_is_written_once() -> None:
     for state in TaskStatus:
         assert f".s-{state.value} {{ --c: var(--{state.value}); }}" in STYLE, state.value
@@ -149,6 +154,7 @@ def test_every_state_has_its_colour_and_the_palette_is_written_once() -> None:
     assert declared and len(declared) == len(set(declared)), sorted(declared)
 
 
+@pytest.mark.unit
 async def test_without_its_files_the_api_still_runs_and_says_so(
         tmp_path: Path, aiohttp_client: object) -> None:
     app = web.Application(middlewares=[error_middleware])

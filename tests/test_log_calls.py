@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ("services", "shared", "bench")
 LOG_METHODS = frozenset({"debug", "info", "warning", "warn", "error", "exception", "critical",
