@@ -28,11 +28,12 @@ import redis
 import redis.asyncio as aioredis
 
 from bench.poll import until
-from bench.procs import Child, settings_env
-from bench.stack import Servers, free_port
+from bench.procs import Child
+from bench.stack import Servers
 from devstack.databases import create_database, drop_database
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.support import free_port, settings_env
 
 HOST_NAMES = ("fleet-a", "fleet-b", "fleet-c")
 # Server connections PgBouncer may open to the bench database. PostgreSQL's

@@ -8,24 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 
 from shared import processes
-from shared.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes `Settings.from_env()` in a child return `settings`."""
-    names = {name.upper() for name in asdict(settings)}
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    env.update({k.upper(): str(v) for k, v in asdict(settings).items()})
-    env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
-    return env
+from tests.support import ROOT
 
 
 class Child:

@@ -16,11 +16,12 @@ import aiohttp
 import redis.asyncio as aioredis
 
 from bench.poll import until
-from bench.procs import ROOT, Child, settings_env
+from bench.procs import ROOT, Child
 from devstack.databases import create_database, drop_database
 from shared.broker import make_celery
 from shared.keys import Keys
 from shared.settings import Settings
+from tests.support import free_port, settings_env
 
 
 @dataclass
@@ -62,12 +63,6 @@ async def delete_prefix(redis_url: str, prefix: str) -> None:
             await client.delete(*batch)
     finally:
         await client.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
