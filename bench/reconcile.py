@@ -18,9 +18,8 @@ import time
 import uuid
 from typing import Any
 
-from bench.stack import Servers, delete_prefix
+from bench.stack import Servers, scratch
 from bench.stats import Dist
-from devstack.databases import create_database, drop_database
 from services.reaper.celery_ops import CeleryOps
 from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
@@ -108,13 +107,14 @@ async def _add_history(db: Db, first: int, last: int) -> float:
 
 async def run(servers: Servers, sizes: list[int], *, active: int, passes: int
               ) -> list[dict[str, Any]]:
-    tag = uuid.uuid4().hex[:10]
-    db_name = f"bench_{tag}_reconcile"
-    url = await create_database(servers.database_url, db_name)
-    settings = Settings.from_env({}, database_url=url, redis_url=servers.redis_url,
-                                 key_prefix=f"bench-reconcile-{tag}", reaper_metrics_port=0)
+    async with scratch(servers, "reconcile", reaper_metrics_port=0) as settings:
+        return await _measure(settings, sizes, active=active, passes=passes)
+
+
+async def _measure(settings: Settings, sizes: list[int], *, active: int, passes: int
+                   ) -> list[dict[str, Any]]:
     keys = Keys(settings.key_prefix)
-    db = await Db.connect(url, min_size=1, max_size=4)
+    db = await Db.connect(settings.database_url, min_size=1, max_size=4)
     redis = connect(settings.redis_url)
     celery = make_celery(settings, "bench-reaper")
     try:
@@ -158,5 +158,3 @@ async def run(servers: Servers, sizes: list[int], *, active: int, passes: int
         celery.close()
         await redis.aclose()
         await db.close()
-        await drop_database(servers.database_url, db_name)
-        await delete_prefix(servers.redis_url, keys.prefix)

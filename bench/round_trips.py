@@ -13,9 +13,8 @@ import time
 import uuid
 from typing import Any
 
-from bench.stack import Servers, delete_prefix
+from bench.stack import Servers, scratch
 from bench.stats import Dist
-from devstack.databases import create_database, drop_database
 from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
@@ -47,12 +46,12 @@ async def _timed(fn: Any, n: int) -> Dist:
 
 
 async def run(servers: Servers, n: int) -> dict[str, Any]:
-    tag = uuid.uuid4().hex[:10]
-    db_name = f"bench_{tag}_trips"
-    url = await create_database(servers.database_url, db_name)
-    settings = Settings.from_env({}, database_url=url, redis_url=servers.redis_url,
-                                 key_prefix=f"bench-trips-{tag}")
-    db = await Db.connect(url, min_size=1, max_size=2)
+    async with scratch(servers, "trips") as settings:
+        return await _measure(settings, n)
+
+
+async def _measure(settings: Settings, n: int) -> dict[str, Any]:
+    db = await Db.connect(settings.database_url, min_size=1, max_size=2)
     redis = connect(settings.redis_url, decode=True)
     celery = make_celery(settings)
     try:
@@ -82,5 +81,3 @@ async def run(servers: Servers, n: int) -> dict[str, Any]:
         celery.close()
         await redis.aclose()
         await db.close()
-        await drop_database(servers.database_url, db_name)
-        await delete_prefix(servers.redis_url, settings.key_prefix)
