@@ -6,10 +6,11 @@ processes (one per core) start N simulated executions between them. Each one doe
 pool process does for its delivery (`Runtime.execute` and the sidecar): SUBSCRIBE to the
 task's cancel channel, ZSCORE in the cancelled set, `Db.claim_task`, ZREM from the pending
 set, `Db.saved_chunks`, a `task.changed` event; then, every
-min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), the sidecar's `_monitor` step: `refresh()` of the registry entry
-of its registry entry and, beside it, `_beat`: `Db.heartbeat` (fenced by attempt, with the
-progress the task reported) and a `task.progress` event when the progress changed since the
-last one. The simulated task reports its next chunk every CHUNK_SECONDS. Each worker node's
+min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), a step of `Heartbeat.run`:
+`RegistryEntry.refresh` of its registry entry and, beside it, `Heartbeat.beat`:
+`Db.heartbeat` (fenced by attempt, with the progress the task reported) and a
+`task.progress` event when the progress changed since the last one. The simulated task
+reports its next chunk every CHUNK_SECONDS. Each worker node's
 guardian is simulated too: `Db.cancelling_among` of its executions every
 CANCEL_POLL_INTERVAL. Executions start at random moments over one interval, as tasks
 arriving one by one would.
@@ -324,7 +325,7 @@ class Generator:
         await asyncio.sleep(self.rng.uniform(0, self.interval))
         tally, keys = self.tally, self.keys
         try:
-            # Runtime.execute: the fast path (Sidecar.taken), then the claim.
+            # open_execution: the fast path (lifecycle's `_taken`), then the claim.
             await self._watch(sim, index)
             await self.redis.zscore(keys.cancelled, sim.message_id)
             tally.count("redis:zscore", time.time())
@@ -388,7 +389,7 @@ class Generator:
             ex.progress.current = ex.progress.done + 1
 
     async def _monitor(self, sim: _Sim) -> None:
-        """Sidecar._monitor: register and beat side by side, then sleep the interval."""
+        """Heartbeat.run: register and beat side by side, then sleep the interval."""
         last = None
         tally = self.tally
         while not self.stopping:
@@ -404,7 +405,7 @@ class Generator:
             await asyncio.sleep(self.interval)
 
     async def _beat(self, sim: _Sim) -> None:
-        """Sidecar._beat, minus the checkpoint flush (nothing is ever buffered here)."""
+        """Heartbeat.beat, minus the checkpoint flush (nothing is ever buffered here)."""
         assert self.db is not None
         ex = sim.ex
         assert ex is not None
@@ -452,7 +453,8 @@ class Generator:
             self.tally.error("publish", exc)
 
     async def _register(self, sim: _Sim) -> None:
-        """Sidecar._register: one ZADD pushing the expiry on (the whole entry again only if it went missing)."""
+        """RegistryEntry.refresh: one ZADD pushing the expiry on (the whole entry again only if
+        it went missing)."""
         assert self.redis is not None
         ex = sim.ex
         assert ex is not None
