@@ -74,12 +74,11 @@ class TimedRule:
 
 
 async def _median_ms(fn: Any, times: int) -> float:
-    took = []
+    took = Dist()
     for _ in range(times):
-        started = time.perf_counter()
-        await fn()
-        took.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(took), 2)
+        with took.timing():
+            await fn()
+    return round(statistics.median(took.samples), 2)
 
 
 async def _add_active(ctx: ReaperContext, n: int) -> list[uuid.UUID]:
@@ -135,9 +134,8 @@ async def _measure(settings: Settings, sizes: list[int], *, active: int, passes:
                 r.ms.clear()
             took = Dist()
             for _ in range(passes):
-                started = time.perf_counter()
-                findings = await reconciler.tick()
-                took.add((time.perf_counter() - started) * 1000)
+                with took.timing():
+                    findings = await reconciler.tick()
             out.append({
                 "history_rows": size, "active_rows": active, "insert_s": round(load_s, 1),
                 "table_mib": round(await db.pool.fetchval(

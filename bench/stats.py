@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +28,13 @@ class Dist:
 
     def add(self, value: float) -> None:
         self.samples.append(value)
+
+    @contextmanager
+    def timing(self) -> Iterator[None]:
+        """Adds the milliseconds the block took; a block that raised adds nothing."""
+        started = time.perf_counter()
+        yield
+        self.add((time.perf_counter() - started) * 1000)
 
     @property
     def n(self) -> int:

@@ -272,18 +272,14 @@ class Progress(Loop):
         self.t0 = time.perf_counter()
 
     async def count(self) -> int:
-        started = time.perf_counter()
-        n = int(await self.pool.fetchval(
-            f"SELECT count(*) FROM tasks WHERE {self._ACTIVE}", self.skip_queue))
-        self.count_ms.add((time.perf_counter() - started) * 1000)
-        return n
+        with self.count_ms.timing():
+            return int(await self.pool.fetchval(
+                f"SELECT count(*) FROM tasks WHERE {self._ACTIVE}", self.skip_queue))
 
     async def any_left(self) -> bool:
-        started = time.perf_counter()
-        left = bool(await self.pool.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE {self._ACTIVE})", self.skip_queue))
-        self.exists_ms.add((time.perf_counter() - started) * 1000)
-        return left
+        with self.exists_ms.timing():
+            return bool(await self.pool.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM tasks WHERE {self._ACTIVE})", self.skip_queue))
 
     async def queue_length(self) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
