@@ -6,17 +6,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from bench.figures import Results, number
 from bench.goals import Goal
-
-Results = dict[str, Any]
 
 
 def _fleet(results: Results) -> dict[str, Any]:
     return results.get("fleet") or {}
-
-
-def _n(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def _processes(f: dict[str, Any]) -> int:
@@ -47,20 +42,20 @@ def _observed(results: Results) -> Goal:
     note = (
         f"Before the event leaves, the call commits its transaction through PgBouncer (the "
         f"fence row, the running rows to `cancelling`, the audit row): event sent "
-        f"{_n(c['event_sent_ms'])} ms after the call. Redis then hands the one event to "
+        f"{number(c['event_sent_ms'])} ms after the call. Redis then hands the one event to "
         f"{c['event_receivers']} subscribers at once; from there to each `task.cancel_observed` "
         f"line took p50 {event['p50']:.1f} / p99 {event['p99']:.1f} / max {event['max']:.1f} "
-        f"ms, the first and the last process {_n(c['observed_spread_ms'])} ms apart. That "
+        f"ms, the first and the last process {number(c['observed_spread_ms'])} ms apart. That "
         f"spread is mostly waiting for a core: {c['running']} processes woken at once on "
         f"{cpu.get('cores', '?')} cores, and those woken first already run their task's end "
         f"(the checkpoint, `finish_task`, the registry entry) while the last ones wait to be "
         f"scheduled.{_by_host(c)} Until the last line, the fleet's processes and the servers used "
-        f"{_n(cpu.get('total_cpu_ms'), 0)} ms of CPU in {_n(cpu.get('wall_ms'), 0)} ms "
-        f"(pool processes {_n(parts.get('pool'), 0)}, PostgreSQL {_n(parts.get('postgres'), 0)}"
+        f"{number(cpu.get('total_cpu_ms'), 0)} ms of CPU in {number(cpu.get('wall_ms'), 0)} ms "
+        f"(pool processes {number(parts.get('pool'), 0)}, PostgreSQL {number(parts.get('postgres'), 0)}"
         f", psutil's 10 ms resolution) with a 1-minute load average of "
         f"{c.get('load_average_1m', '?')} on the machine. A single cancel, which wakes one "
-        f"process, was observed after p50 {_n(singles.get('p50'))} / max "
-        f"{_n(singles.get('max'))} ms. What would reach it: fewer pool processes per core "
+        f"process, was observed after p50 {number(singles.get('p50'))} / max "
+        f"{number(singles.get('max'))} ms. What would reach it: fewer pool processes per core "
         f"(on real hosts, 33 processes share more than two cores with nothing else; expected, "
         f"not measured here), and a shorter transaction before the event: each of its "
         f"statements is a prepare and an execute round trip while PgBouncer holds a server "
@@ -91,8 +86,8 @@ def _terminal(results: Results) -> Goal:
                 f"{c['queued']} queued)" if done is not None else
                 f"not within {grace + 30:g} s")
     note = "" if met else (
-        f"The last running row's `finished_at` came {_n(c.get('running_finished_ms'))} ms "
-        f"after the call; PgBouncer's clients waited {_n(c['pgbouncer_client_wait_ms'])} ms in "
+        f"The last running row's `finished_at` came {number(c.get('running_finished_ms'))} ms "
+        f"after the call; PgBouncer's clients waited {number(c['pgbouncer_client_wait_ms'])} ms in "
         f"total for one of its {(f.get('settings') or {}).get('pgbouncer_pool_size')} server "
         f"connections while every task recorded its end at once.")
     return Goal(goal, measured, met, note)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-Results = dict[str, Any]
+from bench.figures import Results, number, percentiles
 
 CANCEL = "7. Fleet: cancel-all across the pool processes of three hosts"
 DELIVERIES = "7. Fleet: who receives one cancel"
@@ -15,16 +15,6 @@ SAMPLE = 10_000
 
 def _fleet(results: Results) -> dict[str, Any]:
     return results.get("fleet") or {}
-
-
-def _n(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
-def _dist(d: dict[str, Any] | None) -> str:
-    if not d or not d.get("n"):
-        return "—"
-    return f"p50 {d['p50']:,.1f} / p99 {d['p99']:,.1f} / max {d['max']:,.1f} ms (n={d['n']})"
 
 
 def _size(f: dict[str, Any]) -> str:
@@ -55,33 +45,33 @@ def cancel_rows(results: Results) -> list[list[str]]:
                   f"{s.get('pgbouncer_pool_size')} server connections at most); a reaper"],
         ["tasks", f"{c['running']} `distill` running ({s.get('kwargs')}), {c['queued']} queued"],
         ["call", c["via"]],
-        ["call → event sent (the DB transaction)", f"{_n(c['event_sent_ms'])} ms; answered "
-                                                   f"after {_n(c['answered_ms'])} ms"],
+        ["call → event sent (the DB transaction)", f"{number(c['event_sent_ms'])} ms; answered "
+                                                   f"after {number(c['answered_ms'])} ms"],
         ["event receivers (PUBLISH's answer)", f"{c['event_receivers']} "
                                                f"({c['event_bytes']} B payload)"],
-        ["call → token observed", _dist(lat["from_call_ms"])],
-        ["event sent → token observed", _dist(lat["from_event_ms"])],
-        ["first to last observed", f"{_n(c['observed_spread_ms'])} ms"],
+        ["call → token observed", percentiles(lat["from_call_ms"])],
+        ["event sent → token observed", percentiles(lat["from_event_ms"])],
+        ["first to last observed", f"{number(c['observed_spread_ms'])} ms"],
         ["event sent → token observed, by host (started in this order)",
          "; ".join(f"{h}: p50 {d['p50']:,.1f} / max {d['max']:,.1f} ms"
                    for h, d in (lat.get("from_event_by_host_ms") or {}).items()) or "—"],
         ["heard via", ", ".join(f"{n}× {k}" for k, n in lat["via"].items())
          + (f"; {c['not_observed']} never observed" if c["not_observed"] else "")],
         ["CPU until the last was observed",
-         f"{_n(cpu.get('total_cpu_ms'), 0)} ms in {_n(cpu.get('wall_ms'), 0)} ms of "
+         f"{number(cpu.get('total_cpu_ms'), 0)} ms in {number(cpu.get('wall_ms'), 0)} ms of "
          f"{cpu.get('cores')} cores: " + ", ".join(
              f"{k} {v:,.0f}" for k, v in (cpu.get("cpu_ms") or {}).items())],
-        ["every row terminal (bench poll, 20 ms)", f"{_n(c['all_terminal_ms'])} ms "
+        ["every row terminal (bench poll, 20 ms)", f"{number(c['all_terminal_ms'])} ms "
                                                    f"(grace {c['grace_s']:g} s)"],
-        ["last running row's `finished_at`", f"{_n(c['running_finished_ms'])} ms"],
+        ["last running row's `finished_at`", f"{number(c['running_finished_ms'])} ms"],
         ["rows at the end", ", ".join(f"{e['n']} {e['status']}/{e['outcome']}"
                                       for e in c["ends"])],
         ["task channels still subscribed (given 2 s after every row was terminal)",
          str(c.get("task_channels_left", "—"))],
-        ["PgBouncer meanwhile", f"clients waited {_n(c['pgbouncer_client_wait_ms'])} ms in "
+        ["PgBouncer meanwhile", f"clients waited {number(c['pgbouncer_client_wait_ms'])} ms in "
                                 f"total for a server connection; at most "
                                 f"{c['peak_pg_backends']} backends on the database"],
-        ["single cancels: call → token observed", _dist(singles.get("observed_ms"))],
+        ["single cancels: call → token observed", percentiles(singles.get("observed_ms"))],
     ]
     return rows
 
@@ -101,11 +91,11 @@ def delivery_rows(results: Results) -> list[list[str]]:
     per_delivery = wide["net_output_bytes"] / max(wide["deliveries"], 1)
     return [
         ["single cancel: its task's channel + its worker's channel",
-         f"{sub['task']} + {sub['node']}{listening}", _n(one["per_event"], 0),
+         f"{sub['task']} + {sub['node']}{listening}", number(one["per_event"], 0),
          f"{singles.get('receivers_per_cancel', '—')}", f"{one['bytes_per_event']:,}",
          "2 (extrapolated: independent of the fleet's size)"],
         ["the fleet-wide channel (what every single cancel used before)", f"{sub['fleet']}",
-         _n(wide["per_event"], 0), "—", f"{wide['bytes_per_event']:,}",
+         number(wide["per_event"], 0), "—", f"{wide['bytes_per_event']:,}",
          f"{SAMPLE + workers:,} receivers, about "
          f"{(SAMPLE + workers) * per_delivery / 2**20:,.1f} MiB (extrapolated)"],
         ["cancel-all: one event on the fleet-wide channel", f"{sub['fleet']}", "—",
@@ -160,7 +150,7 @@ def steady_rows(results: Results) -> list[list[str]]:
     tasks = sum(st["running"]) / 2
 
     def row(label: str, per: float, extra: str = "") -> list[str]:
-        return [label, _n(per, 3), _n(per * tasks, 0), f"{per * SAMPLE:,.0f}", extra]
+        return [label, number(per, 3), number(per * tasks, 0), f"{per * SAMPLE:,.0f}", extra]
 
     rows = [
         row("DB statements (PgBouncer's count)", db["statements_per_task_s"],
@@ -175,17 +165,17 @@ def steady_rows(results: Results) -> list[list[str]]:
     rows += [row(f"↳ `{k}`", v) for k, v in rd["by_command_per_task_s"].items() if v >= 0.01]
     busy = at.get("pg_server_connections_busy")
     rows.append(["PostgreSQL server connections busy (Little's law)", "—",
-                 "—", _n(busy, 0), f"mean server hold per statement {_n(db['mean_xact_us'], 0)} "
+                 "—", number(busy, 0), f"mean server hold per statement {number(db['mean_xact_us'], 0)} "
                                    f"µs (PgBouncer); max_connections here {limit or '?'}"])
-    rows.append(["Redis CPU (cores)", "—", _n(rd["cpu_s_per_s"], 3),
-                 _n(at.get("redis_cpu_cores"), 2), "Redis runs commands on one thread"])
+    rows.append(["Redis CPU (cores)", "—", number(rd["cpu_s_per_s"], 3),
+                 number(at.get("redis_cpu_cores"), 2), "Redis runs commands on one thread"])
     cpu = st.get("cpu_ms_per_s") or {}
     for role, label, note in (
             ("pool", "pool processes", ""), ("postgres", "PostgreSQL backends", ""),
             ("pgbouncer", "PgBouncer", "; one PgBouncer process uses one core at most")):
         if role in cpu and tasks:
             per = cpu[role] / tasks
-            rows.append([f"CPU of the {label} (ms)", _n(per, 2), _n(cpu[role], 0),
+            rows.append([f"CPU of the {label} (ms)", number(per, 2), number(cpu[role], 0),
                          f"{per * SAMPLE / 1000:,.1f} cores", f"psutil, user + system{note}"])
     return rows
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.figures import Results
 from bench.latencies import by_key
 
 
@@ -16,9 +17,6 @@ class Goal:
     measured: str
     met: bool | None  # None: not measured in this run
     note: str = ""
-
-
-Results = dict[str, Any]
 
 
 def _settings(results: Results) -> dict[str, Any]:

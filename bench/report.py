@@ -9,16 +9,13 @@ from rich.table import Table
 
 from bench import fleet_report, scale_report, simulated_report
 from bench import goals as goal_list
+from bench.figures import number
 from bench.latencies import collect
 from bench.machine import one_line
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     return goal_list.evaluate(results) + scale_report.goals(results)
-
-
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f}"
 
 
 def _verdict(met: bool | None) -> str:
@@ -28,8 +25,8 @@ def _verdict(met: bool | None) -> str:
 # -- the tables, as rows of strings, shared by both renderings ---------------------------------
 
 def latency_rows(results: dict[str, Any]) -> list[list[str]]:
-    return [[lat.label, str(lat.dist["n"]), _ms(lat.dist["p50"]), _ms(lat.dist["p99"]),
-             _ms(lat.dist["max"])] for lat in collect(results)]
+    return [[lat.label, str(lat.dist["n"]), number(lat.dist["p50"]), number(lat.dist["p99"]),
+             number(lat.dist["max"])] for lat in collect(results)]
 
 
 def round_trip_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -44,8 +41,8 @@ def round_trip_rows(results: dict[str, Any]) -> list[list[str]]:
               ("canceller_cancel", "`Canceller.cancel()` in-process: DB write + announce"),
               ("cancel_db_write", "↳ the DB write (all before the announce)"),
               ("cancel_announce", "↳ the announce (Redis: cancelled set + event)"))
-    return [[label, str(trips[k]["n"]), _ms(trips[k]["p50"]), _ms(trips[k]["p99"]),
-             _ms(trips[k]["max"])] for k, label in labels if k in trips]
+    return [[label, str(trips[k]["n"]), number(trips[k]["p50"]), number(trips[k]["p99"]),
+             number(trips[k]["max"])] for k, label in labels if k in trips]
 
 
 def check_rows(results: dict[str, Any]) -> list[list[str]]:
@@ -68,9 +65,9 @@ def cancel_all_rows(results: dict[str, Any]) -> list[list[str]]:
     for r in results.get("cancel_all") or []:
         ends = r["running"]
         heard = "/".join(str(ends[k].get("observed_via", "?")) for k in ("distill", "stubborn"))
-        rows.append([f"{r['queued']:,}", _ms(r["response_ms"]), _ms(r["server_took_ms"]),
-                     _ms(r["all_terminal_ms"]), _ms(ends["distill"]["ms"]),
-                     _ms(ends["stubborn"]["ms"]), heard])
+        rows.append([f"{r['queued']:,}", number(r["response_ms"]), number(r["server_took_ms"]),
+                     number(r["all_terminal_ms"]), number(ends["distill"]["ms"]),
+                     number(ends["stubborn"]["ms"]), heard])
     return rows
 
 
@@ -78,10 +75,10 @@ def reconcile_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for r in results.get("reconcile") or []:
         rules = ", ".join(f"{k} {v:.1f}" for k, v in r["rules_median_ms"].items())
-        rows.append([f"{r['history_rows']:,}", str(r["active_rows"]), _ms(r["pass_median_ms"]),
-                     _ms(r["pass_ms"]["p99"]), rules, _ms(r["registry_read_median_ms"]),
-                     _ms(r["active_by_ids_median_ms"]), _ms(r["executor_tick_median_ms"]),
-                     _ms(r["status_counts_median_ms"])])
+        rows.append([f"{r['history_rows']:,}", str(r["active_rows"]), number(r["pass_median_ms"]),
+                     number(r["pass_ms"]["p99"]), rules, number(r["registry_read_median_ms"]),
+                     number(r["active_by_ids_median_ms"]), number(r["executor_tick_median_ms"]),
+                     number(r["status_counts_median_ms"])])
     return rows
 
 
@@ -92,8 +89,8 @@ def api_rows(results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, label in (("get_task", "GET /api/v1/tasks/{id}"), ("post_task", "POST /api/v1/tasks")):
         r = api[name]
-        rows.append([label, f"{r['rps']:,.0f}", _ms(r["latency"]["p50"]),
-                     _ms(r["latency"]["p99"]), f"{r['requests']:,}",
+        rows.append([label, f"{r['rps']:,.0f}", number(r["latency"]["p50"]),
+                     number(r["latency"]["p99"]), f"{r['requests']:,}",
                      ", ".join(f"{k}×{v}" for k, v in r["statuses"].items())])
     return rows
 
@@ -104,11 +101,11 @@ def rss_rows(results: dict[str, Any]) -> list[list[str]]:
         return []
     rows = []
     for name in ("api", "reaper", "worker_main"):
-        rows.append([name, _ms(rss["idle"].get(name)), _ms(rss["after_load"].get(name))])
+        rows.append([name, number(rss["idle"].get(name)), number(rss["after_load"].get(name))])
     idle_pool, loaded_pool = rss["idle"].get("worker_pool", []), rss["after_load"].get(
         "worker_pool", [])
-    rows.append(["worker pool processes (each)", " / ".join(_ms(v) for v in idle_pool),
-                 " / ".join(_ms(v) for v in loaded_pool)])
+    rows.append(["worker pool processes (each)", " / ".join(number(v) for v in idle_pool),
+                 " / ".join(number(v) for v in loaded_pool)])
     return rows
 
 

@@ -4,12 +4,10 @@ were taken."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from bench import fleet_report, report, scale_report, simulated_report
+from bench.figures import Results
 from bench.machine import one_line
-
-Results = dict[str, Any]
 
 _SECTIONS: tuple[tuple[str, Callable[[Results], str]], ...] = (
     ("0. Round trips on this machine during the run (ms)", lambda r: (

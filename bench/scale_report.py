@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from bench.figures import Results, number, percentiles
 from bench.goals import Goal
-
-Results = dict[str, Any]
 
 LOAD = "6. Scale: loading the backlog"
 PASSES = "6. Scale: reaper passes over the backlog (ms)"
@@ -18,18 +17,8 @@ def _scale(results: Results) -> dict[str, Any]:
     return results.get("scale") or {}
 
 
-def _ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f}"
-
-
 def _s(ms: float | None) -> str:
     return "—" if ms is None else f"{ms / 1000:,.2f} s"
-
-
-def _dist(d: dict[str, Any] | None) -> str:
-    if not d or not d.get("n"):
-        return "—"
-    return f"p50 {d['p50']:,.1f} / p99 {d['p99']:,.1f} / max {d['max']:,.1f} ms (n={d['n']})"
 
 
 def _median_run(block: dict[str, Any]) -> dict[str, Any] | None:
@@ -87,8 +76,8 @@ def pass_rows(results: Results) -> list[list[str]]:
                           for name, p in parts.items()) or "—"
         if block.get("errors"):
             where += f"; errors: {block['errors'][0]}"
-        rows.append([label, str(dist["n"]), _ms(block.get("median_ms")), _ms(dist["max"]),
-                     _ms(block.get("without_broadcasts_median_ms")), where,
+        rows.append([label, str(dist["n"]), number(block.get("median_ms")), number(dist["max"]),
+                     number(block.get("without_broadcasts_median_ms")), where,
                      _redis_line(run.get("redis"))])
     return rows
 
@@ -101,9 +90,9 @@ def cancel_rows(results: Results) -> list[list[str]]:
         return [["scenario", f"failed: {c.get('error')}"]]
     answer = c.get("answer") or {}
     rows = [["call", c.get("via", "—")],
-             ["HTTP answer", f"{_ms(c['response_ms'])} ms"
+             ["HTTP answer", f"{number(c['response_ms'])} ms"
               + ("" if c.get("ok") else f" — failed: {c.get('error')}")],
-             ["server took (`took_ms`)", _ms(c.get("server_took_ms"))
+             ["server took (`took_ms`)", number(c.get("server_took_ms"))
               + (" ms" if c.get("server_took_ms") is not None else "")],
              ["answer", ", ".join(f"{k} {v}" for k, v in answer.items()) or "—"],
              ["first covered row terminal", _s(c.get("first_row_terminal_ms"))]]
@@ -121,19 +110,19 @@ def cancel_rows(results: Results) -> list[list[str]]:
     locks = c.get("locks") or {}
     top = (locks.get("longest_holders") or [{}])[0]
     rows.append(["longest transaction holding a RowExclusiveLock on `tasks`",
-                 f"{_ms(locks.get('longest_holder_ms'))} ms"
+                 f"{number(locks.get('longest_holder_ms'))} ms"
                  + (": " + " → ".join(f"`{q[:70]}`" for q in top.get("queries", []))
                     if top.get("queries") else "")])
     rows.append(["longest lock wait (any session)",
-                 f"{_ms(locks.get('longest_lock_wait_ms'))} ms, at most "
+                 f"{number(locks.get('longest_lock_wait_ms'))} ms, at most "
                  f"{locks.get('max_sessions_waiting', 0)} sessions waiting"
                  + (f" (`{locks['longest_lock_wait_query'][:60]}`)"
                     if locks.get("longest_lock_wait_query") else "")])
     probe = c.get("probe") or {}
     for step in ("claim", "insert", "cycle"):
         rows.append([f"other work: {step} during / before",
-                     f"{_dist((probe.get('during') or {}).get(step))} / "
-                     f"{_dist((probe.get('before') or {}).get(step))}"])
+                     f"{percentiles((probe.get('during') or {}).get(step))} / "
+                     f"{percentiles((probe.get('before') or {}).get(step))}"])
     refused, failed = probe.get("refused") or {}, probe.get("failed") or {}
     if refused.get("during") or failed.get("during"):
         rows.append(["other work: claims refused / failed during",
@@ -148,13 +137,13 @@ def cancel_rows(results: Results) -> list[list[str]]:
         rows.append(["audit row", ", ".join(f"{k} {v:,}" for k, v in a.items() if k != "id")])
     rows.append(["Redis meanwhile", _redis_line(c.get("redis"))
                  + f"; cancelled-id set {c.get('cancelled_set_size', 0):,} entries; used_memory "
-                   f"{_ms(c.get('redis_used_memory_before_mib'))} → "
-                   f"{_ms(c.get('redis_used_memory_after_mib'))} MiB"])
+                   f"{number(c.get('redis_used_memory_before_mib'))} → "
+                   f"{number(c.get('redis_used_memory_after_mib'))} MiB"])
     if c.get("peak_rss_mib"):
         rows.append(["peak RSS (MiB)", ", ".join(f"{k} {v:,.0f}"
                                                  for k, v in c["peak_rss_mib"].items())])
     rows.append(["the bench's own polls: EXISTS every 100 ms / count(*) every second",
-                 f"{_dist(c.get('exists_query_ms'))} / {_dist(c.get('count_query_ms'))}"])
+                 f"{percentiles(c.get('exists_query_ms'))} / {percentiles(c.get('count_query_ms'))}"])
     return rows
 
 
@@ -256,7 +245,7 @@ def _cancel_goal(results: Results) -> Goal:
         took = c.get("server_took_ms")
         note = ((f"The server's own `took_ms` was {took:,.0f} ms. " if took is not None else "")
                 + f"The longest transaction holding a RowExclusiveLock on `tasks` meanwhile "
-                  f"lasted {_ms(locks.get('longest_holder_ms'))} ms, running "
+                  f"lasted {number(locks.get('longest_holder_ms'))} ms, running "
                 + " → ".join(f"`{q[:80]}`" for q in top.get("queries", [])) + ".")
         if (locks.get("longest_holder_ms") or 0) > 1000:
             note += (" Work that grows with the backlog runs inside the request: writing one "

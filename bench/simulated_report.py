@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-Results = dict[str, Any]
+from bench.figures import Results, number
 
 LOAD = "8. Simulated executions: load per running task and second"
 TIMES = "8. Simulated executions: latency, CPU and the reaper"
@@ -18,10 +18,6 @@ def _sim(results: Results) -> dict[str, Any]:
 
 def _runs(results: Results) -> list[dict[str, Any]]:
     return [r for r in _sim(results).get("runs") or [] if "error" not in r]
-
-
-def _n(value: float | int | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
 
 
 def _pp(d: dict[str, Any] | None, digits: int = 1) -> str:
@@ -57,7 +53,7 @@ def load_rows(results: Results) -> list[list[str]]:
             f"{per['sidecar']:.3f} / {per['guardian']:.3f} / {per['reaper']:.3f}",
             f"{per['total']:.3f}",
             f"{cross['counted']:,} / {cross['pgbouncer_xacts'] or 0:,}",
-            _n(ratio),
+            number(ratio, 2),
             f"{redis['sidecar_per_task_s']:.2f} / {redis['per_task_s']:.2f}",
             ", ".join(f"{k} {v:,}" for k, v in list(redis["commands_server"].items())[:5]),
         ])
@@ -76,13 +72,13 @@ def times_rows(results: Results) -> list[list[str]]:
             _pp(lat.get("statement_ms:heartbeat")),
             _pp(lat.get("register_ms")),
             _pp(lat.get("period_ms"), 0),
-            _n((lat.get("loop_lag_ms") or {}).get("p99"), 1),
+            number((lat.get("loop_lag_ms") or {}).get("p99"), 1),
             f"{cores['postgres_backends']:.2f} / {cores['pgbouncer']:.2f} / "
             f"{cores.get('redis_main_thread', cores['redis']):.2f} / "
             f"{cores['generators']:.2f} / {cores['everything_else']:.2f}",
-            (f"{_n(rec.get('median_ms'), 0)} / {_n(rec.get('max'), 0)} (n={rec.get('n', 0)})"
-             + (f"; {_n(rec.get('without_celery_median_ms'), 0)} / "
-                f"{_n(rec.get('without_celery_max_ms'), 0)} without Celery's reply waits"
+            (f"{number(rec.get('median_ms'), 0)} / {number(rec.get('max'), 0)} (n={rec.get('n', 0)})"
+             + (f"; {number(rec.get('without_celery_median_ms'), 0)} / "
+                f"{number(rec.get('without_celery_max_ms'), 0)} without Celery's reply waits"
                 if rec.get("celery_wait_ms_total") else "")
              + (f"; found {findings}" if findings else "")),
             f"{r['oldest_heartbeat_s']:,.1f} s",
@@ -103,11 +99,11 @@ def alone_rows(results: Results) -> list[list[str]]:
                 f"{r['running']:,}", via,
                 f"{b['rate_achieved']:,.0f} of {b['rate_target']:,.0f} "
                 f"({(b['ratio'] or 0) * 100:.0f}%)",
-                _pp(b["latency_ms"], 2) + f" (lag p99 {_n(b['schedule_lag_ms'].get('p99'), 1)})",
+                _pp(b["latency_ms"], 2) + f" (lag p99 {number(b['schedule_lag_ms'].get('p99'), 1)})",
                 f"{cpu['postgres_per_statement']:,.0f} / {cpu['pgbouncer_per_statement']:,.0f}",
                 f"{b['cores']['postgres_backends']:.2f} / {b['cores']['pgbouncer']:.2f} / "
                 f"{b['cores']['everything_else']:.2f}",
-                _n(b["pg_xacts_per_statement"]),
+                number(b["pg_xacts_per_statement"], 2),
             ])
     return rows
 
