@@ -19,7 +19,7 @@ import uuid
 from typing import Any
 
 from bench.stack import Servers, scratch
-from bench.stats import Dist
+from bench.stats import Dist, timed
 from services.reaper.celery_ops import CeleryOps
 from services.reaper.context import ReaperContext
 from services.reaper.executor import CancelExecutor
@@ -74,11 +74,7 @@ class TimedRule:
 
 
 async def _median_ms(fn: Any, times: int) -> float:
-    took = Dist()
-    for _ in range(times):
-        with took.timing():
-            await fn()
-    return round(statistics.median(took.samples), 2)
+    return round(statistics.median((await timed(fn, times)).samples), 2)
 
 
 async def _add_active(ctx: ReaperContext, n: int) -> list[uuid.UUID]:

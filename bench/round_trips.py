@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from bench.stack import Servers, scratch
-from bench.stats import Dist
+from bench.stats import Dist, timed
 from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
@@ -36,14 +36,6 @@ class _TimedCanceller(Canceller):
             self.announce_ms.add((time.perf_counter() - started) * 1000)
 
 
-async def _timed(fn: Any, n: int) -> Dist:
-    dist = Dist()
-    for _ in range(n):
-        with dist.timing():
-            await fn()
-    return dist
-
-
 async def run(servers: Servers, n: int) -> dict[str, Any]:
     async with scratch(servers, "trips") as settings:
         return await _measure(settings, n)
@@ -54,12 +46,12 @@ async def _measure(settings: Settings, n: int) -> dict[str, Any]:
     redis = connect(settings.redis_url, decode=True)
     celery = make_celery(settings)
     try:
-        postgres = await _timed(lambda: db.pool.fetchval("SELECT 1"), n)
+        postgres = await timed(lambda: db.pool.fetchval("SELECT 1"), n)
         # A write commits only once its WAL is flushed: the disk's share of any DB write.
         await db.pool.execute("CREATE TABLE bench_probe (at timestamptz DEFAULT now())")
-        insert = await _timed(lambda: db.pool.execute(
+        insert = await timed(lambda: db.pool.execute(
             "INSERT INTO bench_probe DEFAULT VALUES"), n)
-        ping = await _timed(redis.ping, n)
+        ping = await timed(redis.ping, n)
         canceller = _TimedCanceller(settings, db, redis, celery)
         ids = [r["id"] for r in await db.pool.fetch(
             "INSERT INTO tasks (id, actor, queue, kwargs, status, attempt, message_id, "
@@ -67,7 +59,7 @@ async def _measure(settings: Settings, n: int) -> dict[str, Any]:
             "'running', 1, gen_random_uuid(), now() FROM generate_series(1, $1::int) "
             "RETURNING id", n)]
         pending = iter(ids)
-        cancel = await _timed(lambda: canceller.cancel(next(pending), by="bench"), n)
+        cancel = await timed(lambda: canceller.cancel(next(pending), by="bench"), n)
         announce = canceller.announce_ms
         db_write = Dist([c - a for c, a in zip(cancel.samples, announce.samples, strict=True)])
         return {"postgres_select_1": postgres.to_json(with_samples=False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +68,15 @@ class Dist:
         if with_samples:
             out["samples"] = [_r(s) for s in self.samples]
         return out
+
+
+async def timed(fn: Callable[[], Awaitable[Any]], n: int) -> Dist:
+    """Awaits `fn` n times, one call after the other, keeping each call's milliseconds."""
+    dist = Dist()
+    for _ in range(n):
+        with dist.timing():
+            await fn()
+    return dist
 
 
 def _r(value: float) -> float | None:
