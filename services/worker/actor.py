@@ -3,7 +3,8 @@
     @actor(queue="default", time_limit=3600)
     def distill(ctx, text: str | None = None, chunks: int | None = None): ...
 
-    task_id = distill.send(chunks=100)
+    task_id = distill.send(chunks=100)      # checked against distill's parameters
+    task_id = distill.send_with_options(kwargs={"chunks": 100}, countdown=60)
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from shared.params import describe
 
+if TYPE_CHECKING:
+    from services.worker.context import TaskContext
+    from shared.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
 ActorFn = Callable[..., Any]
 
 
 @dataclass(frozen=True)
-class Actor:
-    fn: ActorFn
+class Actor(Generic[P, R]):
+    """A task function and its options. `send` takes the function's own keyword
+    arguments (minus the context), so a type checker catches a misspelt or missing one."""
+
+    fn: Callable[Concatenate[TaskContext, P], R]
     name: str
     queue: str = "default"
     time_limit: float | None = None
@@ -31,23 +41,31 @@ class Actor:
     auto_resume: int = 0
     params: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.fn(*args, **kwargs)
+    def __call__(self, ctx: TaskContext, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(ctx, *args, **kwargs)
 
     @property
     def options(self) -> dict[str, Any]:
         return {"time_limit": self.time_limit, "max_retries": self.max_retries,
                 "interruptible": self.interruptible, "auto_resume": self.auto_resume}
 
-    def send(self, *, _countdown: float | None = None, _eta: datetime | None = None,
-             _queue: str | None = None, **kwargs: Any) -> str:
-        """Creates the task's row and enqueues it; returns the task id."""
+    def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """Creates the task's row and enqueues it; returns the task id. Arguments are
+        stored as JSON, so they are given by name."""
+        if args:
+            raise TypeError(f"{self.name}.send() takes keyword arguments only")
+        return self.send_with_options(kwargs=dict(kwargs))
+
+    def send_with_options(self, *, kwargs: dict[str, Any] | None = None,
+                          countdown: float | None = None, eta: datetime | None = None,
+                          queue: str | None = None) -> str:
+        """`send` with the scheduling options: a delay, a start time, another queue."""
         from shared.settings import Settings
 
-        return asyncio.run(self.send_async(Settings.from_env(), kwargs, countdown=_countdown,
-                                           eta=_eta, queue=_queue))
+        return asyncio.run(self.send_async(Settings.from_env(), kwargs or {},
+                                           countdown=countdown, eta=eta, queue=queue))
 
-    async def send_async(self, settings: Any, kwargs: dict[str, Any], *,
+    async def send_async(self, settings: Settings, kwargs: dict[str, Any], *,
                          countdown: float | None = None, eta: datetime | None = None,
                          queue: str | None = None) -> str:
         from shared.broker import make_celery
@@ -66,10 +84,23 @@ class Actor:
             await db.close()
 
 
-def actor(fn: ActorFn | None = None, *, name: str | None = None, queue: str = "default",
+@overload
+def actor(fn: Callable[Concatenate[TaskContext, P], R], *, name: str | None = None,
+          queue: str = "default", time_limit: float | None = None, max_retries: int = 0,
+          interruptible: bool = False, auto_resume: int = 0) -> Actor[P, R]: ...
+
+
+@overload
+def actor(fn: None = None, *, name: str | None = None, queue: str = "default",
           time_limit: float | None = None, max_retries: int = 0, interruptible: bool = False,
-          auto_resume: int = 0) -> Any:
-    def decorate(f: ActorFn) -> Actor:
+          auto_resume: int = 0
+          ) -> Callable[[Callable[Concatenate[TaskContext, P], R]], Actor[P, R]]: ...
+
+
+def actor(fn: Callable[..., Any] | None = None, *, name: str | None = None,
+          queue: str = "default", time_limit: float | None = None, max_retries: int = 0,
+          interruptible: bool = False, auto_resume: int = 0) -> Any:
+    def decorate(f: Callable[..., Any]) -> Actor[Any, Any]:
         return Actor(fn=f, name=name or f.__name__, queue=queue, time_limit=time_limit,
                      max_retries=max_retries, interruptible=interruptible,
                      auto_resume=auto_resume, params=describe(f))
@@ -77,8 +108,8 @@ def actor(fn: ActorFn | None = None, *, name: str | None = None, queue: str = "d
     return decorate(fn) if fn is not None else decorate
 
 
-def discover(modules: Iterable[types.ModuleType]) -> list[Actor]:
-    found: dict[str, Actor] = {}
+def discover(modules: Iterable[types.ModuleType]) -> list[Actor[Any, Any]]:
+    found: dict[str, Actor[Any, Any]] = {}
     for module in modules:
         for value in vars(module).values():
             if isinstance(value, Actor):
