@@ -81,7 +81,7 @@ from shared.db import Db, create_pool, queries
 from shared.events import encode
 from shared.keys import Keys
 from shared.redis_client import connect
-from shared.registry import refresh
+from shared.registry import Entry, refresh
 from shared.settings import Settings
 from shared.states import TaskStatus
 
@@ -458,13 +458,13 @@ class Generator:
         assert self.redis is not None
         ex = sim.ex
         assert ex is not None
-        info = {"task_id": ex.id, "attempt": ex.attempt, "message_id": str(ex.message_id),
-                "node": sim.node, "host": self.host, "pid": sim.pid,
-                "pid_started": self.pid_started, "started_at": ex.started_at}
+        entry = Entry(task_id=ex.id, attempt=ex.attempt, message_id=str(ex.message_id),
+                      node=sim.node, host=self.host, pid=sim.pid,
+                      pid_started=self.pid_started, started_at=ex.started_at)
         t = time.time()
         started = time.perf_counter()
         try:
-            await refresh(self.redis, self.keys, info, self.settings.heartbeat_timeout)
+            await refresh(self.redis, self.keys, entry, self.settings.heartbeat_timeout)
             self.tally.count("redis:register", t)
             self.tally.sample("register_ms", (time.perf_counter() - started) * 1000, t)
         except Exception as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,7 +17,9 @@ from shared.keys import Keys
 
 
 @dataclass(frozen=True)
-class LiveExecution:
+class Entry:
+    """What a pool process writes about the execution it runs."""
+
     task_id: str
     attempt: int
     message_id: str
@@ -26,6 +28,23 @@ class LiveExecution:
     pid: int
     pid_started: float
     started_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Entry:
+        info: dict[str, Any] = json.loads(raw)
+        return cls(task_id=str(info["task_id"]), attempt=int(info["attempt"]),
+                   message_id=info.get("message_id", ""), node=info["node"],
+                   host=info.get("host", ""), pid=int(info["pid"]),
+                   pid_started=float(info["pid_started"]), started_at=float(info["started_at"]))
+
+
+@dataclass(frozen=True)
+class LiveExecution(Entry):
+    """An entry as read back, with the time its process must beat again by."""
+
     expires: float
 
     @property
@@ -46,20 +65,20 @@ return 0
 """
 
 
-async def register(redis: aioredis.Redis, keys: Keys, info: dict[str, Any], ttl: float) -> None:
-    """Adds or refreshes the entry of one execution; `info` holds task_id, attempt, node..."""
+async def register(redis: aioredis.Redis, keys: Keys, entry: Entry, ttl: float) -> None:
+    """Adds or refreshes the entry of one execution."""
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.zadd(keys.executions, {info["task_id"]: time.time() + ttl})
-        pipe.hset(keys.execution_info, info["task_id"], json.dumps(info))
+        pipe.zadd(keys.executions, {entry.task_id: time.time() + ttl})
+        pipe.hset(keys.execution_info, entry.task_id, entry.to_json())
         await pipe.execute()
 
 
-async def refresh(redis: aioredis.Redis, keys: Keys, info: dict[str, Any], ttl: float) -> None:
+async def refresh(redis: aioredis.Redis, keys: Keys, entry: Entry, ttl: float) -> None:
     """Pushes an entry's expiry on: one command while the entry is there (its details never
     change during an execution); the whole entry again if it went missing (a Redis
     restart, a prune)."""
-    if await redis.zadd(keys.executions, {info["task_id"]: time.time() + ttl}):
-        await register(redis, keys, info, ttl)
+    if await redis.zadd(keys.executions, {entry.task_id: time.time() + ttl}):
+        await register(redis, keys, entry, ttl)
 
 
 async def unregister(redis: aioredis.Redis, keys: Keys, task_id: str, attempt: int) -> bool:
@@ -70,21 +89,17 @@ async def unregister(redis: aioredis.Redis, keys: Keys, task_id: str, attempt: i
 async def live_executions(redis: aioredis.Redis, keys: Keys, *, include_expired: bool = False
                           ) -> dict[str, LiveExecution]:
     low = "-inf" if include_expired else time.time()
-    scored = await redis.zrangebyscore(keys.executions, low, "+inf", withscores=True)
+    scored: list[Any] = await redis.zrangebyscore(keys.executions, low, "+inf", withscores=True)
     if not scored:
         return {}
-    ids = [m.decode() if isinstance(m, bytes) else m for m, _ in scored]
+    ids: list[str] = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in scored]
     infos = await redis.hmget(keys.execution_info, ids)
     out: dict[str, LiveExecution] = {}
     for (_, score), tid, raw in zip(scored, ids, infos, strict=True):
         if raw is None:
             continue
-        info: dict[str, Any] = json.loads(raw)
-        out[tid] = LiveExecution(task_id=tid, attempt=int(info["attempt"]),
-                                 message_id=info.get("message_id", ""), node=info["node"],
-                                 host=info.get("host", ""), pid=int(info["pid"]),
-                                 pid_started=float(info["pid_started"]),
-                                 started_at=float(info["started_at"]), expires=float(score))
+        entry = Entry.from_json(raw)
+        out[tid] = LiveExecution(**{**asdict(entry), "task_id": tid}, expires=float(score))
     return out
 
 

@@ -125,21 +125,21 @@ async def test_audit_rows_and_settled_fences_leave_after_the_retention_period(
 
 async def test_a_heartbeat_refreshes_only_the_expiry_and_restores_a_lost_entry(
         settings: Settings, redis: aioredis.Redis) -> None:
-    from shared.registry import live_executions, refresh
+    from shared.registry import Entry, live_executions, refresh
 
     keys = Keys(settings.key_prefix)
-    info = {"task_id": str(uuid.uuid4()), "attempt": 1, "message_id": "m", "node": "w@a",
-            "host": "a", "pid": 10, "pid_started": 1.0, "started_at": 2.0}
+    info = Entry(task_id=str(uuid.uuid4()), attempt=1, message_id="m", node="w@a", host="a",
+                 pid=10, pid_started=1.0, started_at=2.0)
     # given an execution that registered on its first beat
     await refresh(redis, keys, info, 30)
-    first = (await live_executions(redis, keys))[info["task_id"]]
+    first = (await live_executions(redis, keys))[info.task_id]
     # when it beats again: the expiry moves on, the details are not written again
-    await redis.hset(keys.execution_info, info["task_id"], '{"marker": true}')
+    await redis.hset(keys.execution_info, info.task_id, '{"marker": true}')
     await refresh(redis, keys, info, 60)
-    assert await redis.hget(keys.execution_info, info["task_id"]) == '{"marker": true}'
-    assert await redis.zscore(keys.executions, info["task_id"]) > first.expires
+    assert await redis.hget(keys.execution_info, info.task_id) == '{"marker": true}'
+    assert await redis.zscore(keys.executions, info.task_id) > first.expires
     # and when Redis lost the entry, the next beat writes it whole again
     await redis.delete(keys.executions, keys.execution_info)
     await refresh(redis, keys, info, 30)
-    again = (await live_executions(redis, keys))[info["task_id"]]
+    again = (await live_executions(redis, keys))[info.task_id]
     assert (again.node, again.pid, again.attempt) == ("w@a", 10, 1)

@@ -23,7 +23,7 @@ from services.reaper.sweeper import _PURGE, FenceSweeper
 from shared.db import Db
 from shared.keys import Keys
 from shared.queues import queue_lists
-from shared.registry import live_executions, register
+from shared.registry import Entry, live_executions, register
 from shared.settings import Settings
 from shared.submit import QUEUED_AT_HEADER
 from tests.fakes import FakeDb, FakeRedis, FakeWorkers, ago, now
@@ -48,10 +48,10 @@ async def registered(ctx: ReaperContext, row: dict[str, Any], *, node: str = "w1
                      pid: int = 4242, attempt: int | None = None, ttl: float = 10.0) -> None:
     """The registry entry a sidecar writes for the row's execution (a negative ttl: it
     stopped beating that long ago)."""
-    await register(ctx.redis, ctx.keys, {
-        "task_id": str(row["id"]), "attempt": row["attempt"] if attempt is None else attempt,
-        "message_id": str(row["message_id"]), "node": node, "host": "host", "pid": pid,
-        "pid_started": 1.0, "started_at": time.time()}, ttl)
+    await register(ctx.redis, ctx.keys, Entry(
+        task_id=str(row["id"]), attempt=row["attempt"] if attempt is None else attempt,
+        message_id=str(row["message_id"]), node=node, host="host", pid=pid,
+        pid_started=1.0, started_at=time.time()), ttl)
 
 
 async def events(ctx: ReaperContext, run: Any) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import structlog
 
 from services.worker.execution import Execution
 from shared.keys import Keys
-from shared.registry import refresh, unregister
+from shared.registry import Entry, refresh, unregister
 from shared.settings import Settings
 
 log = structlog.get_logger("worker.sidecar")
@@ -26,11 +26,11 @@ class RegistryEntry:
         self._pid_started = pid_started
 
     async def refresh(self, ex: Execution) -> None:
-        info = {"task_id": ex.id, "attempt": ex.attempt, "message_id": str(ex.message_id),
-                "node": self._node, "host": self._settings.hostname, "pid": self._pid,
-                "pid_started": self._pid_started, "started_at": ex.started_at}
+        entry = Entry(task_id=ex.id, attempt=ex.attempt, message_id=str(ex.message_id),
+                      node=self._node, host=self._settings.hostname, pid=self._pid,
+                      pid_started=self._pid_started, started_at=ex.started_at)
         try:
-            await refresh(self._client, self._keys, info, self._settings.heartbeat_timeout)
+            await refresh(self._client, self._keys, entry, self._settings.heartbeat_timeout)
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 
