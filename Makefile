@@ -13,7 +13,7 @@ help:
 	@echo "make worker  one more worker against the same services"
 	@echo "make test    the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
 	@echo "make test-unit  the unit tests alone: in-memory fakes, no PostgreSQL or Redis"
-	@echo "make lint    ruff"
+	@echo "make lint    ruff and mypy"
 	@echo "make venv    create or refresh $(VENV) from pyproject.toml"
 
 venv .venv: $(STAMP)
@@ -39,6 +39,7 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Operator tools, benchmarks and the dashboard screenshot.
 -include mk/*.mk

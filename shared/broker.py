@@ -50,5 +50,5 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def make_celery(settings: Settings, main: str = "taskreaper") -> Celery:
     app = Celery(main, set_as_current=False)
     app.conf.update(celery_config(settings))
-    app.taskreaper_pending_key = Keys(settings.key_prefix).pending  # type: ignore[attr-defined]
+    app.taskreaper_pending_key = Keys(settings.key_prefix).pending
     return app

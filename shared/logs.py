@@ -16,7 +16,7 @@ _LOG_FILES = {"api": "app.log", "app": "app.log", "worker": "celery_worker.log",
 def configure_logging(settings: Settings, role: str, *, console: bool = True) -> None:
     """Routes stdlib and structlog records to the role's file (JSON) and the console."""
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -60,10 +60,11 @@ async def frame(ctx: CtlContext) -> RenderableType:
     counts = await ctx.db.counts(history=False)
     now = time.time()
     table = Table(title="Running tasks", title_justify="left", expand=False)
-    for col, justify in (("task", "left"), ("actor", "left"), ("state", "left"),
-                         ("progress", "left"), ("%", "right"), ("done/failed/total", "right"),
-                         ("elapsed", "right"), ("ETA", "right"), ("heartbeat", "right"),
-                         ("worker", "left")):
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
+        ("task", "left"), ("actor", "left"), ("state", "left"), ("progress", "left"),
+        ("%", "right"), ("done/failed/total", "right"), ("elapsed", "right"), ("ETA", "right"),
+        ("heartbeat", "right"), ("worker", "left"))
+    for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col in ("task", "progress"))
     for r in rows:
         table.add_row(*_row(r, ctx, now))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 
@@ -76,7 +76,8 @@ def _inspect_one(celery: Celery, nodes: list[str], timeout: float, what: str
 
 async def _reaper(ctx: CtlContext) -> tuple[dict[str, Any], dict[str, int]]:
     leader = await ctx.redis.get(ctx.keys.leader)
-    raw = await ctx.redis.hgetall(ctx.keys.reaper_status)
+    # taskctl's client decodes replies (decode_responses), so keys and values are str
+    raw = cast(dict[str, str], await ctx.redis.hgetall(ctx.keys.reaper_status))
     found = {k.split(":", 1)[1]: int(float(v)) for k, v in raw.items() if k.startswith("found:")}
     last = float(raw["last_pass_at"]) if raw.get("last_pass_at") else None
     return {"leader": leader, "reported_by": raw.get("leader"), "last_pass_at": last,

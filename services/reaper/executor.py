@@ -42,7 +42,7 @@ class CancelExecutor:
     async def revoke_new(self) -> None:
         """One broadcast for every message cancelled since the last tick."""
         ctx = self.ctx
-        fresh = await ctx.redis.zrangebyscore(ctx.keys.cancelled, f"({self._revoked_until}",
+        fresh: list[Any] = await ctx.redis.zrangebyscore(ctx.keys.cancelled, f"({self._revoked_until}",
                                               "+inf", withscores=True)
         if not fresh:
             return

@@ -123,7 +123,7 @@ class Undead:
         live = await live_executions(ctx.redis, ctx.keys)
         if not live:
             return 0
-        rows = {str(r["id"]): r for r in await ctx.db.active_by_ids(list(live))}
+        rows = {str(r["id"]): r for r in await ctx.db.active_by_ids([uuid.UUID(t) for t in live])}
         doomed = []
         for tid, entry in live.items():
             row = rows.get(tid)
