@@ -48,7 +48,7 @@ def pending_set(celery: Celery) -> tuple[redis.Redis, str] | None:
     if client is None:
         client = redis.Redis.from_url(celery.conf.broker_url, socket_timeout=5,
                                       socket_connect_timeout=5)
-        celery.taskreaper_redis = client  # type: ignore[attr-defined]
+        celery.taskreaper_redis = client
     return client, key
 
 

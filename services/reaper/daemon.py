@@ -87,5 +87,5 @@ async def run_reaper(settings: Settings, stop: asyncio.Event) -> None:
         try:
             await asyncio.wait_for(db.close(), 5.0)
         except (TimeoutError, OSError):
-            db.pool.terminate()
+            db.terminate()
         log.info("reaper.stopped", identity=identity)
