@@ -339,10 +339,10 @@ class Generator:
                 self._counted(started=False)
                 return
             await self.db.saved_chunks(tid)
-            sim.ex = Execution(task_id=tid, message_id=mid, actor=claim["actor"],
-                               queue=claim["queue"], attempt=claim["attempt"],
-                               started_at=claim["started_at"].timestamp(),
-                               kwargs=dict(claim["kwargs"]))
+            sim.ex = Execution(task_id=tid, message_id=mid, actor=claim.actor,
+                               queue=claim.queue, attempt=claim.attempt,
+                               started_at=claim.started_at.timestamp(),
+                               kwargs=dict(claim.kwargs))
             # The task's first report: how many chunks, and the first one under way.
             sim.ex.progress.total = TOTAL_CHUNKS
             sim.ex.progress.current = 1

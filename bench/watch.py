@@ -220,7 +220,7 @@ class ClaimProbe(Loop):
                 self.refused[phase] += 1
             else:
                 began = time.perf_counter()
-                await self.db.finish_task(tid, claim["attempt"], TaskStatus.SUCCEEDED)
+                await self.db.finish_task(tid, claim.attempt, TaskStatus.SUCCEEDED)
                 self._add(phase, "finish", time.perf_counter() - began)
         except Exception:
             self.failed[phase] += 1

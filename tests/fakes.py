@@ -21,7 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-ACTIVE = ("running", "cancelling")
+from shared.db.rows import DueCancel, StaleExecution
+from shared.states import EXECUTING
 
 
 def now() -> datetime:
@@ -115,7 +116,7 @@ class FakeDb:
         await self._reach()
         json.dumps(result)  # the client's jsonb codec refuses what JSON cannot hold
         row = self.tasks.get(task_id)
-        if row is None or row["attempt"] != attempt or row["status"] not in ACTIVE:
+        if row is None or row["attempt"] != attempt or row["status"] not in EXECUTING:
             return False
         saved = self.results.get((task_id, chunk))
         if saved is not None and saved["ok"]:
@@ -126,21 +127,18 @@ class FakeDb:
 
     # -- the reaper's reads and verdicts -----------------------------------------------------
 
-    async def stale_executions(self, timeout: float) -> list[dict[str, Any]]:
+    async def stale_executions(self, timeout: float) -> list[StaleExecution]:
         await self._reach()
         cutoff = ago(timeout)
-        return [_pick(r, "id", "actor", "queue", "status", "attempt", "message_id", "worker",
-                      "pid", "heartbeat_at", "started_at", "cancel_reason", "resumes")
-                for r in self.tasks.values()
-                if r["status"] in ACTIVE and (r["heartbeat_at"] or r["started_at"]) is not None
+        return [StaleExecution.from_row(r) for r in self.tasks.values()
+                if r["status"] in EXECUTING and (r["heartbeat_at"] or r["started_at"]) is not None
                 and (r["heartbeat_at"] or r["started_at"]) < cutoff]
 
-    async def due_cancellations(self, margin: float) -> list[dict[str, Any]]:
+    async def due_cancellations(self, margin: float) -> list[DueCancel]:
         await self._reach()
         cutoff = ago(margin)
-        return [{**_pick(r, "id", "actor", "attempt", "worker", "pid", "message_id",
-                         "cancel_deadline", "cancel_forced"),
-                 "silent_for": _seconds_since(r["heartbeat_at"] or r["started_at"])}
+        return [DueCancel.from_row(
+                    {**r, "silent_for": _seconds_since(r["heartbeat_at"] or r["started_at"])})
                 for r in self.tasks.values()
                 if r["status"] == "cancelling" and r["cancel_deadline"] is not None
                 and r["cancel_deadline"] <= cutoff]
@@ -148,7 +146,7 @@ class FakeDb:
     async def mark_dead(self, task_id: uuid.UUID, attempt: int, outcome: str) -> str | None:
         await self._reach()
         row = self.tasks.get(task_id)
-        if row is None or row["attempt"] != attempt or row["status"] not in ACTIVE:
+        if row is None or row["attempt"] != attempt or row["status"] not in EXECUTING:
             return None
         row.update(status="cancelled" if row["status"] == "cancelling" else "lost",
                    outcome=outcome, finished_at=now())

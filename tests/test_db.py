@@ -39,12 +39,12 @@ async def test_claim_is_atomic_and_needs_the_current_message(db: Db) -> None:
     await db.insert_task(tid, "distill", "default", {}, mid, None)
     assert await db.claim_task(tid, uuid.uuid4(), "w", 1, 30) is None  # stale message
     first = await db.claim_task(tid, mid, "w", 1, 30)
-    assert first["attempt"] == 1
+    assert first is not None and first.attempt == 1
     assert await db.claim_task(tid, mid, "w", 2, 30) is None  # running, lease fresh
     # with its lease long expired, a redelivery may take over as the next attempt
     await db.pool.execute("UPDATE tasks SET heartbeat_at = now() - interval '1 hour' WHERE id=$1",
                           tid)
-    assert (await db.claim_task(tid, mid, "w", 3, 30))["attempt"] == 2
+    assert (await db.claim_task(tid, mid, "w", 3, 30)).attempt == 2
 
 
 async def test_retention_prunes_only_old_finished_history(db: Db) -> None:

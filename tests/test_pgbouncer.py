@@ -63,7 +63,7 @@ async def test_named_queries_run_through_pgbouncer(
     tid, mid = uuid.uuid4(), uuid.uuid4()
     await db.insert_task(tid, "distill", "default", {"chunks": 2, "note": "ü"}, mid, None)
     claimed = await db.claim_task(tid, mid, "w@test", 1, 30)
-    assert claimed is not None and claimed["attempt"] == 1
+    assert claimed is not None and claimed.attempt == 1
     assert await db.heartbeat(tid, 1, done=1, failed=0, total=2, current=1,
                               eta_seconds=0.5) is not None
     assert await db.save_result(tid, 1, 0, True, {"digest": "a"})

@@ -86,7 +86,7 @@ class Stress:
             return
         if claimed is None:
             return
-        attempt = claimed["attempt"]
+        attempt = claimed.attempt
         for _ in range(self.rng.randint(0, 3)):
             await self.db.heartbeat(tid, attempt, done=1, failed=0, total=3, current=1,
                                     eta_seconds=1.0)

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from services.reaper.context import ReaperContext
-from shared.db import Record
+from shared.db.rows import DueCancel
 from shared.registry import LiveExecution, live_executions
 from shared.states import Outcome
 
@@ -60,28 +60,28 @@ class CancelExecutor:
         if not rows:
             return 0
         live = await live_executions(ctx.redis, ctx.keys, include_expired=True)
-        await asyncio.gather(*(self.kill_and_settle(r, live.get(str(r["id"]))) for r in rows))
+        await asyncio.gather(*(self.kill_and_settle(r, live.get(str(r.id))) for r in rows))
         return len(rows)
 
-    async def kill_and_settle(self, row: Record, entry: LiveExecution | None) -> str | None:
+    async def kill_and_settle(self, row: DueCancel, entry: LiveExecution | None) -> str | None:
         ctx = self.ctx
-        if entry is not None and entry.attempt != row["attempt"]:
+        if entry is not None and entry.attempt != row.attempt:
             entry = None
         replies = await ctx.celery.kill(
-            message_id=str(row["message_id"]), task_id=str(row["id"]),
+            message_id=str(row.message_id), task_id=str(row.id),
             node=entry.node if entry else None, pid=entry.pid if entry else None,
             pid_started=entry.pid_started if entry else None)
-        silent = float(row["silent_for"] or 0) > self.ctx.settings.heartbeat_timeout
+        silent = float(row.silent_for or 0) > self.ctx.settings.heartbeat_timeout
         outcome = self._verdict(replies, entry, silent)
         if outcome is None:
-            log.info("reaper.kill_pending", task_id=str(row["id"]), replies=replies)
+            log.info("reaper.kill_pending", task_id=str(row.id), replies=replies)
             return None
         ctx.metrics.kills.labels(result=outcome).inc()
-        status = await ctx.db.mark_dead(row["id"], row["attempt"], outcome)
+        status = await ctx.db.mark_dead(row.id, row.attempt, outcome)
         if status:
-            log.warning("reaper.escalated", task_id=str(row["id"]), attempt=row["attempt"],
+            log.warning("reaper.escalated", task_id=str(row.id), attempt=row.attempt,
                         outcome=outcome, status=status, node=entry.node if entry else None)
-            await ctx.publish_change(row["id"], status, outcome=outcome)
+            await ctx.publish_change(row.id, status, outcome=outcome)
         return status
 
     @staticmethod

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from services.reaper.context import ReaperContext
+from shared.db.rows import StaleExecution
 from shared.registry import live_executions, prune_expired
 from shared.states import EXECUTING, Outcome, TaskStatus
 from shared.submit import publish
@@ -70,43 +71,43 @@ class Zombies:
         if not rows:
             return 0
         known = await live_executions(ctx.redis, ctx.keys, include_expired=True)
-        suspects = [r for r in rows if not (str(r["id"]) in known and known[str(r["id"])].alive)]
+        suspects = [r for r in rows if not (str(r.id) in known and known[str(r.id)].alive)]
         if not suspects:
             return 0
         # Only the workers that ran these executions can still be running them, unless a
         # registry entry is missing altogether; then everyone is asked.
-        nodes = {known[str(r["id"])].node for r in suspects if str(r["id"]) in known}
-        everyone = any(str(r["id"]) not in known for r in suspects)
+        nodes = {known[str(r.id)].node for r in suspects if str(r.id) in known}
+        everyone = any(str(r.id) not in known for r in suspects)
         active = await p.celery_active(ctx, None if everyone else sorted(nodes))
         found = 0
         for row in suspects:
-            if str(row["id"]) in active:
+            if str(row.id) in active:
                 continue  # alive but not beating (e.g. holding the GIL): not a zombie
             found += 1
             await self._settle(ctx, row)
         return found
 
-    async def _settle(self, ctx: ReaperContext, row: Any) -> None:
-        actor = await ctx.db.get_actor(row["actor"])
+    async def _settle(self, ctx: ReaperContext, row: StaleExecution) -> None:
+        actor = await ctx.db.get_actor(row.actor)
         allowed = int((actor["options"] or {}).get("auto_resume", 0)) if actor else 0
         # Only a running execution goes back to queued: one being cancelled stays cancelled.
-        if row["status"] == TaskStatus.RUNNING and row["resumes"] < allowed:
+        if row.status == TaskStatus.RUNNING and row.resumes < allowed:
             message_id = uuid.uuid4()
-            new = await ctx.db.requeue_execution(row["id"], row["attempt"], message_id, None,
+            new = await ctx.db.requeue_execution(row.id, row.attempt, message_id, None,
                                                  "execution lost; resumed automatically")
             if new is not None:
-                await publish(ctx.celery.celery, row["actor"], row["id"], message_id, new["queue"],
+                await publish(ctx.celery.celery, row.actor, row.id, message_id, new["queue"],
                               queued_at=new["queued_at"])
-                log.warning("reaper.zombie_resumed", task_id=str(row["id"]),
-                            attempt=row["attempt"], resumes=new["resumes"])
-                await ctx.publish_change(row["id"], TaskStatus.QUEUED, resumed=True)
+                log.warning("reaper.zombie_resumed", task_id=str(row.id),
+                            attempt=row.attempt, resumes=new["resumes"])
+                await ctx.publish_change(row.id, TaskStatus.QUEUED, resumed=True)
                 return
-        status = await ctx.db.mark_dead(row["id"], row["attempt"], Outcome.GONE)
+        status = await ctx.db.mark_dead(row.id, row.attempt, Outcome.GONE)
         if status:
-            log.warning("reaper.zombie", task_id=str(row["id"]), attempt=row["attempt"],
-                        status=status, heartbeat_at=str(row["heartbeat_at"]),
-                        worker=row["worker"], pid=row["pid"])
-            await ctx.publish_change(row["id"], status, outcome=Outcome.GONE)
+            log.warning("reaper.zombie", task_id=str(row.id), attempt=row.attempt,
+                        status=status, heartbeat_at=str(row.heartbeat_at),
+                        worker=row.worker, pid=row.pid)
+            await ctx.publish_change(row.id, status, outcome=Outcome.GONE)
 
 
 # A finished execution removes its registry entry right after writing its end.

@@ -62,9 +62,9 @@ async def open_execution(sc: Sidecar, act: Actor, tid: uuid.UUID, mid: uuid.UUID
         log.info("task.dropped", task_id=task_id, message_id=message_id,
                  why="not claimable (cancelled, finished, stale or already running)")
         return None
-    ex = Execution(task_id=tid, message_id=mid, actor=act.name, queue=claim["queue"],
-                   attempt=claim["attempt"], started_at=claim["started_at"].timestamp(),
-                   kwargs=dict(claim["kwargs"]), interruptible=act.interruptible,
+    ex = Execution(task_id=tid, message_id=mid, actor=act.name, queue=claim.queue,
+                   attempt=claim.attempt, started_at=claim.started_at.timestamp(),
+                   kwargs=dict(claim.kwargs), interruptible=act.interruptible,
                    time_limit=act.time_limit)
     log.info("task.started", task_id=ex.id, attempt=ex.attempt, actor=act.name,
              pid=os.getpid(), restored_chunks=len(saved))

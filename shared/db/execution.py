@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.db.base import DbBase, Record
+from shared.db.rows import Claim
 from shared.states import TaskStatus
 
 
@@ -17,7 +18,7 @@ class ClaimBusy(Exception):
 
 class ExecutionQueries(DbBase):
     async def claim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str, pid: int,
-                         lease_seconds: float, deadline: float = 10.0) -> Record | None:
+                         lease_seconds: float, deadline: float = 10.0) -> Claim | None:
         """The claimed row, or None when the task is not claimable: covered by a cancel fence
         (it was just ended as cancelled), finished, stale, already running, or reached after
         `deadline` seconds. Raises ClaimBusy when someone holds the row right now."""
@@ -27,7 +28,7 @@ class ExecutionQueries(DbBase):
             return None
         if row["busy"]:
             raise ClaimBusy(f"task {task_id} is held by another writer")
-        return row
+        return Claim.from_row(row)
 
     async def unclaim_task(self, task_id: uuid.UUID, message_id: uuid.UUID, worker: str,
                            pid: int) -> int | None:

@@ -7,14 +7,17 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from shared.db.base import DbBase, Record
+from shared.db.rows import DueCancel, StaleExecution
 
 
 class ReaperQueries(DbBase):
-    async def stale_executions(self, timeout: float) -> list[Record]:
-        return await self.pool.fetch(self.q["stale_executions"], timeout)
+    async def stale_executions(self, timeout: float) -> list[StaleExecution]:
+        rows = await self.pool.fetch(self.q["stale_executions"], timeout)
+        return [StaleExecution.from_row(r) for r in rows]
 
-    async def due_cancellations(self, margin: float) -> list[Record]:
-        return await self.pool.fetch(self.q["due_cancellations"], margin)
+    async def due_cancellations(self, margin: float) -> list[DueCancel]:
+        rows = await self.pool.fetch(self.q["due_cancellations"], margin)
+        return [DueCancel.from_row(r) for r in rows]
 
     async def mark_dead(self, task_id: uuid.UUID, attempt: int, outcome: str) -> str | None:
         return await self.pool.fetchval(self.q["mark_dead"], task_id, attempt, outcome)
