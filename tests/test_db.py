@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from shared.db import Db
+from shared.states import TaskStatus
 
 
 async def _task(db: Db, status: str, *, finished_days_ago: float | None = None,
@@ -45,6 +46,11 @@ async def test_claim_is_atomic_and_needs_the_current_message(db: Db) -> None:
     await db.pool.execute("UPDATE tasks SET heartbeat_at = now() - interval '1 hour' WHERE id=$1",
                           tid)
     assert (await db.claim_task(tid, mid, "w", 3, 30)).attempt == 2
+    # an execution ends succeeded, failed or cancelled, never in another state
+    for status in (TaskStatus.QUEUED, TaskStatus.LOST, TaskStatus.CANCELLING):
+        assert await db.finish_task(tid, 2, status) is None
+    assert (await db.get_task(tid))["status"] == "running"
+    assert await db.finish_task(tid, 2, TaskStatus.SUCCEEDED) == "succeeded"
 
 
 async def test_retention_prunes_only_old_finished_history(db: Db) -> None:

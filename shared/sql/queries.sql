@@ -128,8 +128,8 @@ UPDATE tasks
 SET status = $3, outcome = $4, error = $5, finished_at = now(),
     done = coalesce($6, done), failed = coalesce($7, failed), total = coalesce($8, total),
     heartbeat_at = now()
--- Only a cancel the DB recorded can end as `cancelled`.
-WHERE id = $1 AND attempt = $2
+-- Only a cancel the DB recorded can end as `cancelled`; an execution ends in nothing else.
+WHERE id = $1 AND attempt = $2 AND $3 IN ('succeeded', 'failed', 'cancelled')
   AND status = ANY(CASE WHEN $3 = 'cancelled' THEN ARRAY['cancelling']
                         ELSE ARRAY['running', 'cancelling'] END)
 RETURNING status;
