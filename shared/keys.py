@@ -53,6 +53,12 @@ class Keys:
         return f"{self.prefix}:workers"
 
     @property
+    def workers_alive(self) -> str:
+        """Sorted set of Celery node names, scored by when each worker's main process must
+        beat again by (epoch seconds): a worker past it is gone."""
+        return f"{self.prefix}:workers-alive"
+
+    @property
     def leader(self) -> str:
         return f"{self.prefix}:reaper:leader"
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from shared.sizes import parse_size
+
 
 class SettingsError(ValueError):
     pass
@@ -62,6 +64,9 @@ class Settings:
     history_retention_days: int = 30
     # A claim the DB has not answered within this long is given up (and retried later).
     claim_timeout: float = 10.0
+    # Memory limit of an execution's pool process (RSS) for actors that set none: 536870912,
+    # 512MB or 512MiB; empty means no limit. Past it the task is cancelled (`memory_limit`).
+    worker_memory_limit: str = ""
 
     @property
     def hostname(self) -> str:
@@ -93,6 +98,10 @@ class Settings:
             raise SettingsError("CANCEL_GRACE and KILL_MARGIN must not be negative")
         if not 0 < self.port < 65536:
             raise SettingsError("PORT must be between 1 and 65535")
+        try:
+            parse_size(self.worker_memory_limit)
+        except ValueError as exc:
+            raise SettingsError(f"WORKER_MEMORY_LIMIT: {exc}") from exc
 
     def log_path(self, name: str) -> Path:
         return Path(self.log_dir) / name

@@ -14,8 +14,8 @@ import structlog
 from services.reaper.context import ReaperContext
 from shared.db.rows import StaleExecution
 from shared.registry import live_executions, prune_expired
-from shared.states import EXECUTING, Outcome, TaskStatus
-from shared.submit import publish
+from shared.states import EXECUTING
+from shared.verdict import settle_gone
 
 log = structlog.get_logger("reaper.reconcile")
 
@@ -88,26 +88,14 @@ class Zombies:
         return found
 
     async def _settle(self, ctx: ReaperContext, row: StaleExecution) -> None:
-        actor = await ctx.db.get_actor(row.actor)
-        allowed = int((actor["options"] or {}).get("auto_resume", 0)) if actor else 0
-        # Only a running execution goes back to queued: one being cancelled stays cancelled.
-        if row.status == TaskStatus.RUNNING and row.resumes < allowed:
-            message_id = uuid.uuid4()
-            new = await ctx.db.requeue_execution(row.id, row.attempt, message_id, None,
-                                                 "execution lost; resumed automatically")
-            if new is not None:
-                await publish(ctx.celery.celery, row.actor, row.id, message_id, new["queue"],
-                              queued_at=new["queued_at"])
-                log.warning("reaper.zombie_resumed", task_id=str(row.id),
-                            attempt=row.attempt, resumes=new["resumes"])
-                await ctx.publish_change(row.id, TaskStatus.QUEUED, resumed=True)
-                return
-        status = await ctx.db.mark_dead(row.id, row.attempt, Outcome.GONE)
-        if status:
+        verdict = await settle_gone(ctx.db, ctx.celery.celery, row, ctx.publish_change)
+        if verdict.resumed:
+            log.warning("reaper.zombie_resumed", task_id=str(row.id),
+                        attempt=row.attempt, resumes=verdict.resumes)
+        elif verdict.status:
             log.warning("reaper.zombie", task_id=str(row.id), attempt=row.attempt,
-                        status=status, heartbeat_at=str(row.heartbeat_at),
+                        status=verdict.status, heartbeat_at=str(row.heartbeat_at),
                         worker=row.worker, pid=row.pid)
-            await ctx.publish_change(row.id, status, outcome=Outcome.GONE)
 
 
 # A finished execution removes its registry entry right after writing its end.

@@ -11,10 +11,11 @@ from shared.db.base import SERVER_SETTINGS, Record, create_pool, queries
 from shared.db.cancels import CancelQueries
 from shared.db.execution import ClaimBusy, ExecutionQueries
 from shared.db.reaper import ReaperQueries
+from shared.db.resources import ResourceQueries
 from shared.db.tasks import TaskQueries
 
 __all__ = ["SERVER_SETTINGS", "ClaimBusy", "Db", "Record", "create_pool", "queries"]
 
 
-class Db(TaskQueries, ExecutionQueries, CancelQueries, ReaperQueries):
+class Db(TaskQueries, ExecutionQueries, CancelQueries, ReaperQueries, ResourceQueries):
     pass

@@ -35,10 +35,12 @@ class ExecutionQueries(DbBase):
         return await self.pool.fetchval(self.q["unclaim_task"], task_id, message_id, worker, pid)
 
     async def heartbeat(self, task_id: uuid.UUID, attempt: int, *, done: int, failed: int,
-                        total: int | None, current: int | None, eta_seconds: float | None
+                        total: int | None, current: int | None, eta_seconds: float | None,
+                        rss_bytes: int | None = None, cpu_percent: float | None = None
                         ) -> Record | None:
+        """Progress, and what the pool process uses (a None reading keeps the last one)."""
         return await self.pool.fetchrow(self.q["heartbeat"], task_id, attempt, done, failed, total,
-                                        current, eta_seconds)
+                                        current, eta_seconds, rss_bytes, cpu_percent)
 
     async def execution_state(self, task_id: uuid.UUID) -> Record | None:
         return await self.pool.fetchrow(self.q["execution_state"], task_id)

@@ -106,7 +106,8 @@ RETURNING attempt;
 -- name: heartbeat
 -- Fenced by attempt: a stale execution gets no row back and learns it must stop.
 UPDATE tasks
-SET heartbeat_at = now(), done = $3, failed = $4, total = $5, current_chunk = $6, eta_seconds = $7
+SET heartbeat_at = now(), done = $3, failed = $4, total = $5, current_chunk = $6, eta_seconds = $7,
+    rss_bytes = coalesce($8, rss_bytes), cpu_percent = coalesce($9, cpu_percent)
 WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
 RETURNING status, cancel_reason, cancel_forced, cancel_deadline;
 
@@ -380,7 +381,7 @@ WHERE swept_at < now() - make_interval(days => $1) AND purged_at IS NOT NULL;
 
 -- name: active_rows
 SELECT id, actor, status, attempt, worker, pid, done, failed, total, current_chunk,
-       eta_seconds, heartbeat_at, started_at, created_at
+       eta_seconds, heartbeat_at, started_at, created_at, rss_bytes, cpu_percent
 FROM tasks WHERE status IN ('running', 'cancelling') ORDER BY started_at;
 
 -- name: active_queues
@@ -435,3 +436,20 @@ DELETE FROM tasks t USING old WHERE t.id = old.id;
 SELECT id, attempt, message_id, cancel_deadline,
        extract(epoch FROM cancel_deadline - now())::float8 AS due_in
 FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'cancelling';
+
+-- name: request_memory_limit
+-- The resource guard's cancel: the pool process outgrew the actor's memory limit.
+UPDATE tasks
+SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = 'memory_limit',
+    cancel_by = 'memory_limit', cancel_forced = false,
+    cancel_deadline = now() + make_interval(secs => $3)
+WHERE id = $1 AND attempt = $2 AND status = 'running'
+RETURNING cancel_deadline;
+
+-- name: executions_of_processes
+-- The executions that pool processes of one worker were running when they died: the worker's
+-- main process settles them at once instead of waiting for the heartbeat timeout.
+SELECT id, actor, queue, status, attempt, message_id, worker, pid, heartbeat_at, started_at,
+       cancel_reason, resumes
+FROM tasks
+WHERE status IN ('running', 'cancelling') AND worker = $1 AND pid = ANY($2::int[]);
