@@ -38,8 +38,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Flower's task list: the actor is the task's name, our task id is in its kwargs.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "broker_heartbeat": 0,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0.1,

@@ -31,6 +31,8 @@ class Settings:
     worker_concurrency: int = 2
     # The worker's main process kills its own pool processes stuck past a cancel deadline.
     guardian: bool = True
+    # Celery task events (sent, received, started, ...) for Flower and `celery events`.
+    task_events: bool = True
     # Comma-separated queues a worker consumes besides its actors' own and the default.
     worker_queues: str = ""
     # The worker writes progress to the DB at most this often.

@@ -21,6 +21,7 @@ from celery.signals import (
 
 from services.worker import control  # noqa: F401  (registers the remote control command)
 from services.worker.actor import Actor, discover
+from services.worker.celery_control import install_celery_control
 from services.worker.guardian import Guardian
 from services.worker.lifecycle import RetryLater
 from services.worker.runtime import Runtime
@@ -47,6 +48,7 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
     runtime = Runtime(settings, app)
     for act in actors:
         _register(app, runtime, act)
+    install_celery_control(app, settings, [a.name for a in actors])
 
     @celeryd_after_setup.connect(weak=False)
     def _named(sender: str, **_: Any) -> None:

@@ -35,6 +35,10 @@ class TaskQueries(DbBase):
     async def saved_chunks(self, task_id: uuid.UUID) -> set[int]:
         return {r["chunk"] for r in await self.pool.fetch(self.q["saved_chunks"], task_id)}
 
+    async def active_by_message_ids(self, message_ids: list[uuid.UUID]) -> list[Record]:
+        """Queued, running or cancelling rows whose current message is one of these."""
+        return await self.pool.fetch(self.q["active_by_message_ids"], message_ids)
+
     async def counts(self, *, history: bool = True) -> dict[str, int]:
         rows = await self.pool.fetch(self.q["all_counts" if history else "active_counts"])
         counts = {s.value: 0 for s in TaskStatus}

@@ -453,3 +453,9 @@ SELECT id, actor, queue, status, attempt, message_id, worker, pid, heartbeat_at,
        cancel_reason, resumes
 FROM tasks
 WHERE status IN ('running', 'cancelling') AND worker = $1 AND pid = ANY($2::int[]);
+
+-- name: active_by_message_ids
+-- The live rows whose current Celery message is one of these: what a revoke in Celery's
+-- own control names. An older message of a task (before a resume) names nothing.
+SELECT id, status, attempt, message_id, worker FROM tasks
+WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling');
