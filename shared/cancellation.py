@@ -158,7 +158,8 @@ class Canceller:
             remote = sum(1 for r in rows if r["remote"])
             await self.db.insert_audit(
                 conn, by=by, reason=reason, scope={"all": True, **scope}, forced=True,
-                cancelled=was["queued"], cancelling=was["running"] + was["cancelling"],
+                cancelled=was["queued"],
+                cancelling=was["running"] + was["cancelling"] + was["pausing"],
                 task_ids=[r["id"] for r in rows])
         await self.announce({"all": True, "actor": None, "queue": None, "force": True,
                              "reason": reason, "before": before},

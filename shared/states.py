@@ -17,6 +17,8 @@ class TaskStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    PAUSING = "pausing"
+    PAUSED = "paused"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -34,8 +36,10 @@ class Event(StrEnum):
     FINISH = "finish"    # the execution, or its host, records how it ended
     CANCEL = "cancel"    # the ladder's first rung: one, cancel-all, time limit, force-kill
     REAP = "reap"        # the reaper settles what no live execution will
-    REQUEUE = "requeue"  # a new attempt of a running execution: retry, automatic resume
+    REQUEUE = "requeue"  # a new attempt of a running execution: retry, automatic resume,
+                         # preemption (a drain, the resource guard)
     RESUME = "resume"    # an operator's explicit resume, from the checkpoint
+    PAUSE = "pause"      # an operator's pause: one task, or pause-all
 
 
 _S, _E = TaskStatus, Event
@@ -49,13 +53,18 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
         _S.CANCELLED: frozenset({_E.CANCEL}),
         # Its message is in no queue and on no worker, and was already published again once.
         _S.LOST: frozenset({_E.REAP}),
+        # Never started: it waits, holding nothing, until a resume gives it a new message.
+        _S.PAUSED: frozenset({_E.PAUSE}),
     },
     _S.RUNNING: {
         # A redelivered message takes over once the lease expired: a new attempt.
         _S.RUNNING: frozenset({_E.CLAIM}),
-        # Retry, automatic resume of a zombie, or a claim whose answer never reached its
-        # worker undone for the retried delivery.
+        # Retry, automatic resume of a zombie, a claim whose answer never reached its worker
+        # undone for the retried delivery, or preempted: its worker drains (a deploy) and a
+        # new attempt goes on from the checkpoint elsewhere.
         _S.QUEUED: frozenset({_E.REQUEUE}),
+        # Asked to stop and keep its checkpoint, within a grace period like a cancel's.
+        _S.PAUSING: frozenset({_E.PAUSE}),
         _S.SUCCEEDED: frozenset({_E.FINISH}),
         _S.FAILED: frozenset({_E.FINISH}),
         _S.CANCELLING: frozenset({_E.CANCEL}),
@@ -73,6 +82,23 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
         # Ended before it saw the cancel: the state matches what happened (invariant 7).
         _S.SUCCEEDED: frozenset({_E.FINISH}),
         _S.FAILED: frozenset({_E.FINISH}),
+    },
+    _S.PAUSING: {
+        # Stopped and saved its work, or killed when its grace ran out (by its own worker,
+        # or by the reaper, which also settles one whose process is gone).
+        _S.PAUSED: frozenset({_E.FINISH, _E.REAP}),
+        # Ended before it saw the pause.
+        _S.SUCCEEDED: frozenset({_E.FINISH}),
+        _S.FAILED: frozenset({_E.FINISH}),
+        # A cancel wins over a pause; force-kill on this host ends it at once.
+        _S.CANCELLING: frozenset({_E.CANCEL}),
+        _S.CANCELLED: frozenset({_E.CANCEL}),
+    },
+    # Stable: no process, no message, its checkpoint kept. Nothing reaps it; only an
+    # operator moves it on.
+    _S.PAUSED: {
+        _S.QUEUED: frozenset({_E.RESUME}),
+        _S.CANCELLED: frozenset({_E.CANCEL}),
     },
     _S.SUCCEEDED: {},
     _S.FAILED: {_S.QUEUED: frozenset({_E.RESUME})},
@@ -105,7 +131,12 @@ def _targets(event: Event) -> frozenset[TaskStatus]:
 # Terminal: nothing but an explicit resume leaves it.
 TERMINAL = frozenset(s for s, moves in TRANSITIONS.items()
                      if all(events == {Event.RESUME} for events in moves.values()))
-ACTIVE = frozenset(TaskStatus) - TERMINAL
+# Held: not finished, yet nothing in the system moves it on (no claim, no reaper, no
+# execution); only an operator's resume or cancel does.
+HELD = frozenset(s for s, moves in TRANSITIONS.items()
+                 if moves and all(events <= {Event.RESUME, Event.CANCEL}
+                                  for events in moves.values())) - TERMINAL
+ACTIVE = frozenset(TaskStatus) - TERMINAL - HELD
 RESUMABLE = _sources(Event.RESUME)
 # A cancel acts on these; on a task already cancelling, only a forced one does anything.
 CANCELLABLE = _sources(Event.CANCEL)
@@ -113,10 +144,16 @@ CANCELLABLE = _sources(Event.CANCEL)
 CANCEL_PENDING = _targets(Event.CANCEL) & ACTIVE
 # A live execution holds the task: it beats, saves chunks and records its end.
 EXECUTING = _sources(Event.FINISH)
+PAUSABLE = _sources(Event.PAUSE)
+# A pause is under way: the execution saves its work and stops within its grace period.
+PAUSE_PENDING = _targets(Event.PAUSE) & ACTIVE
+# The execution was asked to stop (its token is set as soon as it learns of it).
+STOPPING = CANCEL_PENDING | PAUSE_PENDING
 
 # The order an operator reads states in: what needs attention first.
-ATTENTION = (TaskStatus.RUNNING, TaskStatus.CANCELLING, TaskStatus.QUEUED, TaskStatus.FAILED,
-             TaskStatus.LOST, TaskStatus.CANCELLED, TaskStatus.SUCCEEDED)
+ATTENTION = (TaskStatus.RUNNING, TaskStatus.CANCELLING, TaskStatus.PAUSING, TaskStatus.QUEUED,
+             TaskStatus.PAUSED, TaskStatus.FAILED, TaskStatus.LOST, TaskStatus.CANCELLED,
+             TaskStatus.SUCCEEDED)
 
 
 def describe() -> dict[str, Any]:
@@ -134,6 +171,9 @@ def describe() -> dict[str, Any]:
         "cancellable": names(CANCELLABLE),
         "cancel_pending": names(CANCEL_PENDING),
         "executing": names(EXECUTING),
+        "held": names(HELD),
+        "pausable": names(PAUSABLE),
+        "pause_pending": names(PAUSE_PENDING),
         "attention": [s.value for s in ATTENTION],
         "transitions": [{"from": s.value, "to": t.value,
                          "events": [e.value for e in Event if e in events]}
@@ -152,6 +192,12 @@ class Outcome(StrEnum):
 
 
 class CancelReason(StrEnum):
+    """Why an execution's token was set. A pause and a worker's drain stop the execution
+    like a cancel does (the same token, the same grace), but it ends `paused` or back in
+    `queued` rather than `cancelled`."""
+
     USER = "user"
     TIME_LIMIT = "time_limit"
     FORCE_KILL = "force-kill"
+    PAUSE = "pause"
+    SHUTDOWN = "shutdown"

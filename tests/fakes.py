@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.db.rows import DueCancel, StaleExecution
-from shared.states import EXECUTING
+from shared.states import EXECUTING, STOPPING
 
 
 def now() -> datetime:
@@ -140,7 +140,7 @@ class FakeDb:
         return [DueCancel.from_row(
                     {**r, "silent_for": _seconds_since(r["heartbeat_at"] or r["started_at"])})
                 for r in self.tasks.values()
-                if r["status"] == "cancelling" and r["cancel_deadline"] is not None
+                if r["status"] in STOPPING and r["cancel_deadline"] is not None
                 and r["cancel_deadline"] <= cutoff]
 
     async def mark_dead(self, task_id: uuid.UUID, attempt: int, outcome: str) -> str | None:
@@ -148,8 +148,8 @@ class FakeDb:
         row = self.tasks.get(task_id)
         if row is None or row["attempt"] != attempt or row["status"] not in EXECUTING:
             return None
-        row.update(status="cancelled" if row["status"] == "cancelling" else "lost",
-                   outcome=outcome, finished_at=now())
+        verdict = {"cancelling": "cancelled", "pausing": "paused"}
+        row.update(status=verdict.get(row["status"], "lost"), outcome=outcome, finished_at=now())
         return str(row["status"])
 
     async def requeue_execution(self, task_id: uuid.UUID, attempt: int, message_id: uuid.UUID,

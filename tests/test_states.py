@@ -20,8 +20,12 @@ from shared.states import (
     CANCEL_PENDING,
     CANCELLABLE,
     EXECUTING,
+    HELD,
     INITIAL,
+    PAUSABLE,
+    PAUSE_PENDING,
     RESUMABLE,
+    STOPPING,
     TERMINAL,
     TRANSITIONS,
     Event,
@@ -51,6 +55,24 @@ DOMAINS: dict[tuple[str, str], list[Any]] = {
 
 # Moves in the table that no statement makes, each with the reason it stays.
 JUSTIFIED: dict[tuple[TaskStatus, TaskStatus], str] = {}
+
+# The lists of states a statement may name: the named sets, and these read off them.
+NAMED_LISTS = {
+    frozenset(s.value for s in group) for group in (
+        ACTIVE, TERMINAL, EXECUTING, STOPPING, frozenset(TaskStatus),
+        # What a cancel moves to `cancelling`: executing with no cancel under way.
+        EXECUTING - CANCEL_PENDING,
+        # What a cancel ends at once: no execution holds it.
+        CANCELLABLE - EXECUTING,
+    )}
+
+# Lists in migrations that a later one replaced, as they were then: history, not what runs.
+REPLACED: dict[str, dict[frozenset[str], str]] = {
+    "001_tasks.sql": {
+        frozenset(STATES) - {"pausing", "paused"}: "the CHECK constraint, replaced in 005",
+        frozenset({"queued", "running", "cancelling"}): "tasks_active_idx, replaced in 005",
+    },
+}
 
 
 def table_moves() -> set[tuple[str, str]]:
@@ -117,9 +139,12 @@ def test_tasks_enter_at_the_initial_state(reading: Reading) -> None:
 
 
 def test_every_list_of_states_in_the_sql_is_a_named_set(reading: Reading) -> None:
-    named = {frozenset(s.value for s in group)
-             for group in (ACTIVE, TERMINAL, EXECUTING, frozenset(TaskStatus))}
-    assert reading.lists and reading.lists <= named, reading.lists - named
+    assert reading.lists
+    for path in SQL_FILES:
+        lists = read({path.name: path.read_text()}, STATES, DOMAINS).lists
+        history = REPLACED.get(path.name, {})
+        assert lists - history.keys() <= NAMED_LISTS, (path.name, lists - NAMED_LISTS)
+        assert history.keys() <= lists, f"{path.name}: a replaced list it does not have"
 
 
 def test_the_reader_evaluates_cases_ctes_and_parameters() -> None:
@@ -171,11 +196,16 @@ def test_the_reader_refuses_what_it_cannot_read(sql: str, why: str) -> None:
 def test_the_named_sets_are_the_ones_the_code_has_always_used() -> None:
     s = TaskStatus
     assert TERMINAL == {s.SUCCEEDED, s.FAILED, s.CANCELLED, s.LOST}
-    assert ACTIVE == {s.QUEUED, s.RUNNING, s.CANCELLING}
-    assert RESUMABLE == {s.CANCELLED, s.LOST, s.FAILED}
-    assert CANCELLABLE == ACTIVE
+    assert ACTIVE == {s.QUEUED, s.RUNNING, s.CANCELLING, s.PAUSING}
+    # Paused: neither finished nor active; nothing but an operator moves it on.
+    assert HELD == {s.PAUSED}
+    assert RESUMABLE == {s.CANCELLED, s.LOST, s.FAILED, s.PAUSED}
+    assert CANCELLABLE == ACTIVE | HELD
     assert CANCEL_PENDING == {s.CANCELLING}
-    assert EXECUTING == {s.RUNNING, s.CANCELLING}
+    assert EXECUTING == {s.RUNNING, s.CANCELLING, s.PAUSING}
+    assert PAUSABLE == {s.QUEUED, s.RUNNING}
+    assert PAUSE_PENDING == {s.PAUSING}
+    assert STOPPING == {s.CANCELLING, s.PAUSING}
     assert [t.terminal for t in s] == [t in TERMINAL for t in s]
 
 
@@ -197,6 +227,23 @@ def test_the_table_hangs_together() -> None:
     assert reach == set(TaskStatus)
     for state in ACTIVE:
         assert any(t in TERMINAL for t in TRANSITIONS[state]), state
+    # A held state is left only by an operator, and a cancel ends it.
+    for state in HELD:
+        assert TaskStatus.CANCELLED in TRANSITIONS[state] and INITIAL in TRANSITIONS[state]
+
+
+def test_pause_moves() -> None:
+    s, e = TaskStatus, Event
+    assert can_move(s.QUEUED, s.PAUSED, e.PAUSE) and can_move(s.RUNNING, s.PAUSING, e.PAUSE)
+    # The execution records its stop, or the reaper settles it: paused either way.
+    assert can_move(s.PAUSING, s.PAUSED, e.FINISH) and can_move(s.PAUSING, s.PAUSED, e.REAP)
+    # A cancel wins over a pause; a resume gives a paused task a new message.
+    assert can_move(s.PAUSING, s.CANCELLING, e.CANCEL)
+    assert can_move(s.PAUSED, s.QUEUED, e.RESUME) and can_move(s.PAUSED, s.CANCELLED, e.CANCEL)
+    # Nothing reaps a paused task, and nothing claims it.
+    assert not can_move(s.PAUSED, s.LOST) and not can_move(s.PAUSED, s.RUNNING)
+    # Preempted (a drain): back to queued as a new attempt, not a resume.
+    assert can_move(s.RUNNING, s.QUEUED, e.REQUEUE) and not can_move(s.PAUSING, s.QUEUED)
 
 
 def test_can_move_follows_the_table() -> None:
@@ -205,7 +252,7 @@ def test_can_move_follows_the_table() -> None:
     assert not can_move("running", "queued", Event.RESUME)
     assert not can_move("cancelling", "queued") and not can_move("succeeded", "queued")
     with pytest.raises(ValueError):
-        can_move("paused", "queued")
+        can_move("sleeping", "queued")
 
 
 def test_describe_is_the_table_as_json() -> None:
@@ -214,7 +261,8 @@ def test_describe_is_the_table_as_json() -> None:
     assert doc["states"] == STATES and doc["initial"] == INITIAL.value
     for key, group in (("active", ACTIVE), ("terminal", TERMINAL), ("resumable", RESUMABLE),
                        ("cancellable", CANCELLABLE), ("cancel_pending", CANCEL_PENDING),
-                       ("executing", EXECUTING)):
+                       ("executing", EXECUTING), ("held", HELD), ("pausable", PAUSABLE),
+                       ("pause_pending", PAUSE_PENDING)):
         assert doc[key] == [s for s in STATES if s in group], key
     assert doc["attention"] == [s.value for s in ATTENTION]
     assert {(m["from"], m["to"]) for m in doc["transitions"]} == table_moves()

@@ -2,7 +2,7 @@
 (shared/sql/queries.sql), methods named after what they mean.
 
 `Db` is put together from one part per concern: reading and submitting tasks, the worker's
-execution, the cancel ladder, the reaper's upkeep.
+execution, the cancel ladder, pause and resume, the reaper's upkeep.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.db.base import SERVER_SETTINGS, Record, create_pool, queries
 from shared.db.cancels import CancelQueries
 from shared.db.execution import ClaimBusy, ExecutionQueries
+from shared.db.pauses import PauseQueries
 from shared.db.reaper import ReaperQueries
 from shared.db.resources import ResourceQueries
 from shared.db.tasks import TaskQueries
@@ -17,5 +18,6 @@ from shared.db.tasks import TaskQueries
 __all__ = ["SERVER_SETTINGS", "ClaimBusy", "Db", "Record", "create_pool", "queries"]
 
 
-class Db(TaskQueries, ExecutionQueries, CancelQueries, ReaperQueries, ResourceQueries):
+class Db(TaskQueries, ExecutionQueries, CancelQueries, PauseQueries, ReaperQueries,
+         ResourceQueries):
     pass

@@ -37,7 +37,7 @@ class Claim(_FromRow):
 
 @dataclass(frozen=True, slots=True)
 class StaleExecution(_FromRow):
-    """A running or cancelling row whose heartbeat (or start) is older than the timeout."""
+    """An executing row whose heartbeat (or start) is older than the timeout."""
 
     id: uuid.UUID
     actor: str
@@ -58,10 +58,11 @@ class StaleExecution(_FromRow):
 
 @dataclass(frozen=True, slots=True)
 class DueCancel(_FromRow):
-    """A cancelling row past its deadline: the ladder's kill step is due."""
+    """A cancelling (or pausing) row past its deadline: the ladder's kill step is due."""
 
     id: uuid.UUID
     actor: str
+    status: TaskStatus
     attempt: int
     worker: str | None
     pid: int | None
@@ -69,3 +70,6 @@ class DueCancel(_FromRow):
     cancel_deadline: datetime
     cancel_forced: bool | None
     silent_for: float | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", TaskStatus(self.status))

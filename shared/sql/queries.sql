@@ -108,8 +108,10 @@ RETURNING attempt;
 UPDATE tasks
 SET heartbeat_at = now(), done = $3, failed = $4, total = $5, current_chunk = $6, eta_seconds = $7,
     rss_bytes = coalesce($8, rss_bytes), cpu_percent = coalesce($9, cpu_percent)
-WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
-RETURNING status, cancel_reason, cancel_forced, cancel_deadline;
+WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling', 'pausing')
+-- A pause stops the execution with its token's reason `pause` (its own reason is the audit's).
+RETURNING status, CASE WHEN status = 'pausing' THEN 'pause' ELSE cancel_reason END AS cancel_reason,
+          cancel_forced, cancel_deadline;
 
 -- name: execution_state
 SELECT status, attempt, cancel_reason, cancel_forced, cancel_deadline FROM tasks WHERE id = $1;
@@ -118,7 +120,7 @@ SELECT status, attempt, cancel_reason, cancel_forced, cancel_deadline FROM tasks
 -- A chunk result is written only by the live attempt; a failed chunk may be redone later.
 INSERT INTO task_results (task_id, chunk, attempt, ok, result)
 SELECT t.id, $3, $2, $4, $5 FROM tasks t
-WHERE t.id = $1 AND t.attempt = $2 AND t.status IN ('running', 'cancelling')
+WHERE t.id = $1 AND t.attempt = $2 AND t.status IN ('running', 'cancelling', 'pausing')
 ON CONFLICT (task_id, chunk) DO UPDATE
 SET attempt = excluded.attempt, ok = excluded.ok, result = excluded.result, created_at = now()
 WHERE NOT task_results.ok
@@ -129,10 +131,11 @@ UPDATE tasks
 SET status = $3, outcome = $4, error = $5, finished_at = now(),
     done = coalesce($6, done), failed = coalesce($7, failed), total = coalesce($8, total),
     heartbeat_at = now()
--- Only a cancel the DB recorded can end as `cancelled`; an execution ends in nothing else.
+-- Only a cancel the DB recorded can end as `cancelled`; an execution ends in nothing else
+-- (a paused one ends through finish_pause).
 WHERE id = $1 AND attempt = $2 AND $3 IN ('succeeded', 'failed', 'cancelled')
   AND status = ANY(CASE WHEN $3 = 'cancelled' THEN ARRAY['cancelling']
-                        ELSE ARRAY['running', 'cancelling'] END)
+                        ELSE ARRAY['running', 'cancelling', 'pausing'] END)
 RETURNING status;
 
 -- name: request_time_limit
@@ -146,9 +149,16 @@ RETURNING cancel_deadline;
 -- name: cancel_one
 -- The whole first rung for one task in one statement (one round trip in autocommit): lock
 -- the row, move it on by its state, audit what changed. `was` is the state found; `changed`
--- says whether this call did anything; the other columns are the row as it is now.
+-- says whether this call did anything; the other columns are the row as it is now. A cancel
+-- wins over a pause under way; a paused task holds no process and ends at once.
 WITH cur AS (
     SELECT * FROM tasks WHERE id = $1 FOR UPDATE
+), paused AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = coalesce(t.outcome, 'never_started'),
+        cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
+    FROM cur WHERE t.id = cur.id AND cur.status = 'paused'
+    RETURNING t.*
 ), queued AS (
     UPDATE tasks t
     SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
@@ -159,7 +169,7 @@ WITH cur AS (
     UPDATE tasks t
     SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $2,
         cancel_by = $3, cancel_forced = $4, cancel_deadline = now() + make_interval(secs => $5)
-    FROM cur WHERE t.id = cur.id AND cur.status = 'running'
+    FROM cur WHERE t.id = cur.id AND cur.status IN ('running', 'pausing')
     RETURNING t.*
 ), hastened AS (
     UPDATE tasks t SET cancel_forced = true, cancel_deadline = least(t.cancel_deadline, now())
@@ -168,10 +178,12 @@ WITH cur AS (
     RETURNING t.*
 ), changed AS (
     SELECT * FROM queued UNION ALL SELECT * FROM running UNION ALL SELECT * FROM hastened
+    UNION ALL SELECT * FROM paused
 ), audit AS (
     INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
     SELECT $3, $2, jsonb_build_object('task_id', $1::text), $4,
-           (cur.status = 'queued')::int, (cur.status <> 'queued')::int, ARRAY[$1::uuid]
+           (cur.status IN ('queued', 'paused'))::int, (cur.status NOT IN ('queued', 'paused'))::int,
+           ARRAY[$1::uuid]
     FROM cur WHERE EXISTS (SELECT 1 FROM changed)
     RETURNING id
 )
@@ -211,7 +223,8 @@ RETURNING id, at, extract(epoch FROM at)::float8 AS at_epoch, actor, queue, reas
 UPDATE tasks
 SET status = 'cancelling', cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4,
     cancel_forced = $5, cancel_deadline = now() + make_interval(secs => $6)
-WHERE status = 'running' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
+WHERE status IN ('running', 'pausing') AND ($1::text IS NULL OR actor = $1)
+  AND ($2::text IS NULL OR queue = $2)
 RETURNING id, message_id, worker;
 
 -- name: cancel_all_hasten
@@ -266,37 +279,45 @@ SELECT * FROM cancel_audit ORDER BY id DESC LIMIT $1;
 
 -- name: resume_task
 -- Reads cancel_fences first (see fence_lock): a resume never slips between a cancel-all's
--- statements, and one that commits after a fence is not covered by it.
+-- statements, and one that commits after a fence is not covered by it. A paused task keeps
+-- its schedule (one paused before its ETA still waits for it), and a pause is no failure: it
+-- spends nothing of the actor's automatic-resume budget.
 UPDATE tasks
 SET status = 'queued', message_id = $2, enqueued_at = now(), finished_at = NULL,
     queued_at = clock_timestamp(),
     cancel_requested_at = NULL, cancel_reason = NULL, cancel_by = NULL, cancel_forced = NULL,
     cancel_deadline = NULL, outcome = NULL, error = NULL, heartbeat_at = NULL,
-    eta = NULL, resumes = resumes + 1
+    eta = CASE WHEN status = 'paused' THEN eta END,
+    resumes = resumes + CASE WHEN status = 'paused' THEN 0 ELSE 1 END,
+    pause_requested_at = NULL, pause_reason = NULL, pause_by = NULL
 WHERE id = $1 AND status = ANY($3::text[])
   AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING *;
 
 -- name: stale_executions
--- Running or cancelling rows whose heartbeat (or, without one, whose start) is too old.
+-- Executing rows whose heartbeat (or, without one, whose start) is too old.
 SELECT id, actor, queue, status, attempt, message_id, worker, pid, heartbeat_at, started_at,
        cancel_reason, resumes
 FROM tasks
-WHERE status IN ('running', 'cancelling')
+WHERE status IN ('running', 'cancelling', 'pausing')
   AND coalesce(heartbeat_at, started_at) < now() - make_interval(secs => $1);
 
 -- name: due_cancellations
-SELECT id, actor, attempt, worker, pid, message_id, cancel_deadline, cancel_forced,
+-- Cancels and pauses whose execution outlived its deadline: the kill step is due.
+SELECT id, actor, status, attempt, worker, pid, message_id, cancel_deadline, cancel_forced,
        extract(epoch FROM now() - coalesce(heartbeat_at, started_at))::float8 AS silent_for
 FROM tasks
-WHERE status = 'cancelling' AND cancel_deadline <= now() - make_interval(secs => $1);
+WHERE status IN ('cancelling', 'pausing')
+  AND cancel_deadline <= now() - make_interval(secs => $1);
 
 -- name: mark_dead
--- The reaper's verdict on an execution that is gone: lost, or cancelled if a cancel was pending.
+-- The reaper's verdict on an execution that is gone: lost, or what the stop it was asked for
+-- ends in (a pause keeps its checkpoint and waits for a resume).
 UPDATE tasks
-SET status = CASE WHEN status = 'cancelling' THEN 'cancelled' ELSE 'lost' END,
+SET status = CASE WHEN status = 'cancelling' THEN 'cancelled'
+                  WHEN status = 'pausing' THEN 'paused' ELSE 'lost' END,
     outcome = $3, finished_at = now()
-WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling')
+WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling', 'pausing')
 RETURNING status;
 
 -- name: requeue_execution
@@ -345,10 +366,11 @@ RETURNING status;
 -- name: active_counts
 -- From the tallies: constant cost whatever the backlog.
 SELECT status, sum(n)::bigint AS n FROM (
-    SELECT status, n FROM task_tallies WHERE status IN ('queued', 'running', 'cancelling')
+    SELECT status, n FROM task_tallies
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
     UNION ALL
     SELECT status, delta FROM task_tally_deltas
-    WHERE status IN ('queued', 'running', 'cancelling')) x
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')) x
 GROUP BY status;
 
 -- name: all_counts
@@ -382,15 +404,16 @@ WHERE swept_at < now() - make_interval(days => $1) AND purged_at IS NOT NULL;
 -- name: active_rows
 SELECT id, actor, status, attempt, worker, pid, done, failed, total, current_chunk,
        eta_seconds, heartbeat_at, started_at, created_at, rss_bytes, cpu_percent
-FROM tasks WHERE status IN ('running', 'cancelling') ORDER BY started_at;
+FROM tasks WHERE status IN ('running', 'cancelling', 'pausing') ORDER BY started_at;
 
 -- name: active_queues
 -- Queues that still hold work in the DB's view (from the tallies, not the rows).
 SELECT queue FROM (
-    SELECT queue, n FROM task_tallies WHERE status IN ('queued', 'running', 'cancelling')
+    SELECT queue, n FROM task_tallies
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
     UNION ALL
     SELECT queue, delta FROM task_tally_deltas
-    WHERE status IN ('queued', 'running', 'cancelling')) x
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')) x
 GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 
 -- name: force_kill_all
@@ -401,7 +424,7 @@ GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 -- Runs after fence_lock.
 WITH doomed AS (
     SELECT id, status, worker = ANY($3::text[]) AND status <> 'queued' AS remote FROM tasks
-    WHERE status IN ('queued', 'running', 'cancelling')
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
     FOR UPDATE
 )
 UPDATE tasks t
@@ -413,7 +436,7 @@ SET status = CASE WHEN doomed.remote THEN 'cancelling' ELSE 'cancelled' END,
     cancel_reason = $1, cancel_by = $2, cancel_forced = true,
     cancel_deadline = least(coalesce(t.cancel_deadline, now()), now())
 FROM doomed
-WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling')
+WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling', 'pausing')
 RETURNING t.id, t.message_id, doomed.status AS was, doomed.remote AS remote;
 
 -- name: clock_epoch
@@ -452,10 +475,134 @@ RETURNING cancel_deadline;
 SELECT id, actor, queue, status, attempt, message_id, worker, pid, heartbeat_at, started_at,
        cancel_reason, resumes
 FROM tasks
-WHERE status IN ('running', 'cancelling') AND worker = $1 AND pid = ANY($2::int[]);
+WHERE status IN ('running', 'cancelling', 'pausing') AND worker = $1 AND pid = ANY($2::int[]);
 
 -- name: active_by_message_ids
 -- The live rows whose current Celery message is one of these: what a revoke in Celery's
 -- own control names. An older message of a task (before a resume) names nothing.
 SELECT id, status, attempt, message_id, worker FROM tasks
-WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling');
+WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling', 'pausing');
+
+-- name: pause_one
+-- A pause of one task in one statement, like cancel_one: a queued task is paused at once
+-- (its message is dropped when a worker takes it); a running one goes to `pausing` with a
+-- deadline. A queued task a cancel fence covers is the fence's (`fenced`): it never runs, so
+-- it is not paused. `was` is the state found; `changed` whether this call did anything.
+WITH cur AS (
+    SELECT * FROM tasks WHERE id = $1 FOR UPDATE
+), covered AS (
+    SELECT 1 FROM cancel_fences f, cur
+    WHERE cur.status = 'queued' AND f.at > cur.queued_at
+      AND (f.actor IS NULL OR f.actor = cur.actor) AND (f.queue IS NULL OR f.queue = cur.queue)
+    LIMIT 1
+), queued AS (
+    UPDATE tasks t
+    SET status = 'paused', pause_requested_at = now(), pause_reason = $2, pause_by = $3
+    FROM cur WHERE t.id = cur.id AND cur.status = 'queued' AND NOT EXISTS (SELECT 1 FROM covered)
+    RETURNING t.*
+), running AS (
+    UPDATE tasks t
+    SET status = 'pausing', pause_requested_at = now(), pause_reason = $2, pause_by = $3,
+        cancel_deadline = now() + make_interval(secs => $4)
+    FROM cur WHERE t.id = cur.id AND cur.status = 'running'
+    RETURNING t.*
+), changed AS (
+    SELECT * FROM queued UNION ALL SELECT * FROM running
+), audit AS (
+    INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
+    SELECT $3, $2, jsonb_build_object('action', 'pause', 'task_id', $1::text,
+                                      'paused', (cur.status = 'queued')::int,
+                                      'pausing', (cur.status = 'running')::int),
+           false, 0, 0, ARRAY[$1::uuid]
+    FROM cur WHERE EXISTS (SELECT 1 FROM changed)
+    RETURNING id
+)
+SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS changed,
+       EXISTS (SELECT 1 FROM covered) AS fenced, now_row.*
+FROM (SELECT * FROM changed
+      UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
+
+-- name: clock_now
+SELECT clock_timestamp();
+
+-- name: pause_all_queued
+-- One batch of pause-all's queued side, oldest first: tasks in scope that were queued before
+-- the pause-all began ($3), but for those a cancel fence covers (they never run). Runs after
+-- fence_lock, so no claim slips in between; a row someone holds is waited for.
+WITH batch AS (
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'queued' AND t.queued_at < $3
+      AND ($1::text IS NULL OR t.actor = $1) AND ($2::text IS NULL OR t.queue = $2)
+      AND NOT EXISTS (SELECT 1 FROM cancel_fences f
+                      WHERE f.at > t.queued_at AND (f.actor IS NULL OR f.actor = t.actor)
+                        AND (f.queue IS NULL OR f.queue = t.queue))
+    ORDER BY t.queued_at LIMIT $6
+    FOR UPDATE OF t
+)
+UPDATE tasks t
+SET status = 'paused', pause_requested_at = now(), pause_reason = $4, pause_by = $5
+FROM batch WHERE t.id = batch.id AND t.status = 'queued'
+RETURNING t.id, t.message_id;
+
+-- name: pause_all_running
+-- pause-all's running side: every execution in scope of a task queued before the pause-all
+-- began ($3) goes to `pausing`, due in $6 seconds. Runs after fence_lock.
+UPDATE tasks
+SET status = 'pausing', pause_requested_at = now(), pause_reason = $4, pause_by = $5,
+    cancel_deadline = now() + make_interval(secs => $6)
+WHERE status = 'running' AND queued_at < $3
+  AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
+RETURNING id, message_id, worker;
+
+-- name: resume_paused
+-- One batch of resume-all: paused tasks in scope queued again, oldest first, each under a
+-- fresh message id. As for one task's resume (resume_task), the schedule stays and the
+-- automatic-resume budget is not spent. Reads cancel_fences first (see fence_lock), like
+-- every move into `queued`.
+WITH batch AS (
+    SELECT id FROM tasks
+    WHERE status = 'paused' AND ($1::text IS NULL OR actor = $1)
+      AND ($2::text IS NULL OR queue = $2)
+    ORDER BY queued_at, id LIMIT $3
+    FOR UPDATE
+)
+UPDATE tasks t
+SET status = 'queued', message_id = gen_random_uuid(), enqueued_at = now(),
+    queued_at = clock_timestamp(), finished_at = NULL, outcome = NULL, error = NULL,
+    heartbeat_at = NULL, cancel_deadline = NULL, pause_requested_at = NULL,
+    pause_reason = NULL, pause_by = NULL
+FROM batch
+WHERE t.id = batch.id AND t.status = 'paused'
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
+RETURNING t.*;
+
+-- name: finish_pause
+-- The execution stopped for a pause and its checkpoint is flushed: `paused`, fenced by
+-- attempt, only from `pausing` (a cancel that came meanwhile wins).
+UPDATE tasks
+SET status = 'paused', outcome = $3, finished_at = now(), heartbeat_at = now(),
+    done = coalesce($4, done), failed = coalesce($5, failed), total = coalesce($6, total)
+WHERE id = $1 AND attempt = $2 AND status = 'pausing'
+RETURNING status;
+
+-- name: record_kill
+-- The worker killed an execution that outlived the grace of the stop it was asked for: it
+-- ends as that stop says (a pause keeps its checkpoint and waits for a resume).
+UPDATE tasks
+SET status = CASE WHEN status = 'pausing' THEN 'paused' ELSE 'cancelled' END,
+    outcome = 'killed', finished_at = now(), heartbeat_at = now(),
+    done = coalesce($3, done), failed = coalesce($4, failed)
+WHERE id = $1 AND attempt = $2 AND status IN ('cancelling', 'pausing')
+RETURNING status;
+
+-- name: preempt_execution
+-- A running execution handed back to the queue (its worker drains, or the resource guard
+-- moved it): a new attempt under a fresh message goes on from the checkpoint elsewhere. Only
+-- from `running`: a cancel or a pause asked for meanwhile wins. Not a resume: the actor's
+-- automatic-resume budget is left alone. Reads cancel_fences first (see fence_lock).
+UPDATE tasks
+SET status = 'queued', message_id = $3, enqueued_at = now(), queued_at = clock_timestamp(),
+    heartbeat_at = NULL
+WHERE id = $1 AND attempt = $2 AND status = 'running'
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
+RETURNING *;
