@@ -33,7 +33,7 @@ pytestmark = pytest.mark.pgbouncer
 async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_reaper,
                                private_redis: RedisServer) -> None:
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1_000_000)))
-    seconds = float(os.environ.get("CHAOS_SECONDS", "75"))
+    seconds = float(os.environ.get("CHAOS_SECONDS", "50"))
     print(f"chaos seed={seed} seconds={seconds}")
     rng = random.Random(seed)
     server = private_redis

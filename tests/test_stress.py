@@ -162,7 +162,7 @@ class Stress:
 async def test_every_writer_at_once_no_deadlock_and_a_lawful_history(
         db: Db, canceller: Canceller) -> None:
     seed = int(os.environ.get("STRESS_SEED", random.randrange(1_000_000)))
-    seconds = float(os.environ.get("STRESS_SECONDS", "60"))
+    seconds = float(os.environ.get("STRESS_SECONDS", "40"))
     print(f"stress seed={seed} seconds={seconds} clients={CLIENTS}")
     await db.pool.execute(_HISTORY)
     deadlocks_before = await _deadlocks(db)
