@@ -114,3 +114,37 @@ async def prune_expired(redis: aioredis.Redis, keys: Keys, older_than: float) ->
         pipe.hdel(keys.execution_info, *stale)
         await pipe.execute()
     return len(stale)
+
+
+# -- worker main processes --------------------------------------------------------------------
+# A worker's main process records itself in the `workers` hash when it is ready and renews
+# its expiry in `workers_alive` while it lives. kill -9 (or a lost host) skips the removal
+# at shutdown; readers then tell it from a live worker by the lapsed expiry.
+
+
+async def worker_alive(redis: aioredis.Redis, keys: Keys, node: str, ttl: float,
+                       record: str) -> None:
+    """Renews a worker main process's liveness for `ttl` seconds; writes its record again
+    if it went missing (a Redis restart, a prune while this worker could not reach Redis)."""
+    if await redis.zadd(keys.workers_alive, {node: time.time() + ttl}):
+        await redis.hset(keys.workers, node, record)
+
+
+async def prune_lapsed_workers(redis: aioredis.Redis, keys: Keys, older_than: float) -> int:
+    """Drops the records of workers whose liveness lapsed more than `older_than` seconds ago."""
+    stale = await redis.zrangebyscore(keys.workers_alive, "-inf", time.time() - older_than)
+    if not stale:
+        return 0
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.workers_alive, *stale)
+        pipe.hdel(keys.workers, *stale)
+        await pipe.execute()
+    return len(stale)
+
+
+async def lapsed_workers(redis: aioredis.Redis, keys: Keys) -> set[str]:
+    """Nodes whose main process stopped renewing its liveness: gone, whatever the `workers`
+    hash still says. A node never seen in `workers_alive` is not among them (a worker of a
+    version that did not beat yet is not hidden)."""
+    lapsed = await redis.zrangebyscore(keys.workers_alive, "-inf", f"({time.time()}")
+    return {m.decode() if isinstance(m, bytes) else str(m) for m in lapsed}

@@ -105,6 +105,8 @@ def _schemas() -> dict[str, Schema]:
                 "requested_at": _TIME, "reason": _nullable(string), "by": _nullable(string),
                 "forced": {"type": "boolean"}, "deadline": _nullable(_TIME),
             }, ["requested_at", "reason", "by", "forced", "deadline"])),
+            "resources": _obj({"rss_bytes": _nullable(integer),
+                               "cpu_percent": _nullable(number)}),
         }, ["id", "actor", "queue", "kwargs", "status", "attempt", "progress", "heartbeat_at",
             "created_at", "started_at", "finished_at", "worker", "outcome", "error", "cancel"]),
         "TaskPage": _obj({"items": {"type": "array", "items": _ref("Task")},

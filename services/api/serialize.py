@@ -40,6 +40,13 @@ def cancel_json(row: Record) -> dict[str, Any] | None:
     }
 
 
+def resources_json(row: Record) -> dict[str, Any]:
+    """What the execution's pool process used at its last heartbeat (null before one)."""
+    cpu = row.get("cpu_percent")
+    return {"rss_bytes": row.get("rss_bytes"),
+            "cpu_percent": round(float(cpu), 1) if cpu is not None else None}
+
+
 def task_json(row: Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
@@ -59,6 +66,7 @@ def task_json(row: Record) -> dict[str, Any]:
         "error": row["error"],
         "resumes": row["resumes"],
         "cancel": cancel_json(row),
+        "resources": resources_json(row),
     }
 
 

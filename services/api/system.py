@@ -14,7 +14,7 @@ from services.api.serialize import actor_json
 from services.api.state import DB, KEYS, REDIS, SETTINGS
 from shared.db import Db
 from shared.queues import queue_lengths, unacked_count
-from shared.registry import live_executions
+from shared.registry import lapsed_workers, live_executions
 from shared.states import TERMINAL, describe
 
 
@@ -47,6 +47,9 @@ async def system_status(request: web.Request) -> web.Response:
         pipe.get(keys.leader)
         pipe.hgetall(keys.reaper_status)
         announced, leader, reaper = await pipe.execute()
+    # A worker whose main process stopped renewing its liveness is gone (kill -9, host lost).
+    gone = await lapsed_workers(redis, keys)
+    announced = {node: raw for node, raw in announced.items() if node not in gone}
     return web.json_response({
         "counts": counts,
         "queues": {q: {"ready": n} for q, n in (await queue_lengths(redis, keys, queues)).items()},

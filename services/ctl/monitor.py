@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from services.ctl.context import CtlContext
-from services.ctl.fmt import duration
+from services.ctl.fmt import duration, size
 
 
 def _age(ts: datetime | None, now: float) -> float | None:
@@ -47,12 +47,13 @@ def _row(r: Any, ctx: CtlContext, now: float) -> list[RenderableType]:
         eta = max(0.0, eta - beat_age)  # the estimate was made at the last heartbeat
     status = Text(r["status"], style="yellow" if r["status"] == "cancelling" else "green")
     worker = f"{r['worker'] or '?'} pid {r['pid'] or '?'}"
+    cpu = f"{r['cpu_percent']:.0f}%" if r["cpu_percent"] is not None else "-"
     return [str(r["id"]), r["actor"], status,
             ProgressBar(total=float(total) if total else None, completed=float(finished),
                         width=20),
             percent, f"{done}/{failed}/{total if total is not None else '?'}",
             duration(_age(r["started_at"], now)), duration(eta) if eta is not None else "-",
-            _heartbeat_cell(beat_age, ctx), worker]
+            _heartbeat_cell(beat_age, ctx), size(r["rss_bytes"]), cpu, worker]
 
 
 async def frame(ctx: CtlContext) -> RenderableType:
@@ -63,13 +64,13 @@ async def frame(ctx: CtlContext) -> RenderableType:
     columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("task", "left"), ("actor", "left"), ("state", "left"), ("progress", "left"),
         ("%", "right"), ("done/failed/total", "right"), ("elapsed", "right"), ("ETA", "right"),
-        ("heartbeat", "right"), ("worker", "left"))
+        ("heartbeat", "right"), ("RSS", "right"), ("CPU", "right"), ("worker", "left"))
     for col, justify in columns:
         table.add_column(col, justify=justify, no_wrap=col in ("task", "progress"))
     for r in rows:
         table.add_row(*_row(r, ctx, now))
     if not rows:
-        table.add_row("(nothing running)", *[""] * 9)
+        table.add_row("(nothing running)", *[""] * 11)
     stamp = time.strftime("%H:%M:%S", time.localtime(now))
     summary = Text(f"queued {counts['queued']}  running {counts['running']}  "
                    f"cancelling {counts['cancelling']}  at {stamp}", style="bold")

@@ -12,6 +12,7 @@ from celery import Celery
 
 from services.ctl import procs, queues
 from services.ctl.context import CtlContext
+from shared.registry import lapsed_workers
 
 _INSPECT = ("active", "reserved", "scheduled")
 
@@ -32,6 +33,8 @@ class Snapshot:
     reaper: dict[str, Any]
     inconsistencies: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    # Running and cancelling tasks, with what their pool processes used at the last beat.
+    tasks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,10 +89,30 @@ async def _reaper(ctx: CtlContext) -> tuple[dict[str, Any], dict[str, int]]:
             }, found
 
 
+def _task(row: Any, now: float) -> dict[str, Any]:
+    beat = row["heartbeat_at"]
+    return {"id": str(row["id"]), "actor": row["actor"], "status": row["status"],
+            "attempt": row["attempt"], "worker": row["worker"], "pid": row["pid"],
+            "rss_bytes": row["rss_bytes"], "cpu_percent": row["cpu_percent"],
+            "heartbeat_age_s": round(now - beat.timestamp(), 1) if beat else None}
+
+
+def _hide_lapsed(host: procs.HostWorkers, lapsed: set[str]) -> list[str]:
+    """Drops the records of workers whose main process stopped renewing its liveness (kill
+    -9, host lost), unless it runs here and is found alive; returns their nodes."""
+    hidden = [e.node for e in host.entries
+              if e.node in lapsed and host.states.get(e.node) != "alive"]
+    host.entries = [e for e in host.entries if e.node not in hidden]
+    for node in hidden:
+        host.states.pop(node, None)
+    return hidden
+
+
 async def take(ctx: CtlContext, *, inspect_timeout: float = 1.0, inspect: bool = True
                ) -> Snapshot:
     keys = ctx.keys
     host = await procs.find_local(ctx.redis, keys, ctx.hostname)
+    hidden = _hide_lapsed(host, await lapsed_workers(ctx.redis, keys))
     procs.prime_cpu(host.processes)
     cpu_from = time.monotonic()
     # Celery's view of dead workers would only cost a timeout: ask the others.
@@ -106,6 +129,10 @@ async def take(ctx: CtlContext, *, inspect_timeout: float = 1.0, inspect: bool =
     celery_view, notes = await celery_task if celery_task else ({}, [])
     if not nodes:
         notes.append("no live worker is recorded in Redis")
+    if hidden:
+        notes.append(f"not shown: {len(hidden)} worker(s) gone without a word (no liveness "
+                     f"for over {ctx.settings.heartbeat_timeout:g}s): {', '.join(hidden)}")
+    running = await ctx.db.active_rows()
     # CPU% needs an interval between two readings; the queries above usually give one.
     await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - cpu_from)))
     now = time.time()
@@ -122,4 +149,4 @@ async def take(ctx: CtlContext, *, inspect_timeout: float = 1.0, inspect: bool =
         processes=[procs.snapshot(p, now) for p in host.processes], celery=celery_view,
         queues=lengths.ready, unacked=lengths.unacked, unacked_index=lengths.unacked_index,
         counts=counts, executions={"live": live, "expired": expired}, reaper=reaper,
-        inconsistencies=found, notes=notes)
+        inconsistencies=found, notes=notes, tasks=[_task(r, now) for r in running])

@@ -49,6 +49,21 @@ def _processes(s: snapshot.Snapshot) -> Table:
     return t
 
 
+def _tasks(s: snapshot.Snapshot) -> Table:
+    t = Table(title="Running tasks (resources at the last heartbeat)", title_justify="left")
+    for col in ("task", "actor", "state", "worker", "pid", "RSS", "CPU%", "heartbeat"):
+        t.add_column(col, justify="right" if col in ("pid", "RSS", "CPU%", "heartbeat")
+                     else "left", no_wrap=col == "task")
+    for r in s.tasks:
+        cpu = f"{r['cpu_percent']:.1f}" if r["cpu_percent"] is not None else "-"
+        beat = ago(r["heartbeat_age_s"]) if r["heartbeat_age_s"] is not None else "none yet"
+        t.add_row(r["id"], r["actor"], r["status"], r["worker"] or "-", str(r["pid"] or "-"),
+                  size(r["rss_bytes"]), cpu, beat)
+    if not s.tasks:
+        t.add_row("(nothing running)", *[""] * 7)
+    return t
+
+
 def _queues(s: snapshot.Snapshot) -> Table:
     t = Table(title="Queues (Redis)", title_justify="left")
     t.add_column("queue")
@@ -92,7 +107,7 @@ def render(s: snapshot.Snapshot) -> RenderableType:
     parts: list[RenderableType] = [
         Text(f"Taskreaper status: host {s.host}, deployment {s.prefix!r}, {stamp}",
              style="bold"),
-        _workers(s), _processes(s), _queues(s), _counts(s), _reaper(s)]
+        _workers(s), _processes(s), _tasks(s), _queues(s), _counts(s), _reaper(s)]
     parts.extend(Text(note, style="yellow") for note in s.notes)
     return Group(*parts)
 

@@ -1,6 +1,6 @@
 """Actors, declared Dramatiq-style on top of Celery.
 
-    @actor(queue="default", time_limit=3600)
+    @actor(queue="default", time_limit=3600, memory_limit="2GiB")
     def distill(ctx, text: str | None = None, chunks: int | None = None): ...
 
     task_id = distill.send(chunks=100)      # checked against distill's parameters
@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from shared.params import describe
+from shared.sizes import parse_size
 
 if TYPE_CHECKING:
     from services.worker.context import TaskContext
@@ -39,6 +40,8 @@ class Actor(Generic[P, R]):
     max_retries: int = 0
     interruptible: bool = False
     auto_resume: int = 0
+    # Bytes of RSS its pool process may hold; None leaves it to WORKER_MEMORY_LIMIT.
+    memory_limit: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, ctx: TaskContext, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -47,7 +50,8 @@ class Actor(Generic[P, R]):
     @property
     def options(self) -> dict[str, Any]:
         return {"time_limit": self.time_limit, "max_retries": self.max_retries,
-                "interruptible": self.interruptible, "auto_resume": self.auto_resume}
+                "interruptible": self.interruptible, "auto_resume": self.auto_resume,
+                "memory_limit": self.memory_limit}
 
     def send(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Creates the task's row and enqueues it; returns the task id. Arguments are
@@ -87,23 +91,29 @@ class Actor(Generic[P, R]):
 @overload
 def actor(fn: Callable[Concatenate[TaskContext, P], R], *, name: str | None = None,
           queue: str = "default", time_limit: float | None = None, max_retries: int = 0,
-          interruptible: bool = False, auto_resume: int = 0) -> Actor[P, R]: ...
+          interruptible: bool = False, auto_resume: int = 0,
+          memory_limit: int | str | None = None) -> Actor[P, R]: ...
 
 
 @overload
 def actor(fn: None = None, *, name: str | None = None, queue: str = "default",
           time_limit: float | None = None, max_retries: int = 0, interruptible: bool = False,
-          auto_resume: int = 0
+          auto_resume: int = 0, memory_limit: int | str | None = None
           ) -> Callable[[Callable[Concatenate[TaskContext, P], R]], Actor[P, R]]: ...
 
 
 def actor(fn: Callable[..., Any] | None = None, *, name: str | None = None,
           queue: str = "default", time_limit: float | None = None, max_retries: int = 0,
-          interruptible: bool = False, auto_resume: int = 0) -> Any:
+          interruptible: bool = False, auto_resume: int = 0,
+          memory_limit: int | str | None = None) -> Any:
+    """`memory_limit` is bytes or a size such as "512MB" or "1GiB" (see shared.sizes): past
+    it, the task is cancelled with reason `memory_limit`, its checkpoint kept."""
+    limit = parse_size(memory_limit)  # a bad size fails at import, not mid-task
+
     def decorate(f: Callable[..., Any]) -> Actor[Any, Any]:
         return Actor(fn=f, name=name or f.__name__, queue=queue, time_limit=time_limit,
                      max_retries=max_retries, interruptible=interruptible,
-                     auto_resume=auto_resume, params=describe(f))
+                     auto_resume=auto_resume, memory_limit=limit, params=describe(f))
 
     return decorate(fn) if fn is not None else decorate
 

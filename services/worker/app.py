@@ -24,6 +24,8 @@ from services.worker.actor import Actor, discover
 from services.worker.celery_control import install_celery_control
 from services.worker.guardian import Guardian
 from services.worker.lifecycle import RetryLater
+from services.worker.pool_watch import PoolWatch, start_pool_watch
+from services.worker.resource_guard import MemoryLimits, configure_limits
 from services.worker.runtime import Runtime
 from shared.broker import make_celery
 from shared.db import Db
@@ -49,6 +51,8 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
     for act in actors:
         _register(app, runtime, act)
     install_celery_control(app, settings, [a.name for a in actors])
+    configure_limits(MemoryLimits.of(actors, settings))  # before the pool forks
+    watches: list[PoolWatch] = []
 
     @celeryd_after_setup.connect(weak=False)
     def _named(sender: str, **_: Any) -> None:
@@ -60,35 +64,47 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
         runtime.start_process()
 
     @worker_ready.connect(weak=False)
-    def _ready(**_: Any) -> None:
-        if settings.guardian:
-            Guardian(settings, runtime.node).start()
-        announce_worker(settings, runtime.node, present=True)
+    def _ready(sender: Any = None, **_: Any) -> None:
+        guardian = Guardian(settings, runtime.node) if settings.guardian else None
+        if guardian is not None:
+            guardian.start()
+        record = announce_worker(settings, runtime.node, present=True)
+        # sender: the consumer, which knows the pool's processes
+        watches.append(start_pool_watch(settings, runtime.node, record, sender, guardian))
 
     @worker_shutdown.connect(weak=False)
     def _gone(**_: Any) -> None:
+        for watch in watches:
+            watch.stop()  # first: its liveness renewal must not bring the record back
         announce_worker(settings, runtime.node, present=False)
 
     return app, runtime
 
 
-def announce_worker(settings: Settings, node: str, *, present: bool) -> None:
-    """Records this worker's main process, so operators' tools can tell it from look-alikes."""
+def announce_worker(settings: Settings, node: str, *, present: bool) -> str:
+    """Records this worker's main process, so operators' tools can tell it from look-alikes,
+    with its liveness (renewed by the pool watch); returns the record."""
     keys = Keys(settings.key_prefix)
+    me = psutil.Process()
+    record = json.dumps({
+        "node": node, "host": settings.hostname, "pid": me.pid,
+        "pid_started": me.create_time(), "concurrency": settings.worker_concurrency,
+        "started_at": time.time()})
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        if present:
-            me = psutil.Process()
-            client.hset(keys.workers, node, json.dumps({
-                "node": node, "host": settings.hostname, "pid": me.pid,
-                "pid_started": me.create_time(), "concurrency": settings.worker_concurrency,
-                "started_at": time.time()}))
-        else:
-            client.hdel(keys.workers, node)
+        with client.pipeline(transaction=True) as pipe:
+            if present:
+                pipe.hset(keys.workers, node, record)
+                pipe.zadd(keys.workers_alive, {node: time.time() + settings.heartbeat_timeout})
+            else:
+                pipe.hdel(keys.workers, node)
+                pipe.zrem(keys.workers_alive, node)
+            pipe.execute()
     except redis.RedisError as exc:
         log.warning("worker.announce_failed", node=node, error=str(exc))
     finally:
         client.close()
+    return record
 
 
 def _register(app: Celery, runtime: Runtime, act: Actor) -> None:

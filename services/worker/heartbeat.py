@@ -1,6 +1,7 @@
-"""The running execution's heartbeat: the fenced DB write that also polls for cancels,
-its registry entry kept fresh, progress events, and log lines in the original guide's
-style at an interval chosen by job size."""
+"""The running execution's heartbeat: the fenced DB write that also polls for cancels and
+records what the pool process uses (RSS, CPU), its registry entry kept fresh, progress
+events, and log lines in the original guide's style at an interval chosen by job size.
+The resource guard's memory limit is watched for as long as the heartbeat runs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import structlog
 
 from services.worker.db_connection import DB_CALL_TIMEOUT
 from services.worker.execution import Execution
+from services.worker.resource_guard import ResourceGuard, limits
 from shared.settings import Settings
 from shared.states import TaskStatus
 
@@ -71,10 +73,22 @@ class Heartbeat:
 
     def __init__(self, sc: Sidecar) -> None:
         self._sc = sc
+        self.guard = ResourceGuard(sc.pid)
         # The progress last published, so that an unchanged one is not sent again.
         self._published: dict[str, tuple[Any, ...]] = {}
 
     async def run(self, ex: Execution) -> None:
+        limit = limits().for_actor(ex.actor)
+        if limit is None:
+            await self._beats(ex)
+            return
+        sc = self._sc
+        # One task for both: cancelling the heartbeat (the execution ended) ends the guard.
+        await asyncio.gather(self._beats(ex), self.guard.enforce(
+            ex, limit, connection=sc.connection, cancel_grace=sc.settings.cancel_grace,
+            trigger=sc.trigger))
+
+    async def _beats(self, ex: Execution) -> None:
         settings = self._sc.settings
         interval = min(settings.heartbeat_interval, settings.cancel_poll_interval)
         beats = HeartbeatLog(settings, ex)
@@ -90,10 +104,11 @@ class Heartbeat:
         try:
             await sc.checkpoints.flush(ex)
             db = await sc.db()
+            use = self.guard.usage()
             row = await asyncio.wait_for(db.heartbeat(
                 ex.task_id, ex.attempt, done=p.done, failed=p.failed, total=p.total,
-                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped)),
-                DB_CALL_TIMEOUT)
+                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped),
+                rss_bytes=use.rss_bytes, cpu_percent=use.cpu_percent), DB_CALL_TIMEOUT)
             if row is None:
                 state = await db.execution_state(ex.task_id)
                 why = "superseded" if state and state["attempt"] != ex.attempt else "ended"

@@ -261,6 +261,7 @@ function subline(task) {
   const parts = [task.queue];
   if (ACTIVE.has(task.status)) {
     parts.push(task.started_at && task.status !== INITIAL ? `started ${ago(task.started_at)}` : `submitted ${ago(task.created_at)}`);
+    if (EXECUTING.has(task.status)) parts.push(usage(task));
   } else if (task.finished_at) {
     parts.push(`ended ${ago(task.finished_at)}`);
   }
@@ -268,6 +269,19 @@ function subline(task) {
     parts.push(task.outcome.replace(/_/g, " "));
   }
   return parts.filter(Boolean).join(" · ");
+}
+
+// What the task's pool process used at its last heartbeat: RSS and CPU (100% = one core).
+function usage(task) {
+  const r = task.resources || {};
+  const parts = [];
+  if (r.rss_bytes != null) parts.push(mebibytes(r.rss_bytes));
+  if (r.cpu_percent != null) parts.push(`CPU ${Math.round(r.cpu_percent)}%`);
+  return parts.join(" · ");
+}
+
+function mebibytes(n) {
+  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${Math.round(n / (1 << 20))} MiB`;
 }
 
 function progressHint(task) {
@@ -308,6 +322,7 @@ function fillDetail(row, task) {
     ["Current chunk", task.progress && task.progress.current_chunk != null ? task.progress.current_chunk : "—"],
     ["Outcome", task.outcome || "—"],
     ["Resumes", task.resumes || 0],
+    ["Memory (RSS), CPU", usage(task) || "—"],
   ];
   if (task.error) entries.push(["Error", clip(task.error, 2000)]);
   if (task.cancel) {
