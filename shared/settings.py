@@ -66,6 +66,9 @@ class Settings:
     history_retention_days: int = 30
     # A claim the DB has not answered within this long is given up (and retried later).
     claim_timeout: float = 10.0
+    # A worker told to stop (SIGTERM, a drain request) hands its tasks back and exits within
+    # this long; a task still running then is killed and re-queued. Under Kubernetes' 30 s.
+    drain_grace: float = 25.0
     # Memory limit of an execution's pool process (RSS) for actors that set none: 536870912,
     # 512MB or 512MiB; empty means no limit. Past it the task is cancelled (`memory_limit`).
     worker_memory_limit: str = ""
@@ -98,6 +101,8 @@ class Settings:
                 raise SettingsError(f"{name.upper()} must be positive")
         if self.cancel_grace < 0 or self.kill_margin < 0:
             raise SettingsError("CANCEL_GRACE and KILL_MARGIN must not be negative")
+        if self.drain_grace <= 0:
+            raise SettingsError("DRAIN_GRACE must be positive")
         if not 0 < self.port < 65536:
             raise SettingsError("PORT must be between 1 and 65535")
         try:

@@ -27,6 +27,7 @@ from services.worker.lifecycle import RetryLater
 from services.worker.pool_watch import PoolWatch, start_pool_watch
 from services.worker.resource_guard import MemoryLimits, configure_limits
 from services.worker.runtime import Runtime
+from services.worker.shutdown import WorkerDrain
 from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys
@@ -71,6 +72,8 @@ def create_worker_app(settings: Settings, actors: list[Actor]) -> tuple[Celery, 
         record = announce_worker(settings, runtime.node, present=True)
         # sender: the consumer, which knows the pool's processes
         watches.append(start_pool_watch(settings, runtime.node, record, sender, guardian))
+        # SIGTERM, SIGINT and drain requests: the tasks go on elsewhere, from their checkpoints.
+        WorkerDrain(settings, runtime.node).install(sender)
 
     @worker_shutdown.connect(weak=False)
     def _gone(**_: Any) -> None:

@@ -11,6 +11,7 @@ execution's lifecycle on the loop (begin, end, requeue):
 
     loop_thread.py        the loop on its thread (shared with the guardian)
     cancel_listener.py    cancel events, over subscription.py (shared with the guardian)
+    drain.py              a drain of this worker: the execution stops with reason `shutdown`
     heartbeat.py          the beat: progress row, fallback poll, registry refresh, log lines
     checkpoint_writer.py  chunk results, buffered through a DB outage
     registry_entry.py     the execution's entry in the Redis registry
@@ -35,6 +36,7 @@ from services.worker.cancel_listener import CancelListener
 from services.worker.checkpoint_writer import CheckpointWriter
 from services.worker.db_connection import DB_CALL_TIMEOUT as DB_CALL_TIMEOUT
 from services.worker.db_connection import OneConnection
+from services.worker.drain import PoolDrain
 from services.worker.execution import Execution
 from services.worker.heartbeat import Heartbeat
 from services.worker.loop_thread import LoopThread
@@ -80,6 +82,8 @@ class Sidecar:
         self.watchdog = Watchdog(self.loop, self.connection, self.registry, self.pid)
         self.listener = CancelListener(self._events, self.keys, lambda: self.current,
                                        self.trigger)
+        self.drain = PoolDrain(self._events, self.keys, node, lambda: self.current,
+                               main_thread_id, INTERRUPT_SIGNAL)
         # Per execution: its heartbeat and, with a time limit, the limit's countdown.
         self._tasks: dict[str, list[asyncio.Task[Any]]] = {}
 
@@ -90,6 +94,7 @@ class Sidecar:
 
     def _listen(self) -> None:
         self.thread.spawn(self.listener.run())
+        self.thread.spawn(self.drain.run())
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
         return self.thread.call(coro, timeout)
@@ -150,6 +155,7 @@ class Sidecar:
                 ex, ex.time_limit, connection=self.connection,
                 cancel_grace=self.settings.cancel_grace, trigger=self.trigger)))
         self._tasks[ex.id] = tasks
+        self.drain.on_begin(ex)
 
     def _stop(self, ex: Execution) -> None:
         ex.finished.set()
