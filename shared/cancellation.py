@@ -168,8 +168,9 @@ class Canceller:
         return {**was, "remote": remote}
 
     async def resume(self, task_id: uuid.UUID, *, by: str | None = None) -> Record:
-        """A new attempt from the checkpoint. Raises TaskNotFound, CancelConflict for a task
-        that is active or succeeded, BrokerUnavailable (and then nothing changed)."""
+        """A new attempt from the checkpoint, of a task that ended or was paused. Raises
+        TaskNotFound, CancelConflict for a task that is active or succeeded,
+        BrokerUnavailable (and then nothing changed)."""
         message_id = uuid.uuid4()
         async with self.db.transaction() as conn:
             row = await self.db.lock_task(conn, task_id)
@@ -183,8 +184,9 @@ class Canceller:
             # Inside the transaction: a broker that refuses the message rolls the resume
             # back, so a 503 means nothing changed. A worker that gets the message first
             # waits for this commit (its claim finds the row busy and retries).
+            # A paused task keeps its schedule: one paused before its ETA still waits for it.
             await publish(self.celery, new["actor"], task_id, message_id, new["queue"],
-                          queued_at=new["queued_at"])
+                          new["eta"], queued_at=new["queued_at"])
         log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"],
                  by=by)
         await self.publish_change("task.resumed", task_id=str(task_id), status=new["status"],

@@ -2,9 +2,11 @@
 
 Opening: the fast-path check (was the message cancelled before it was taken?), the
 atomic claim in the DB, and the start of the execution's heartbeat, time limit and
-registry entry. Closing: a retry, or its end recorded (fenced by attempt), then a
-cancel the DB never recorded settled. Each is one coroutine handed to the loop once:
-every hop makes the task's thread wait for the loop thread's turn.
+registry entry. Closing: a retry, or its end recorded (fenced by attempt); a task its
+token stopped ends as the stop says: `cancelled`, `paused` (a pause), back to `queued`
+with a fresh message (a drain's `shutdown`: preempted), or a new attempt (a cancel the DB
+never recorded). Each is one coroutine handed to the loop once: every hop makes the
+task's thread wait for the loop thread's turn.
 
 The order is what makes the invariants hold: nothing of the actor runs before the
 claim succeeded (cancelled, stale and duplicate deliveries stop here).
@@ -25,7 +27,8 @@ from services.worker.actor import Actor
 from services.worker.execution import Execution
 from services.worker.sidecar import END_RETRY_SECONDS, Sidecar
 from shared.db import ClaimBusy
-from shared.states import Outcome, TaskStatus
+from shared.pausing import Pauser
+from shared.states import CancelReason, Outcome, TaskStatus
 
 log = structlog.get_logger("worker.runtime")
 
@@ -37,6 +40,9 @@ CLAIM_MARGIN = 10.0
 CALL_MARGIN = 5.0
 # What close_execution returns when the task goes to a new attempt.
 RETRYING = "retrying"
+# How often a stopped task's end is tried again when its row moved on under it (a cancel
+# coming after the pause that stopped it, say).
+SETTLE_TRIES = 3
 CLOSING_TIMEOUT = 2 * STEP_TIMEOUT + END_RETRY_SECONDS + 30.0 + CALL_MARGIN
 
 
@@ -144,8 +150,8 @@ async def close_execution(sc: Sidecar, celery: Celery, act: Actor, ex: Execution
     ended = await asyncio.wait_for(sc.end(ex, status, outcome=outcome, error=error),
                                    END_RETRY_SECONDS + 30.0)
     if ended is None and status is TaskStatus.CANCELLED:
-        ended = await asyncio.wait_for(_settle_refused_cancel(sc, celery, act, ex),
-                                       STEP_TIMEOUT)
+        # Its checkpoint is flushed; the row was not `cancelling`.
+        ended = await asyncio.wait_for(_settle_stop(sc, celery, act, ex), STEP_TIMEOUT)
     return ended
 
 
@@ -162,6 +168,42 @@ async def _retry(sc: Sidecar, celery: Celery, act: Actor, ex: Execution,
                   queued_at=row["queued_at"])
     log.info("task.retry_scheduled", task_id=ex.id, attempt=ex.attempt, eta=eta.isoformat())
     return True
+
+
+async def _settle_stop(sc: Sidecar, celery: Celery, act: Actor, ex: Execution) -> str | None:
+    """The task stopped for its token, and the row is not `cancelling`: it ends as the row
+    says, or, for a row still `running`, as the token's reason says. A pause ends `paused`
+    (its checkpoint kept, for a resume); a drain hands the task back to the queue under a
+    fresh message (preempted: another worker goes on from the checkpoint); a cancel or a
+    pause that came meanwhile wins over a drain. None when someone else ended the row or
+    a newer attempt holds it."""
+    db = await sc.db()
+    p = ex.progress
+    for _ in range(SETTLE_TRIES):
+        state = await db.execution_state(ex.task_id)
+        if state is None or state["attempt"] != ex.attempt:
+            return None
+        match state["status"]:
+            case TaskStatus.PAUSING:
+                ended = await db.finish_pause(ex.task_id, ex.attempt, outcome=Outcome.COOPERATIVE,
+                                              done=p.done, failed=p.failed, total=p.total)
+            case TaskStatus.CANCELLING:
+                ended = await db.finish_task(ex.task_id, ex.attempt, TaskStatus.CANCELLED,
+                                             outcome=Outcome.COOPERATIVE, done=p.done,
+                                             failed=p.failed, total=p.total)
+            case TaskStatus.RUNNING if ex.token.reason == CancelReason.SHUTDOWN:
+                pauser = Pauser(sc.settings, db, sc.redis, celery)
+                row = await pauser.preempt(ex.task_id, ex.attempt, by=CancelReason.SHUTDOWN)
+                ended = TaskStatus.QUEUED if row is not None else None
+            case TaskStatus.RUNNING:
+                return await _settle_refused_cancel(sc, celery, act, ex)
+            case _:
+                return None
+        if ended is not None:
+            if ended != TaskStatus.QUEUED:  # the preempt announced itself
+                await sc.publish("task.changed", ex, status=ended)
+            return ended
+    return None
 
 
 async def _settle_refused_cancel(sc: Sidecar, celery: Celery, act: Actor, ex: Execution

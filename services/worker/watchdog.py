@@ -13,7 +13,6 @@ import structlog
 from services.worker.db_connection import OneConnection
 from services.worker.execution import Execution
 from services.worker.registry_entry import RegistryEntry
-from shared.states import Outcome, TaskStatus
 
 log = structlog.get_logger("worker.sidecar")
 
@@ -43,9 +42,9 @@ class Watchdog:
             return
         try:
             db = await self._connection.get()
-            ended = await asyncio.wait_for(db.finish_task(
-                ex.task_id, ex.attempt, TaskStatus.CANCELLED, outcome=Outcome.KILLED,
-                done=ex.progress.done, failed=ex.progress.failed), 2.0)
+            # `cancelled`, or `paused` for a pause: the stop it was asked for.
+            ended = await asyncio.wait_for(db.record_kill(
+                ex.task_id, ex.attempt, done=ex.progress.done, failed=ex.progress.failed), 2.0)
         except Exception as exc:
             log.warning("task.watchdog_db_error", task_id=ex.id, error=str(exc))
             ended = "unknown"

@@ -27,6 +27,10 @@ class PauseQueries(DbBase):
             raise TaskNotFound(task_id)
         return row
 
+    async def lock_fences(self, conn: asyncpg.Connection) -> None:
+        """The lock every bulk writer takes first (see `fence_lock` in queries.sql)."""
+        await conn.execute(self.q["fence_lock"])
+
     async def clock_now(self, conn: asyncpg.Connection) -> datetime:
         return await conn.fetchval(self.q["clock_now"])
 

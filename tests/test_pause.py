@@ -1,0 +1,202 @@
+"""Pause, resume and preempt with real worker processes: what stopped for a pause or a
+drain keeps its saved chunks, and the next attempt never does one of them again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.broker import make_celery
+from shared.cancellation import Canceller
+from shared.db import Db
+from shared.keys import Keys
+from shared.pausing import Pauser
+from shared.settings import Settings
+from tests.support import TERMINAL, row_where, submit_task
+
+BY = "test"
+
+
+@pytest.fixture
+async def pauser(settings: Settings, db: Db) -> AsyncIterator[Pauser]:
+    client = aioredis.from_url(settings.redis_url)
+    celery = make_celery(settings)
+    yield Pauser(settings, db, client, celery)
+    celery.close()
+    await client.aclose()
+
+
+async def chunk_rows(db: Db, task_id: uuid.UUID) -> dict[int, list[int]]:
+    """chunk -> the attempts of its saved results (one row each)."""
+    out: dict[int, list[int]] = {}
+    for r in await db.pool.fetch(
+            "SELECT chunk, attempt FROM task_results WHERE task_id = $1 AND ok ORDER BY chunk",
+            task_id):
+        out.setdefault(r["chunk"], []).append(r["attempt"])
+    return out
+
+
+def status_is(*states: str) -> Callable[[Any], bool]:
+    return lambda r: r["status"] in states
+
+
+async def distill(settings: Settings, db: Db, chunks: int, chunk_seconds: float = 0.25) -> Any:
+    return await submit_task(settings, db, "distill",
+                             {"chunks": chunks, "chunk_seconds": chunk_seconds})
+
+
+async def test_a_paused_distill_keeps_its_chunks_and_its_resume_does_each_once(
+        settings: Settings, db: Db, start_worker: Any, pauser: Pauser,
+        canceller: Canceller) -> None:
+    # given a distill running on a real worker, two chunks saved
+    start_worker()
+    row = await distill(settings, db, chunks=8)
+    tid = row["id"]
+    await row_where(db, tid, lambda r: r["done"] >= 2, 15, "two chunks saved")
+
+    # when it is paused
+    out = await pauser.pause(tid, by=BY, reason="maintenance")
+
+    # then it stops at its next check, well within the grace period, its work kept
+    assert out.changed and out.row["status"] == "pausing"
+    paused = await row_where(db, tid, status_is("paused"), 2 * settings.cancel_grace, "paused")
+    assert paused["outcome"] == "cooperative" and paused["attempt"] == 1
+    assert paused["pause_by"] == BY and paused["pause_reason"] == "maintenance"
+    saved = await chunk_rows(db, tid)
+    assert saved and len(saved) == paused["done"] < 8
+    # and it stays paused: nothing claims it, nothing reaps it
+    await asyncio.sleep(1.0)
+    assert (await db.get_task(tid))["status"] == "paused"
+
+    # when it is resumed
+    resumed = await canceller.resume(tid, by=BY)
+
+    # then a second attempt finishes it, and no chunk was done twice
+    assert resumed["status"] == "queued" and resumed["message_id"] != row["message_id"]
+    assert resumed["resumes"] == 0  # a pause is no failure: the auto-resume budget is intact
+    done = await row_where(db, tid, status_is(*TERMINAL), 20, "finished")
+    assert done["status"] == "succeeded" and done["attempt"] == 2
+    chunks = await chunk_rows(db, tid)
+    assert sorted(chunks) == list(range(8))
+    assert all(len(attempts) == 1 for attempts in chunks.values())
+    assert {c for c, (a,) in chunks.items() if a == 1} == set(saved)
+
+
+async def test_a_stubborn_task_paused_is_killed_after_its_grace_and_ends_paused(
+        settings: Settings, db: Db, start_worker: Any, pauser: Pauser,
+        canceller: Canceller) -> None:
+    # given a task that never looks at its token
+    start_worker()
+    row = await submit_task(settings, db, "stubborn", {"seconds": 60, "mode": "sleep"})
+    tid = row["id"]
+    await row_where(db, tid, status_is("running"), 15, "running")
+
+    # when it is paused
+    await pauser.pause(tid, by=BY)
+
+    # then its grace runs out, its process is killed, and the row says paused, not cancelled
+    paused = await row_where(db, tid, status_is(*TERMINAL, "paused"),
+                             settings.cancel_grace + 5, "settled")
+    assert (paused["status"], paused["outcome"]) == ("paused", "killed")
+
+    # and it can be resumed: a new attempt runs
+    await canceller.resume(tid, by=BY)
+    again = await row_where(db, tid, lambda r: r["status"] == "running" and r["attempt"] == 2,
+                            15, "running again")
+    assert again["worker"]
+    await canceller.cancel(tid, by=BY, force=True)
+
+
+async def test_pause_all_holds_running_queued_and_scheduled_tasks_through_a_worker_restart(
+        settings: Settings, db: Db, start_worker: Any, pauser: Pauser) -> None:
+    # given two distills running (the pool is full), two queued behind them, one scheduled
+    worker = start_worker(concurrency=2)
+    running = [await distill(settings, db, chunks=6) for _ in range(2)]
+    for r in running:
+        await row_where(db, r["id"], lambda x: x["done"] >= 1, 15, "running, a chunk saved")
+    queued = [await distill(settings, db, chunks=3, chunk_seconds=0.05) for _ in range(2)]
+    celery = make_celery(settings)
+    try:
+        from shared.submit import submit
+        scheduled = await submit(db, celery, actor="distill",
+                                 kwargs={"chunks": 3, "chunk_seconds": 0.05}, countdown=2.0)
+    finally:
+        celery.close()
+    tasks = [*running, *queued, scheduled]
+
+    # when everything is paused
+    out = await pauser.pause_all(by=BY, reason="maintenance")
+
+    # then the queued and scheduled ones at once, the running ones once they saved and stopped
+    assert out.paused == 3 and sorted(out.pausing) == sorted(r["id"] for r in running)
+    for t in tasks:
+        await row_where(db, t["id"], status_is("paused"), 2 * settings.cancel_grace, "paused")
+    before = {t["id"]: await chunk_rows(db, t["id"]) for t in tasks}
+    audit = await db.pool.fetchrow("SELECT * FROM cancel_audit WHERE id = $1", out.audit_id)
+    assert audit["scope"]["action"] == "pause" and audit["scope"]["paused"] == 3
+
+    # when every worker restarts while they are paused, and the schedule comes due
+    worker.stop()
+    start_worker(concurrency=2)
+    await asyncio.sleep(2.5)
+
+    # then nothing ran
+    for t in tasks:
+        now = await db.get_task(t["id"])
+        assert now["status"] == "paused" and await chunk_rows(db, t["id"]) == before[t["id"]]
+
+    # when everything is resumed
+    resumed = await pauser.resume_all(by=BY)
+
+    # then every task completes, and every chunk was done exactly once
+    assert resumed.resumed == 5
+    for t in tasks:
+        done = await row_where(db, t["id"], status_is(*TERMINAL), 30, "finished")
+        assert done["status"] == "succeeded", done["error"]
+        chunks = await chunk_rows(db, t["id"])
+        assert sorted(chunks) == list(range(done["total"]))
+        assert all(len(a) == 1 for a in chunks.values())
+        # what was saved before the pause stays the first attempt's
+        assert all(chunks[c] == a for c, a in before[t["id"]].items())
+
+
+async def test_a_task_stopped_for_shutdown_is_preempted_and_goes_on_from_its_checkpoint(
+        settings: Settings, db: Db, redis: aioredis.Redis, start_worker: Any) -> None:
+    # given a distill running, two chunks saved
+    keys = Keys(settings.key_prefix)
+    start_worker()
+    row = await distill(settings, db, chunks=8)
+    tid = row["id"]
+    first = await row_where(db, tid, lambda r: r["done"] >= 2, 15, "two chunks saved")
+    events = redis.pubsub(ignore_subscribe_messages=True)
+    await events.subscribe(keys.events_channel)
+
+    # when its token is set with reason `shutdown` (what a drain does), nothing in the row
+    await redis.publish(keys.task_cancel_channel(str(tid)),
+                        json.dumps({"ids": [str(tid)], "reason": "shutdown"}))
+
+    # then the row goes back to queued under a fresh message, and says why
+    kinds: list[dict[str, Any]] = []
+    async def preempted() -> bool:
+        while (m := await events.get_message(timeout=0.05)) is not None:
+            kinds.append(json.loads(m["data"]))
+        return any(k["type"] == "task.preempted" and k["task_id"] == str(tid) for k in kinds)
+    for _ in range(100):
+        if await preempted():
+            break
+    else:
+        raise AssertionError(f"no task.preempted event: {kinds}")
+    await events.aclose()
+    # and a new attempt finishes it from the checkpoint: each chunk once
+    done = await row_where(db, tid, status_is(*TERMINAL), 20, "finished")
+    assert done["status"] == "succeeded" and done["attempt"] == 2
+    assert done["message_id"] != first["message_id"] and done["resumes"] == 0
+    chunks = await chunk_rows(db, tid)
+    assert sorted(chunks) == list(range(8)) and all(len(a) == 1 for a in chunks.values())
+    assert [a for a in chunks.values() if a == [1]]
