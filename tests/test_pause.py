@@ -200,3 +200,22 @@ async def test_a_task_stopped_for_shutdown_is_preempted_and_goes_on_from_its_che
     chunks = await chunk_rows(db, tid)
     assert sorted(chunks) == list(range(8)) and all(len(a) == 1 for a in chunks.values())
     assert [a for a in chunks.values() if a == [1]]
+
+
+async def test_a_paused_task_holding_its_gil_is_killed_by_the_reaper_and_ends_paused(
+        settings: Settings, db: Db, start_worker: Any, start_reaper: Any,
+        pauser: Pauser) -> None:
+    # given a task stuck in C code that holds its GIL: its own watchdog cannot run
+    start_worker()
+    start_reaper()
+    row = await submit_task(settings, db, "stubborn", {"seconds": 60, "mode": "gil"})
+    tid = row["id"]
+    await row_where(db, tid, status_is("running"), 15, "running")
+
+    # when it is paused
+    await pauser.pause(tid, by=BY)
+
+    # then the reaper's kill step ends it after the deadline, paused and not cancelled
+    paused = await row_where(db, tid, status_is(*TERMINAL, "paused"),
+                             settings.cancel_grace + settings.kill_margin + 8, "settled")
+    assert paused["status"] == "paused" and paused["outcome"] in ("killed", "gone")

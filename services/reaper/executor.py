@@ -1,8 +1,9 @@
 """The cancel executor: revokes cancelled messages in Celery and enforces deadlines.
 
-A `cancelling` row past its deadline plus the margin belongs to an execution that
-neither cooperated nor was ended by its own watchdog (a pool process stuck holding
-its GIL). It is killed through the worker on its host, never signalled directly.
+A `cancelling` (or `pausing`) row past its deadline plus the margin belongs to an execution
+that neither cooperated nor was ended by its own watchdog (a pool process stuck holding
+its GIL). It is killed through the worker on its host, never signalled directly, and the
+row ends as its stop says: `cancelled`, or `paused` with its checkpoint for a pause.
 """
 
 from __future__ import annotations
