@@ -219,3 +219,20 @@ async def test_a_paused_task_holding_its_gil_is_killed_by_the_reaper_and_ends_pa
     paused = await row_where(db, tid, status_is(*TERMINAL, "paused"),
                              settings.cancel_grace + settings.kill_margin + 8, "settled")
     assert paused["status"] == "paused" and paused["outcome"] in ("killed", "gone")
+
+
+async def test_a_pause_whose_event_was_lost_is_seen_by_the_heartbeats_poll(
+        settings: Settings, db: Db, start_worker: Any) -> None:
+    # given a distill running
+    start_worker()
+    row = await distill(settings, db, chunks=20)
+    tid = row["id"]
+    await row_where(db, tid, lambda r: r["done"] >= 1, 15, "a chunk saved")
+
+    # when the row is paused in the DB alone, as if the Redis event never arrived
+    changed = await db.pause_task(tid, reason=None, by=BY, grace=30.0)
+    assert changed["status"] == "pausing"
+
+    # then the heartbeat's read of the row stops it, long before its grace ends
+    paused = await row_where(db, tid, status_is("paused"), 5, "paused")
+    assert paused["outcome"] == "cooperative"

@@ -15,7 +15,7 @@ from services.worker.db_connection import DB_CALL_TIMEOUT
 from services.worker.execution import Execution
 from services.worker.resource_guard import ResourceGuard, limits
 from shared.settings import Settings
-from shared.states import TaskStatus
+from shared.states import STOPPING
 
 if TYPE_CHECKING:
     from services.worker.sidecar import Sidecar
@@ -115,7 +115,8 @@ class Heartbeat:
                 sc.trigger(ex, why, forced=False, via="poll")
             else:
                 await self._publish_progress(ex)
-            if row is not None and row["status"] == TaskStatus.CANCELLING:
+            # Cancelling or pausing: the row's reason for a pause reads `pause`.
+            if row is not None and row["status"] in STOPPING:
                 sc.trigger(ex, row["cancel_reason"] or "cancelled",
                            forced=bool(row["cancel_forced"]), via="poll")
         except Exception as exc:
