@@ -147,3 +147,59 @@ async def test_sigterm_drains_running_tasks_to_another_worker(
     assert any(e["type"] == "task.preempted" and e["task_id"] == str(ids[2]) for e in events)
     log = draining.log_path.read_text(errors="replace")
     assert "worker.drain_killed" in log and "worker.drained" in log
+
+
+async def _one_running_then_other_consumes(settings: Settings, db: Db, start_worker: Any
+                                           ) -> tuple[WorkerProcess, WorkerProcess, uuid.UUID]:
+    draining = start_worker(settings, concurrency=1, wait=False)
+    other = start_worker(settings, concurrency=1, wait=False)
+    draining.wait_ready()
+    other.wait_ready()
+    _consume(settings, other.node, on=False)
+    task_id = (await submit_task(settings, db, "distill",
+                                 {"chunks": CHUNKS, "chunk_seconds": CHUNK_SECONDS}))["id"]
+    await _running_on(db, [task_id], draining.node)
+    _consume(settings, other.node, on=True)
+    return draining, other, task_id
+
+
+async def test_drain_request_through_the_api(drain_settings: Settings, db: Db,
+                                             start_worker: Any, api: Any,
+                                             auth: dict[str, str]) -> None:
+    # given: a worker running a task, another idle
+    draining, other, task_id = await _one_running_then_other_consumes(drain_settings, db,
+                                                                      start_worker)
+    url = f"/api/v1/workers/{draining.node}/drain"
+    # then: the request is a protected mutation, about workers that run
+    assert (await api.post(url)).status == 401
+    assert (await api.post("/api/v1/workers/nosuch@host/drain", headers=auth)).status == 404
+    assert (await api.post("/api/v1/workers/bad%20name/drain", headers=auth)).status == 400
+    # when
+    resp = await api.post(url, headers=auth)
+    # then: the worker and its pool process got it, and the worker leaves, cleanly
+    assert resp.status == 202, await resp.text()
+    reply = await resp.json()
+    assert reply["node"] == draining.node and reply["receivers"] >= 2
+    rc, took = await _exited(draining, EXIT_BOUND + 5)
+    assert rc == 0 and took < EXIT_BOUND
+    # and: its task goes on from the checkpoint on the other worker
+    await _went_on_elsewhere(db, [task_id], other)
+
+
+async def test_taskctl_drain_waits_for_the_worker_to_stop(drain_settings: Settings, db: Db,
+                                                          start_worker: Any) -> None:
+    from tests.test_ctl_helpers import arun_ctl
+
+    # given
+    worker = start_worker(drain_settings, concurrency=1)
+    # when: the node named by a prefix of it
+    done = await arun_ctl(drain_settings, "drain", worker.node.split("@")[0], "--json")
+    # then
+    assert done.returncode == 0, done.stderr
+    reply = json.loads(done.stdout)
+    assert (reply["node"], reply["exited"], reply["running"]) == (worker.node, True, 0)
+    rc, _ = await _exited(worker, 10)
+    assert rc == 0
+    # and: a node that is not running is refused as bad input
+    missing = await arun_ctl(drain_settings, "drain", "nosuch@host")
+    assert missing.returncode == 2 and "no running worker" in missing.stderr

@@ -8,6 +8,7 @@
     taskctl cancel-all [--force]            cancel everything (or one actor's, one queue's)
     taskctl resume <id>                     start a new attempt from the checkpoint
     taskctl submit <actor> key=value ...    enqueue a task (values are JSON when they parse)
+    taskctl drain NODE [--no-wait]          a worker hands its tasks to the others and stops
 
 Settings come from the same environment variables as the services (DATABASE_URL,
 REDIS_URL, KEY_PREFIX, ...). Exit codes: 0 done, 1 refused, aborted or failed,
@@ -28,7 +29,7 @@ import redis
 import structlog
 from rich.console import Console
 
-from services.ctl import commands, force_kill, monitor, status
+from services.ctl import commands, drain, force_kill, monitor, status
 from services.ctl.context import open_context
 from services.ctl.errors import FAILED, USAGE, CtlError, bad_input, failed
 from shared import runfile
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task_id")
     p.add_argument("--json", action="store_true")
 
+    drain.add_parser(sub)
+
     p = sub.add_parser("submit", help="enqueue a task: ACTOR key=value ...")
     p.add_argument("actor")
     p.add_argument("kwargs", nargs="*", metavar="key=value")
@@ -124,6 +127,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, console: Conso
                                                  queue=args.queue, as_json=args.json)
             case "resume":
                 return await commands.resume(ctx, console, args.task_id, as_json=args.json)
+            case "drain":
+                return await drain.run(ctx, console, args)
             case "submit":
                 return await commands.submit_task(ctx, console, args.actor, args.kwargs,
                                                   queue=args.queue, countdown=args.countdown,

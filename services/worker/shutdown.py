@@ -19,13 +19,15 @@ channel, see shared/drain.py) before Celery does, and:
    the row back to `queued` with a fresh message (preempted). Celery sees an ordinary return
    and acknowledges the old message, which the claim would refuse anyway;
 3. waits for the pool to be idle, up to DRAIN_GRACE less a reserve for what follows;
-4. hands back and kills whatever still runs then (services/worker/handback.py), each pool
-   process identified as for every kill here (services/worker/control.py);
+4. kills whatever still runs then, each pool process identified as for every kill here
+   (services/worker/control.py), and hands its task back the same way from the main
+   process (services/worker/handback.py);
 5. hands over to Celery's warm shutdown, which has nothing left to wait for: the process
    exits 0 within DRAIN_GRACE.
 
-No message of unfinished work is acknowledged without a fresh one queued, and nothing waits
-for hours. A second signal during a drain skips the rest of the wait: step 4 runs at once.
+Every task the worker ran ends `queued` under a fresh message (or as a cancel or a pause
+that came meanwhile says), whatever Celery does with the old one, and nothing waits for
+hours. A second signal during a drain skips the rest of the wait: step 4 runs at once.
 
 A drain requested from outside (an operator's, before maintenance) ends the same way: the
 process exits 0. What follows is the supervisor's call, which knows what the host is for:
@@ -246,7 +248,7 @@ class WorkerDrain:
     async def _prepare(self) -> HandBack:
         """Connects ahead of the kills, so that they are not kept waiting for it."""
         db = await Db.connect(self.settings.database_url, min_size=1, max_size=1)
-        return HandBack(db, make_celery(self.settings), self.redis, self.keys, self.node)
+        return HandBack(self.settings, db, make_celery(self.settings), self.redis, self.node)
 
     async def _finish(self, hand: HandBack, seen: dict[str, uuid.UUID]) -> None:
         """Hands back what still runs (killing it) and what died without recording its end."""
