@@ -14,7 +14,10 @@ from typing import Any
 
 import psutil
 import pytest
+from celery.worker import state as worker_state
 
+from services.worker import celery_control
+from services.worker.celery_control import CeleryControl
 from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
@@ -162,3 +165,72 @@ async def test_revoke_of_an_older_message_of_a_task_leaves_the_task_alone(
                             what="second attempt done")
     assert final["status"] == "succeeded" and final["message_id"] == resumed["message_id"]
     assert [a["by"] for a in await audits_of(db, tid)] == ["test"]
+
+
+# -- in the worker's main process, without servers --------------------------------------
+
+
+class FakeRequest:
+    """What Celery's revoke reads of a request it holds, and its terminate recorded."""
+
+    def __init__(self, message_id: str, name: str, stamps: dict[str, Any] | None = None
+                 ) -> None:
+        self.id = message_id
+        self.name = name
+        self.stamps = stamps or {}
+        self.task = None
+        self.terminated_with: int | None = None
+
+    def terminate(self, pool: Any, signal: int | None = None) -> None:
+        self.terminated_with = signal
+
+
+class FakeBackend:
+    def get_state(self, message_id: str) -> str:
+        raise NotImplementedError("no result backend")
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A control with its cancels recorded, and a worker holding one message of ours
+    (`m-ours`) and one of someone else's (`m-theirs`), both executing."""
+    control = CeleryControl(Settings(), celery=None, actors=["distill"])  # type: ignore[arg-type]
+    cancels: list[tuple[list[str], bool, str]] = []
+    monkeypatch.setattr(control, "cancel", lambda ids, *, forced, reason: cancels.append(
+        (sorted(ids), forced, reason)))
+    ours = FakeRequest("m-ours", "distill", {"batch": "b1"})
+    theirs = FakeRequest("m-theirs", "someone.else", {"batch": "b1"})
+    for request in (ours, theirs):
+        monkeypatch.setitem(worker_state.requests, request.id, request)
+        worker_state.active_requests.add(request)
+    app = type("App", (), {"taskreaper_celery_control": control, "backend": FakeBackend()})()
+    state = type("State", (), {"app": app, "consumer": type("C", (), {"pool": object()})()})()
+    yield state, ours, theirs, cancels
+    for request in (ours, theirs):
+        worker_state.active_requests.discard(request)
+        worker_state.revoked.discard(request.id)
+    worker_state.revoked_stamps.pop("batch", None)
+
+
+@pytest.mark.unit
+def test_terminate_never_lets_celery_signal_a_process_running_our_message(held: Any) -> None:
+    state, ours, theirs, cancels = held
+    # when Celery's revoke command is run with terminate for both messages
+    reply = celery_control.revoke(state, ["m-ours", "m-theirs"], terminate=True,
+                                  signal="SIGKILL")
+    # then Celery terminated only the other one, and both are in its revoked set
+    assert ours.terminated_with is None and theirs.terminated_with == 9
+    assert "m-ours" in worker_state.revoked and "m-theirs" in worker_state.revoked
+    # and ours (with any other id, which the DB tells apart) goes to a forced cancel
+    assert cancels == [(["m-ours", "m-theirs"], True, "celery revoke --terminate (SIGKILL)")]
+    assert "m-ours" in reply["ok"]
+
+
+@pytest.mark.unit
+def test_revoke_by_stamped_headers_cancels_ours_and_terminates_only_the_rest(
+        held: Any) -> None:
+    state, ours, theirs, cancels = held
+    celery_control.revoke_by_stamped_headers(state, ["batch=b1"], terminate=True)
+    assert ours.terminated_with is None and theirs.terminated_with == 15
+    assert cancels == [(["m-ours"], True, "celery revoke --terminate (SIGTERM)")]
+    assert worker_state.revoked_stamps["batch"] == ["b1"]
