@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from services.api import dashboard, events, health, openapi, system, tasks
+from services.api import dashboard, events, health, openapi, pauses, system, tasks, workers
 from services.api.errors import error_middleware
 from services.api.metrics import Metrics, metrics_handler, metrics_middleware
 from services.api.state import (
@@ -59,6 +59,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_get("/api/v1/openapi.json", openapi.openapi_json)
     # The literal path first, so it is never read as a task id.
     router.add_post("/api/v1/tasks/cancel-all", tasks.cancel_all)
+    pauses.add_routes(router)
     router.add_post("/api/v1/tasks", tasks.submit_task)
     router.add_get("/api/v1/tasks", tasks.list_tasks)
     router.add_get("/api/v1/tasks/{id}", tasks.get_task)
@@ -68,6 +69,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_get("/api/v1/actors", system.list_actors)
     router.add_get("/api/v1/states", system.task_states)
     router.add_get("/api/v1/system/status", system.system_status)
+    router.add_post("/api/v1/workers/{node}/drain", workers.drain_worker)
     # HEAD would hold a connection open with nothing to send.
     router.add_get("/api/v1/events", events.stream_events, allow_head=False)
     dashboard.add_routes(router)
@@ -96,6 +98,7 @@ async def _celery(app: web.Application) -> AsyncIterator[None]:
 
 async def _canceller(app: web.Application) -> AsyncIterator[None]:
     app[CANCELLER] = Canceller(app[SETTINGS], app[DB], app[REDIS], app[CELERY])
+    pauses.add_pauser(app)
     log.info("api.ready", key_prefix=app[SETTINGS].key_prefix)
     yield
 

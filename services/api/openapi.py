@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from services.api import pauses, workers
 from services.api.dashboard import asset_names
 from services.api.inputs import NAME_MAX, NAME_PATTERN, QUEUE_MAX, QUEUE_PATTERN, REASON_MAX
 from services.api.tasks import LIST_DEFAULT, LIST_MAX, MAX_COUNTDOWN
@@ -105,6 +106,7 @@ def _schemas() -> dict[str, Schema]:
                 "requested_at": _TIME, "reason": _nullable(string), "by": _nullable(string),
                 "forced": {"type": "boolean"}, "deadline": _nullable(_TIME),
             }, ["requested_at", "reason", "by", "forced", "deadline"])),
+            **pauses.task_fields(),
             "resources": _obj({"rss_bytes": _nullable(integer),
                                "cpu_percent": _nullable(number)}),
         }, ["id", "actor", "queue", "kwargs", "status", "attempt", "progress", "heartbeat_at",
@@ -147,6 +149,7 @@ def _schemas() -> dict[str, Schema]:
             "queue": {**_QUEUE, "description": "Only tasks on this queue"},
         }),
         "Empty": _obj({}),
+        **pauses.schemas(),
         "States": _states_schema(),
     }
 
@@ -164,6 +167,7 @@ def _states_schema() -> Schema:
         "cancellable": states("A cancel acts on them"),
         "cancel_pending": states("A cancel is under way; only a forced one adds anything"),
         "executing": states("A live execution holds the task and sends heartbeats"),
+        **{key: states(text) for key, text in pauses.STATE_SETS.items()},
         "attention": states("Every state, what needs attention first"),
         "transitions": {"type": "array", "items": _obj({
             "from": _STATE, "to": _STATE,
@@ -171,7 +175,7 @@ def _states_schema() -> Schema:
                                                   "enum": [e.value for e in Event]}},
         }, ["from", "to", "events"])},
     }, ["states", "initial", "active", "terminal", "resumable", "cancellable", "cancel_pending",
-        "executing", "attention", "transitions"])
+        "executing", *pauses.STATE_SETS, "attention", "transitions"])
 
 
 def _asset_name() -> Schema:
@@ -212,6 +216,7 @@ def document() -> Schema:
                             errors=(400, 401, 403, 413, 503), body=_ref("CancelAllRequest"),
                             body_required=False, secured=True),
             },
+            **pauses.paths(),
             "/api/v1/tasks/{id}": {
                 "get": _op("Get task", {200: _json(task, "The task")}, errors=(400, 404, 503),
                            params=[_ID_PARAM]),
@@ -242,6 +247,7 @@ def document() -> Schema:
                                                       "between them and their named sets")},
                            errors=()),
             },
+            **workers.OPENAPI_PATHS,
             "/api/v1/system/status": {
                 "get": _op("System status", {200: _json(anything, "Counts by state, queues, "
                                                         "live executions, reaper")}),

@@ -40,6 +40,14 @@ def cancel_json(row: Record) -> dict[str, Any] | None:
     }
 
 
+def pause_json(row: Record) -> dict[str, Any] | None:
+    """Who paused the task, when and why; cleared by its resume."""
+    if row.get("pause_requested_at") is None:
+        return None
+    return {"requested_at": iso(row["pause_requested_at"]), "reason": row["pause_reason"],
+            "by": row["pause_by"]}
+
+
 def resources_json(row: Record) -> dict[str, Any]:
     """What the execution's pool process used at its last heartbeat (null before one)."""
     cpu = row.get("cpu_percent")
@@ -66,6 +74,7 @@ def task_json(row: Record) -> dict[str, Any]:
         "error": row["error"],
         "resumes": row["resumes"],
         "cancel": cancel_json(row),
+        "pause": pause_json(row),
         "resources": resources_json(row),
     }
 

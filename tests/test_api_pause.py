@@ -1,0 +1,214 @@
+"""Pause, pause-all and resume-all through the HTTP API, and what a cancel and a resume do
+to a paused task."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from services.api.auth import token_identity
+from shared.db import Db
+from shared.keys import Keys
+from shared.queues import message_ids
+from shared.settings import Settings
+from tests.fixtures_api import ApiClient, set_status
+from tests.test_api_cancel import Channel, audits, submit
+
+
+async def running(db: Db, task: dict) -> None:
+    await set_status(db, task["id"], "running", attempt=1, started_at=datetime.now(UTC))
+
+
+async def test_pause_of_a_queued_task_pauses_it_at_once_and_audits(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
+        redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+    # given
+    task = await submit(api, auth)
+    tid = uuid.UUID(task["id"])
+    before = len(await audits(db))
+
+    # when
+    resp = await api.post(f"/api/v1/tasks/{tid}/pause", json={"reason": "maintenance"},
+                          headers=auth)
+
+    # then it is paused, never having started, and says who paused it
+    assert resp.status == 202
+    body = await resp.json()
+    me = token_identity(settings.api_token)
+    assert body["status"] == "paused" and body["cancel"] is None
+    assert body["pause"]["by"] == me and body["pause"]["reason"] == "maintenance"
+    # and a worker that takes its message drops it: the claim refuses a paused task
+    row = await db.get_task(tid)
+    assert await db.claim_task(tid, row["message_id"], "w@test", 1, 30) is None
+    assert await redis.zscore(keys.cancelled, str(row["message_id"])) is not None
+    # and it is audited as a pause
+    new = (await audits(db))[before:]
+    assert len(new) == 1 and new[0]["scope"]["action"] == "pause"
+    assert (new[0]["by"], new[0]["task_ids"], new[0]["cancelled"]) == (me, [tid], 0)
+
+    # when paused again: a repeat, nothing changes
+    again = await api.post(f"/api/v1/tasks/{tid}/pause", headers=auth)
+    assert again.status == 200 and (await again.json())["status"] == "paused"
+    assert len(await audits(db)) == before + 1
+
+
+async def test_pause_of_a_running_task_sets_a_deadline_and_tells_its_process(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
+        redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+    task = await submit(api, auth)
+    await running(db, task)
+    channel = Channel(redis, keys.task_cancel_channel(task["id"]))
+    await channel.pubsub.subscribe(keys.task_cancel_channel(task["id"]))
+
+    resp = await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)
+
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["status"] == "pausing"
+    row = await db.get_task(uuid.UUID(task["id"]))
+    assert row["cancel_deadline"] - row["pause_requested_at"] == timedelta(
+        seconds=settings.cancel_grace)
+    event = await channel.next()
+    assert event["ids"] == [task["id"]] and event["reason"] == "pause"
+    await channel.pubsub.aclose()
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed", "lost", "cancelled", "cancelling"])
+async def test_pause_of_a_finished_or_cancelling_task_is_a_409(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
+        state: str) -> None:
+    task = await submit(api, auth)
+    await set_status(db, task["id"], state, attempt=1)
+    before = await audits(db)
+
+    resp = await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)
+
+    assert resp.status == 409
+    assert (await resp.json())["error"]["details"] == {"status": state}
+    assert (await db.get_task(uuid.UUID(task["id"])))["status"] == state
+    assert await audits(db) == before
+
+
+async def test_pause_refuses_strangers_unknown_tasks_and_bad_bodies(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str]) -> None:
+    task = await submit(api, auth)
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/pause")).status == 401
+    missing = await api.post(f"/api/v1/tasks/{uuid.uuid4()}/pause", headers=auth)
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "not_found"
+    for path, body in ((f"/api/v1/tasks/{task['id']}/pause", {"force": True}),
+                       ("/api/v1/tasks/pause-all", {"actor": 3}),
+                       ("/api/v1/tasks/resume-all", {"reason": "no such field"})):
+        assert (await api.post(path, json=body, headers=auth)).status == 400
+    for path in ("/api/v1/tasks/pause-all", "/api/v1/tasks/resume-all"):
+        assert (await api.post(path)).status == 401
+
+
+async def test_pause_all_then_resume_all_in_a_scope(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
+        redis: aioredis.Redis, keys: Keys, settings: Settings) -> None:
+    # given, on a queue of their own: 3 queued, 2 running, 1 cancelling, 1 succeeded
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    tasks = [await submit(api, auth, queue) for _ in range(7)]
+    for t in tasks[3:5]:
+        await running(db, t)
+    await set_status(db, tasks[5]["id"], "cancelling", attempt=1)
+    await set_status(db, tasks[6]["id"], "succeeded", attempt=1)
+    other = await submit(api, auth)
+    fleet = Channel(redis, keys.cancel_channel)
+    await fleet.pubsub.subscribe(keys.cancel_channel)
+
+    # when
+    resp = await api.post("/api/v1/tasks/pause-all", headers=auth,
+                          json={"queue": queue, "reason": "maintenance"})
+
+    # then the queued are paused, the running pausing, and one event names the running ones
+    assert resp.status == 202
+    body = await resp.json()
+    assert (body["paused"], body["pausing"]) == (3, 2) and body["took_ms"] >= 0
+    statuses = [(await db.get_task(uuid.UUID(t["id"])))["status"] for t in tasks]
+    assert statuses == ["paused"] * 3 + ["pausing"] * 2 + ["cancelling", "succeeded"]
+    assert (await db.get_task(uuid.UUID(other["id"])))["status"] == "queued"
+    event = await fleet.next()
+    assert sorted(event["ids"]) == sorted(t["id"] for t in tasks[3:5])
+    assert event["reason"] == "pause"
+    await fleet.pubsub.aclose()
+    audit = (await audits(db))[-1]
+    assert audit["id"] == body["audit_id"] and audit["reason"] == "maintenance"
+    assert audit["scope"] == {"action": "pause", "all": True, "actor": None, "queue": queue,
+                              "paused": 3, "pausing": 2}
+    # and a second identical call finds nothing left to do
+    again = await (await api.post("/api/v1/tasks/pause-all", headers=auth,
+                                  json={"queue": queue})).json()
+    assert (again["paused"], again["pausing"]) == (0, 0)
+
+    # when resumed, after the running ones stopped
+    for t in tasks[3:5]:
+        await set_status(db, t["id"], "paused")
+    old = {t["id"]: (await db.get_task(uuid.UUID(t["id"])))["message_id"] for t in tasks[:5]}
+    resp = await api.post("/api/v1/tasks/resume-all", headers=auth, json={"queue": queue})
+
+    # then each is queued again under a fresh message that is in the broker's queue
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["resumed"] == 5
+    waiting = await message_ids(redis, keys, [queue])
+    for t in tasks[:5]:
+        row = await db.get_task(uuid.UUID(t["id"]))
+        assert row["status"] == "queued" and row["message_id"] != old[t["id"]]
+        assert row["pause_requested_at"] is None and row["resumes"] == 0
+        assert str(row["message_id"]) in waiting
+    assert (await audits(db))[-1]["scope"]["action"] == "resume"
+
+
+async def test_resume_of_one_paused_task_keeps_its_schedule(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    # given a task scheduled for later, paused
+    resp = await api.post("/api/v1/tasks", headers=auth,
+                          json={"actor": "echo", "kwargs": {"text": "x"}, "countdown": 600})
+    task = await resp.json()
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)).status == 202
+
+    # when it is resumed
+    resp = await api.post(f"/api/v1/tasks/{task['id']}/resume", headers=auth)
+
+    # then it waits for its time again, and a pause spent no automatic resume
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["status"] == "queued" and body["eta"] == task["eta"] and body["resumes"] == 0
+    assert body["pause"] is None
+
+
+async def test_cancel_of_a_paused_task_ends_it_at_once_and_of_a_pausing_one_wins(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    paused, pausing = await submit(api, auth), await submit(api, auth)
+    await running(db, pausing)
+    for t in (paused, pausing):
+        assert (await api.post(f"/api/v1/tasks/{t['id']}/pause", headers=auth)).status == 202
+
+    first = await (await api.post(f"/api/v1/tasks/{paused['id']}/cancel", headers=auth)).json()
+    second = await (await api.post(f"/api/v1/tasks/{pausing['id']}/cancel",
+                                   headers=auth)).json()
+
+    assert (first["status"], first["outcome"]) == ("cancelled", "never_started")
+    assert second["status"] == "cancelling"
+    # and a pause cannot undo a cancel
+    assert (await api.post(f"/api/v1/tasks/{pausing['id']}/pause", headers=auth)).status == 409
+
+
+async def test_pause_of_a_task_a_cancel_all_covers_is_refused(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    task = await submit(api, auth, queue)
+    # a cancel-all's fence covers it (written without its inline sweep: the row stays queued)
+    async with db.transaction() as conn:
+        await db.set_fence(conn, actor=None, queue=queue, reason=None, by="t", forced=False)
+
+    resp = await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)
+
+    assert resp.status == 409
+    row = await db.get_task(uuid.UUID(task["id"]))
+    assert await db.claim_task(row["id"], row["message_id"], "w@test", 1, 30) is None
+    assert (await db.get_task(uuid.UUID(task["id"])))["status"] == "cancelled"
