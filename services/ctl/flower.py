@@ -5,6 +5,11 @@ option `global_keyprefix` under which all of Celery's keys live; a plain
 `celery --broker=... flower` would look at other (empty) keys. So Flower runs
 inside a Celery app built from our own configuration. Flower itself is the
 optional `flower` extra (`pip install '.[flower]'`).
+
+Workers and submitters send Celery's task events unless TASK_EVENTS=false, so Flower lists
+every task, queued ones included, under its actor's name with our task id in its kwargs.
+Its revoke and terminate buttons are cancels like ours, audited as `celery-control`
+(services/worker/celery_control.py).
 """
 
 from __future__ import annotations
