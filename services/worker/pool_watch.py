@@ -4,11 +4,11 @@ dies, and keeps the worker's own liveness fresh in Redis.
 A pool process killed by the OOM killer, a segfault or kill -9 cannot record its end. The
 reaper would settle its row after the heartbeat timeout; the main process, which outlives
 its children, knows within a poll. Every poll it reads the pool's pids (Celery's own list,
-no scan of the host's processes); a process seen at the last poll and gone now has
-its executions settled by the same verdict as the reaper's (shared.verdict): `lost`, a new
-attempt under `auto_resume`, or `cancelled` when a cancel was under way (the ladder killed
-it, or it died while stopping). A pool process that exits because it was recycled has no
-running row, so nothing happens.
+no scan of the host's processes); a process seen at the last poll and gone now has its
+executions settled by the same verdict as the reaper's (shared.verdict): `lost`, a new
+attempt under `auto_resume`, or what the stop under way says (`cancelled`, `paused`) when
+it was asked to stop (the ladder killed it, or it died while stopping). A pool process
+that exits because it was recycled has no running row, so nothing happens.
 
 Left alone: the executions of a worker shutting down (its drain puts them back in the queue
 itself), and for a moment those of a message Celery revoked (the revoke's own cancel is
@@ -30,11 +30,12 @@ from celery import Celery
 from services.worker.db_connection import DB_CALL_TIMEOUT, OneConnection
 from services.worker.guardian import Guardian
 from services.worker.loop_thread import LoopThread
+from services.worker.shutdown import draining
 from shared.events import encode
 from shared.keys import Keys
 from shared.registry import prune_lapsed_workers, worker_alive
 from shared.settings import Settings
-from shared.states import Outcome, TaskStatus
+from shared.states import STOPPING, Outcome
 from shared.verdict import settle_gone
 
 log = structlog.get_logger("worker.pool_watch")
@@ -80,9 +81,11 @@ def _pool_pids(consumer: Any) -> list[int] | None:
 
 
 def _shutting_down() -> bool:
+    """A drain hands back the executions of processes that die meanwhile itself; Celery's
+    own shutdown ends the pool's processes with it."""
     from celery.worker import state as worker_state
 
-    return bool(worker_state.should_stop or worker_state.should_terminate)
+    return draining() or bool(worker_state.should_stop or worker_state.should_terminate)
 
 
 def _revoked(message_id: str) -> bool:
@@ -206,9 +209,9 @@ class PoolWatch:
 
     async def _settle_one(self, row: Any) -> None:
         db = await self.connection.get()
-        # A process that died while its cancel was under way was killed for it (or died
-        # stopping): the cancel happened; a running one is simply gone.
-        outcome = Outcome.KILLED if row.status == TaskStatus.CANCELLING else Outcome.GONE
+        # A process that died while asked to stop (a cancel, a pause) was killed for it, or
+        # died stopping: it ends as that stop says. A running one is simply gone.
+        outcome = Outcome.KILLED if row.status in STOPPING else Outcome.GONE
         verdict = await settle_gone(db, self._celery, row, self._publish_change,
                                     outcome=outcome)
         if verdict.status:
