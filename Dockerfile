@@ -27,4 +27,8 @@ RUN pip install --no-deps . \
 
 USER taskreaper
 EXPOSE 8897
+# A worker drains on SIGTERM (its tasks go back to the queue from their checkpoints) and
+# exits within DRAIN_GRACE (25 s): give it longer than that before SIGKILL (compose's
+# stop_grace_period, Kubernetes' terminationGracePeriodSeconds, 30 s by default).
+STOPSIGNAL SIGTERM
 CMD ["python", "-m", "services.api"]

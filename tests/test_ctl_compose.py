@@ -160,3 +160,26 @@ def _volumes(service: dict[str, Any]) -> list[Any]:
 
 def _source(volume: Any) -> str:
     return volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
+
+
+def _seconds(duration: Any) -> float:
+    """A compose duration ("30s", "1m30s") or a number of seconds, as seconds."""
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    total, unit_of = 0.0, {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    for value, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration)):
+        total += float(value) * unit_of[unit]
+    return total
+
+
+def test_a_stopped_worker_drains_before_docker_kills_it(config: dict[str, Any]) -> None:
+    worker = config["services"]["worker"]
+    # SIGTERM reaches the worker's main process (init passes it on), which drains
+    assert worker.get("init") is True
+    assert worker.get("stop_signal", "SIGTERM") == "SIGTERM"
+    assert re.search(r"^STOPSIGNAL SIGTERM$", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    # and Docker's SIGKILL comes after the drain's own bound, with room for the exit
+    grace = float(worker["environment"]["DRAIN_GRACE"])
+    assert grace == 25.0
+    assert _seconds(worker["stop_grace_period"]) >= grace + 3
+    assert _seconds(worker["stop_grace_period"]) <= 30  # Kubernetes' default
