@@ -313,3 +313,53 @@ def test_bulk_cancels_follow_the_filters(settings: Settings, api_url: str,
     assert http("GET", f"{api_url}/api/v1/tasks/{third[0]}")[1]["cancel"]["forced"] is True
     assert browser.execute_script("return window.__sameDocument") == "kept"
     assert browser_errors(browser) == []
+
+
+def row_button(driver: WebDriver, task_id: str, action: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR,
+                               f'tr.task-row[data-id="{task_id}"] [data-action="{action}"]')
+
+
+def test_pause_and_resume_one_task_or_all_of_them(settings: Settings, api_url: str,
+                                                  browser: WebDriver) -> None:
+    # given queued tasks that no worker will pick up, and the dashboard with the token set
+    register_actor(settings, distill)
+    token = settings.api_token
+    one, *rest = queue_tasks(api_url, token, 3)
+    browser.get(api_url + "/")
+    browser.execute_script("sessionStorage.setItem('taskreaper.token', arguments[0]);", token)
+    browser.execute_script("window.__sameDocument = 'kept';")
+    eventually(lambda: all(row_status(browser, i) == "queued" for i in (one, *rest)),
+               timeout=10, what="the queued rows")
+    assert not row_button(browser, one, "resume").is_displayed()
+
+    # when one is paused from its row
+    row_button(browser, one, "pause").click()
+
+    # then its row says paused in place, and offers a resume instead of a pause
+    eventually(lambda: row_status(browser, one) == "paused", timeout=10, what="the row paused")
+    assert row_button(browser, one, "resume").is_displayed()
+    assert not row_button(browser, one, "pause").is_displayed()
+    assert http("GET", f"{api_url}/api/v1/tasks/{one}")[1]["pause"]["by"]
+
+    # when it is resumed from its row, it is queued again
+    row_button(browser, one, "resume").click()
+    eventually(lambda: row_status(browser, one) == "queued", timeout=10, what="the row queued")
+
+    # when everything is paused with a reason, then resumed, from the toolbar
+    browser.find_element(By.ID, "pause-all").click()
+    assert not browser.find_element(By.ID, "confirm-force").is_displayed()
+    confirm(browser, reason="maintenance window")
+    eventually(lambda: all(row_status(browser, i) == "paused" for i in (one, *rest)),
+               timeout=10, what="every row paused")
+    assert http("GET", f"{api_url}/api/v1/tasks/{rest[0]}")[1]["pause"]["reason"] == \
+        "maintenance window"
+    browser.find_element(By.ID, "resume-all").click()
+    assert not browser.find_element(By.ID, "confirm-reason").is_displayed()
+    confirm(browser)
+    eventually(lambda: all(row_status(browser, i) == "queued" for i in (one, *rest)),
+               timeout=10, what="every row queued again")
+
+    # and all of it happened in the same page, without a reload
+    assert browser.execute_script("return window.__sameDocument") == "kept"
+    assert browser_errors(browser) == []

@@ -10,26 +10,34 @@ import { renderTasks, taskRow } from "./views.js";
 import { refreshSoon } from "./sync.js";
 
 let confirmAction = null;   // what the open confirmation dialog will do on OK
+let confirmFields = { reason: true, force: true };  // what it asks for, and sends
 
-function askConfirm({ title, text, ok, force, action }) {
+// `reason` and `forceable` say which fields the dialog shows (and its request carries).
+export function askConfirm({ title, text, ok, force, action, reason = true, forceable = true,
+  back = "Keep running" }) {
   const dialog = $("confirm-dialog");
   setText($("confirm-title"), title);
   setText($("confirm-text"), text);
   setText($("confirm-ok"), ok);
+  setText($("confirm-back"), back);
   $("confirm-reason").value = "";
   $("confirm-force").checked = Boolean(force);
+  $("confirm-reason").closest("label").hidden = !reason;
+  $("confirm-force").closest("label").hidden = !forceable;
+  confirmFields = { reason, force: forceable };
   confirmAction = action;
   dialog.showModal();
-  $("confirm-reason").focus();
+  (reason ? $("confirm-reason") : $("confirm-ok")).focus();
 }
 
 export async function onConfirm(event) {
   event.preventDefault();
   const action = confirmAction;
   confirmAction = null;
-  const body = { force: $("confirm-force").checked };
+  const body = {};
+  if (confirmFields.force) body.force = $("confirm-force").checked;
   const reason = $("confirm-reason").value.trim();
-  if (reason) body.reason = reason;
+  if (confirmFields.reason && reason) body.reason = reason;
   $("confirm-dialog").close();
   if (action) await action(body);
 }

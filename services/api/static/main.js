@@ -5,6 +5,7 @@ import {
   confirmCancelAll, confirmCancelFiltered, confirmCancelOne, dropConfirm, onConfirm, onSubmit,
   resume,
 } from "./actions.js";
+import { confirmPauseAll, confirmResumeAll, pause } from "./pausing.js";
 import { API, call, onAuth } from "./api.js";
 import { $, setText } from "./dom.js";
 import { askForToken, dropToken, keepToken, renderToken, restoreTheme, toggleTheme } from "./session.js";
@@ -55,6 +56,7 @@ function onRowClick(event) {
   if (!task) return;
   if (button.dataset.action === "cancel") confirmCancelOne(task);
   else if (button.dataset.action === "resume") resume(task, button);
+  else if (button.dataset.action === "pause") pause(task, button);
   else if (button.dataset.action === "details") toggleDetail(task.id);
 }
 
@@ -72,6 +74,8 @@ function wireTasks() {
   $("filter-actor").addEventListener("change", (e) => setFilter({ actor: e.target.value }));
   $("cancel-filtered").addEventListener("click", confirmCancelFiltered);
   $("cancel-all").addEventListener("click", confirmCancelAll);
+  $("pause-all").addEventListener("click", confirmPauseAll);
+  $("resume-all").addEventListener("click", confirmResumeAll);
   $("confirm-form").addEventListener("submit", onConfirm);
   $("confirm-back").addEventListener("click", () => $("confirm-dialog").close());
   $("confirm-dialog").addEventListener("close", dropConfirm);

@@ -11,6 +11,9 @@ export let RESUMABLE = new Set();
 export let CANCELLABLE = new Set();
 export let CANCEL_PENDING = new Set();  // a cancel is under way; only a forced one adds anything
 export let EXECUTING = new Set();       // a live execution holds the task: it sends heartbeats
+export let HELD = new Set();            // paused: nothing moves it on but a resume or a cancel
+export let PAUSABLE = new Set();
+export let PAUSE_PENDING = new Set();   // a pause is under way: it saves its work and stops
 
 export function load(table) {
   STATES = table.states;
@@ -22,11 +25,16 @@ export function load(table) {
   CANCELLABLE = new Set(table.cancellable);
   CANCEL_PENDING = new Set(table.cancel_pending);
   EXECUTING = new Set(table.executing);
+  HELD = new Set(table.held);
+  PAUSABLE = new Set(table.pausable);
+  PAUSE_PENDING = new Set(table.pause_pending);
 }
 
 // A plain cancel still moves it on (nothing has asked it to stop yet).
 export const stoppable = (s) => CANCELLABLE.has(s) && !CANCEL_PENDING.has(s);
-// Executing, with no cancel under way.
-export const working = (s) => EXECUTING.has(s) && !CANCEL_PENDING.has(s);
+// Asked to stop: a cancel or a pause is under way.
+export const stopping = (s) => CANCEL_PENDING.has(s) || PAUSE_PENDING.has(s);
+// Executing, with no cancel or pause under way.
+export const working = (s) => EXECUTING.has(s) && !stopping(s);
 // Ended with nothing to resume: the work is complete.
 export const complete = (s) => TERMINAL.has(s) && !RESUMABLE.has(s);

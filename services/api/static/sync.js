@@ -4,12 +4,13 @@
 import { API, call, listTasks } from "./api.js";
 import { $, setText } from "./dom.js";
 import { renderSystem, renderSystemError } from "./panel.js";
-import { ACTIVE, STATES } from "./states.js";
+import { ACTIVE, HELD, STATES } from "./states.js";
 import { store } from "./store.js";
 import { renderActors, renderCounts, renderTasks, showFilter, updateRow } from "./views.js";
 
 const EVENT_TYPES = ["task.submitted", "task.cancel_requested", "tasks.cancel_all",
-  "task.resumed", "task.changed", "task.progress", "message"];
+  "task.resumed", "task.changed", "task.progress", "task.pause_requested", "tasks.pause_all",
+  "tasks.resume_all", "task.preempted", "message"];
 const POLL_ACTIVE_MS = 2000;
 const POLL_IDLE_MS = 6000;
 const SYSTEM_MS = 5000;
@@ -24,9 +25,10 @@ let systemAt = 0;
 async function fetchTasks() {
   const { status, actor } = store.filter;
   if (status) return listTasks({ status, actor, limit: ACTIVE_LIMIT });
-  // Active tasks are fetched by state so a long history never pushes them off the page.
+  // Active and paused tasks are fetched by state so a long history never pushes them off
+  // the page.
   const lists = await Promise.all([
-    ...[...ACTIVE].map((s) => listTasks({ status: s, actor, limit: ACTIVE_LIMIT })),
+    ...[...ACTIVE, ...HELD].map((s) => listTasks({ status: s, actor, limit: ACTIVE_LIMIT })),
     listTasks({ actor, limit: HISTORY_LIMIT }),
   ]);
   return lists.flat();

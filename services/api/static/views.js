@@ -4,8 +4,8 @@
 import { $, el, setClass, setText } from "./dom.js";
 import { ago, clip, clock, duration, secondsSince, shortId } from "./format.js";
 import {
-  ACTIVE, ATTENTION, CANCELLABLE, CANCEL_PENDING, EXECUTING, INITIAL, RESUMABLE, STATES,
-  complete, working,
+  ACTIVE, ATTENTION, CANCELLABLE, CANCEL_PENDING, EXECUTING, HELD, INITIAL, PAUSABLE, RESUMABLE,
+  STATES, complete, working,
 } from "./states.js";
 import { bulkPlan, store, visibleTasks } from "./store.js";
 
@@ -181,6 +181,7 @@ function buildRow(task) {
     attempt: el("span"),
     worker: el("span", { class: "worker mono" }),
     cancel: el("button", { type: "button", class: "btn btn-sm btn-danger", dataset: { action: "cancel" }, text: "Cancel" }),
+    pause: el("button", { type: "button", class: "btn btn-sm", dataset: { action: "pause" }, text: "Pause", title: "Save its work, stop, and wait for a resume" }),
     resume: el("button", { type: "button", class: "btn btn-sm", dataset: { action: "resume" }, text: "Resume" }),
     more: el("button", { type: "button", class: "btn btn-sm btn-ghost btn-icon", dataset: { action: "details" }, "aria-expanded": "false", "aria-label": "Details", title: "Details", text: "▸" }),
   };
@@ -194,7 +195,7 @@ function buildRow(task) {
     el("td", { class: "c-eta" }, cells.eta),
     el("td", { class: "c-attempt" }, cells.attempt),
     el("td", { class: "c-worker" }, cells.worker),
-    el("td", { class: "c-actions" }, cells.cancel, cells.resume, cells.more));
+    el("td", { class: "c-actions" }, cells.pause, cells.cancel, cells.resume, cells.more));
   return { main, cells, task, detail: el("tr", { class: "detail" }, el("td", { colspan: 8 })) };
 }
 
@@ -250,7 +251,9 @@ function updateCells(row, task) {
   c.cancel.hidden = !CANCELLABLE.has(status);
   setText(c.cancel, pending ? "Force" : "Cancel");
   c.cancel.title = pending ? "Kill now instead of waiting for the grace period" : "Cancel this task";
+  c.pause.hidden = !PAUSABLE.has(status);
   c.resume.hidden = !RESUMABLE.has(status);
+  c.resume.title = HELD.has(status) ? "Queue it again: it goes on from its checkpoint" : "Start a new attempt from its checkpoint";
   const open = expanded.has(task.id);
   c.more.setAttribute("aria-expanded", String(open));
   setText(c.more, open ? "▾" : "▸");
@@ -262,6 +265,8 @@ function subline(task) {
   if (ACTIVE.has(task.status)) {
     parts.push(task.started_at && task.status !== INITIAL ? `started ${ago(task.started_at)}` : `submitted ${ago(task.created_at)}`);
     if (EXECUTING.has(task.status)) parts.push(usage(task));
+  } else if (HELD.has(task.status) && task.pause) {
+    parts.push(`paused ${ago(task.pause.requested_at)}`);
   } else if (task.finished_at) {
     parts.push(`ended ${ago(task.finished_at)}`);
   }
@@ -325,6 +330,10 @@ function fillDetail(row, task) {
     ["Memory (RSS), CPU", usage(task) || "—"],
   ];
   if (task.error) entries.push(["Error", clip(task.error, 2000)]);
+  if (task.pause) {
+    const p = task.pause;
+    entries.push(["Pause", `${clock(p.requested_at)} by ${p.by || "?"}${p.reason ? ` — ${p.reason}` : ""}`]);
+  }
   if (task.cancel) {
     const c = task.cancel;
     entries.push(["Cancel", `${clock(c.requested_at)} by ${c.by || "?"}${c.forced ? ", forced" : ""}` +
