@@ -72,6 +72,20 @@ class Settings:
     # Memory limit of an execution's pool process (RSS) for actors that set none: 536870912,
     # 512MB or 512MiB; empty means no limit. Past it the task is cancelled (`memory_limit`).
     worker_memory_limit: str = ""
+    # Reads (task lists, details, results, status) without a token. Mutations and the event
+    # stream always need one.
+    public_reads: bool = False
+    # Comma-separated origins allowed to call the API from a browser; empty turns CORS off.
+    cors_origins: str = ""
+    # Open event streams per API process, in total and per token; past either, 429.
+    event_streams_max: int = 1000
+    event_streams_per_token: int = 50
+    # Mutating calls per token and API process: a sustained rate per second and a burst;
+    # past them, 429 with Retry-After. RATE_LIMIT=0 turns it off.
+    rate_limit: float = 50.0
+    rate_burst: int = 500
+    # A page of tasks or of results stops growing at this many bytes (its `next` goes on).
+    max_response_bytes: int = 4 << 20
 
     @property
     def hostname(self) -> str:
@@ -103,6 +117,12 @@ class Settings:
             raise SettingsError("CANCEL_GRACE and KILL_MARGIN must not be negative")
         if self.drain_grace <= 0:
             raise SettingsError("DRAIN_GRACE must be positive")
+        if self.event_streams_max < 1 or self.event_streams_per_token < 1:
+            raise SettingsError("EVENT_STREAMS_MAX and EVENT_STREAMS_PER_TOKEN must be positive")
+        if self.rate_limit < 0 or self.rate_burst < 1:
+            raise SettingsError("RATE_LIMIT must not be negative and RATE_BURST must be positive")
+        if self.max_response_bytes < 4096:
+            raise SettingsError("MAX_RESPONSE_BYTES must be at least 4096")
         if not 0 < self.port < 65536:
             raise SettingsError("PORT must be between 1 and 65535")
         try:

@@ -107,6 +107,9 @@ def settings(request: pytest.FixtureRequest, service_urls: tuple[str, str], temp
     logs = tmp_path_factory.mktemp("logs")
     yield Settings.from_env(
         {}, database_url=url, redis_url=redis_url, key_prefix=prefix,
+        # Reads without a token: tests that are not about access (test_access.py is) read
+        # as before; mutations and event streams still need the token.
+        public_reads=True,
         api_token=TEST_TOKEN, log_dir=str(logs), heartbeat_interval=0.2, heartbeat_timeout=3.0,
         reconcile_interval=0.5, cancel_grace=2.0, cancel_poll_interval=0.5, kill_margin=0.5,
         leader_ttl=2.0, lost_message_after=5.0)

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from services.api.auth import token_identity
 from shared.db import Db
 from shared.keys import Keys
 from shared.queues import message_ids
 from shared.settings import Settings
+from shared.tokens import BOOTSTRAP_NAME
 from tests.fixtures_api import ApiClient, set_status
 
 
@@ -80,7 +80,7 @@ async def test_cancel_of_a_queued_task_cancels_audits_and_announces(
     assert resp.status == 202
     body = await resp.json()
     assert body["status"] == "cancelled" and body["outcome"] == "never_started"
-    me = token_identity(settings.api_token)
+    me = BOOTSTRAP_NAME
     assert body["cancel"]["by"] == me and body["cancel"]["reason"] == "wrong input"
     assert body["cancel"]["forced"] is False
     stored = await db.get_task(tid)
@@ -216,7 +216,7 @@ async def test_cancel_all_counts_what_it_did(
     new = (await audits(db))[before:]
     assert len(new) == 1 and new[0]["id"] == body["audit_id"]
     assert (new[0]["cancelled"], new[0]["cancelling"], new[0]["forced"]) == (3, 3, True)
-    assert new[0]["by"] == token_identity(settings.api_token)
+    assert new[0]["by"] == BOOTSTRAP_NAME
     assert new[0]["reason"] == "maintenance" and new[0]["scope"]["queue"] == queue
     event = await cancel_events.next()
     assert event["all"] is True and event["queue"] == queue and event["force"] is True
@@ -274,7 +274,7 @@ async def test_cancel_and_resume_publish_one_change_event_each(
     task = await submit(api, auth)
     events = Channel(redis, keys.events_channel)
     await events.pubsub.subscribe(keys.events_channel)
-    me = token_identity(settings.api_token)
+    me = BOOTSTRAP_NAME
 
     # when it is cancelled, cancelled again (a repeat), and resumed
     assert (await api.post(f"/api/v1/tasks/{task['id']}/cancel", headers=auth)).status == 202

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.app import create_app
+from services.api.events import HUB
 from shared.db import Db
 from shared.keys import Keys
 from shared.settings import Settings
@@ -85,7 +86,7 @@ async def test_a_dead_redis_answers_503_for_submit_and_events(
 
     submit = await api.post("/api/v1/tasks", json={"actor": "echo", "kwargs": {"text": "x"}},
                             headers=auth)
-    events = await api.get("/api/v1/events")
+    events = await api.get("/api/v1/events", headers=auth)
 
     assert submit.status == 503 and events.status == 503
     # A task that could not be enqueued does not exist.
@@ -212,7 +213,7 @@ async def read_until(stream: aiohttp.StreamReader, wanted: str, timeout: float =
 async def test_events_relay_task_changes_with_keepalives(
         api: ApiClient, auth: dict[str, str], actors: dict[str, str], redis: aioredis.Redis,
         keys: Keys) -> None:
-    resp = await api.get("/api/v1/events")
+    resp = await api.get("/api/v1/events", headers=auth)
     assert resp.status == 200 and resp.content_type == "text/event-stream"
     await read_until(resp.content, ": connected\n\n")
 
@@ -233,24 +234,29 @@ async def test_events_relay_task_changes_with_keepalives(
 
 
 async def test_events_stream_ends_when_the_client_leaves(
-        api: ApiClient, redis: aioredis.Redis, keys: Keys) -> None:
-    resp = await api.get("/api/v1/events")
+        api: ApiClient, auth: dict[str, str], redis: aioredis.Redis, keys: Keys) -> None:
+    hub = api.app[HUB]
+    resp = await api.get("/api/v1/events", headers=auth)
     await read_until(resp.content, ": connected\n\n")
+    assert len(hub.streams) == 1
     assert (await redis.pubsub_numsub(keys.events_channel))[0][1] == 1
 
     resp.close()
 
-    async def unsubscribed() -> bool:
-        return (await redis.pubsub_numsub(keys.events_channel))[0][1] == 0
+    async def ended() -> bool:
+        return not hub.streams
 
-    await wait_for(unsubscribed, timeout=3, what="the stream to unsubscribe")
+    await wait_for(ended, timeout=3, what="the stream to end")
+    # The process keeps its one subscription for the next stream.
+    assert (await redis.pubsub_numsub(keys.events_channel))[0][1] == 1
 
 
-async def test_events_stream_ends_when_the_app_shuts_down(settings: Settings) -> None:
+async def test_events_stream_ends_when_the_app_shuts_down(
+        settings: Settings, auth: dict[str, str]) -> None:
     server = TestServer(create_app(settings, sse_keepalive=0.3))
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        resp = await session.get(server.make_url("/api/v1/events"))
+        resp = await session.get(server.make_url("/api/v1/events"), headers=auth)
         await read_until(resp.content, ": connected\n\n")
 
         started = time.monotonic()

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from services.api.auth import token_identity
 from shared.db import Db
 from shared.keys import Keys
 from shared.queues import message_ids
 from shared.settings import Settings
+from shared.tokens import BOOTSTRAP_NAME
 from tests.fixtures_api import ApiClient, set_status
 from tests.test_api_cancel import Channel, audits, submit
 
@@ -37,7 +37,7 @@ async def test_pause_of_a_queued_task_pauses_it_at_once_and_audits(
     # then it is paused, never having started, and says who paused it
     assert resp.status == 202
     body = await resp.json()
-    me = token_identity(settings.api_token)
+    me = BOOTSTRAP_NAME
     assert body["status"] == "paused" and body["cancel"] is None
     assert body["pause"]["by"] == me and body["pause"]["reason"] == "maintenance"
     # and a worker that takes its message drops it: the claim refuses a paused task

@@ -8,9 +8,23 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from services.api import dashboard, events, health, openapi, pauses, system, tasks, workers
+from services.api import (
+    dashboard,
+    events,
+    health,
+    openapi,
+    pauses,
+    system,
+    tasks,
+    tokens,
+    workers,
+)
+from services.api.auth import access_middleware
 from services.api.errors import error_middleware
+from services.api.headers import add_headers
+from services.api.limits import RateLimiter
 from services.api.metrics import Metrics, metrics_handler, metrics_middleware
+from services.api.routing import Methods, methods_middleware
 from services.api.state import (
     CANCELLER,
     CELERY,
@@ -34,21 +48,28 @@ log = structlog.get_logger("api")
 
 def create_app(settings: Settings, *, sse_keepalive: float = 15.0) -> web.Application:
     metrics = Metrics()
+    limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        # Metrics outermost, so they count the JSON error responses too.
-        middlewares=[metrics_middleware(metrics), error_middleware],
+        # Metrics outermost, so they count the JSON error responses too; a path's methods
+        # are settled before access is checked (a 405 needs no token).
+        middlewares=[metrics_middleware(metrics), error_middleware,
+                     methods_middleware(Methods()), access_middleware(limiter)],
     )
+    # Security headers (and CORS, when configured) on every response, streams included.
+    app.on_response_prepare.append(add_headers)
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.key_prefix)
     app[METRICS] = metrics
     app[STOPPING] = asyncio.Event()
     app[SSE_KEEPALIVE] = sse_keepalive
-    app.cleanup_ctx.extend([_database, _redis, _celery, _canceller])
-    app.on_shutdown.append(_stop_streams)
+    app.cleanup_ctx.extend([_database, _redis, events.hub_context, _celery, _canceller])
+    app.on_shutdown.append(events.end_streams)
     _routes(app.router, metrics)
     if not settings.api_token:
-        log.warning("api.no_token", hint="set API_TOKEN; every mutating call is refused")
+        log.warning("api.no_token", hint="set API_TOKEN, or make tokens with `taskctl token`")
+    if settings.public_reads:
+        log.warning("api.public_reads", hint="anyone who reaches the port reads every task")
     return app
 
 
@@ -72,6 +93,10 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_post("/api/v1/workers/{node}/drain", workers.drain_worker)
     # HEAD would hold a connection open with nothing to send.
     router.add_get("/api/v1/events", events.stream_events, allow_head=False)
+    router.add_post("/api/v1/events/ticket", events.issue_ticket)
+    router.add_get("/api/v1/tokens", tokens.list_tokens, allow_head=False)
+    router.add_post("/api/v1/tokens", tokens.create_token)
+    router.add_delete("/api/v1/tokens/{name}", tokens.revoke_token)
     dashboard.add_routes(router)
 
 
@@ -101,7 +126,3 @@ async def _canceller(app: web.Application) -> AsyncIterator[None]:
     pauses.add_pauser(app)
     log.info("api.ready", key_prefix=app[SETTINGS].key_prefix)
     yield
-
-
-async def _stop_streams(app: web.Application) -> None:
-    app[STOPPING].set()

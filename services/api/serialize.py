@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.api.errors import ApiError
@@ -56,11 +55,16 @@ def resources_json(row: Record) -> dict[str, Any]:
 
 
 def task_json(row: Record) -> dict[str, Any]:
+    return {**task_summary(row), "kwargs": row["kwargs"]}
+
+
+def task_summary(row: Record) -> dict[str, Any]:
+    """A task as the list shows it: everything but its kwargs, which only the detail carries
+    (a page of tasks costs the same whatever they were given)."""
     return {
         "id": str(row["id"]),
         "actor": row["actor"],
         "queue": row["queue"],
-        "kwargs": row["kwargs"],
         "status": row["status"],
         "attempt": row["attempt"],
         "progress": progress_json(row),
@@ -89,19 +93,22 @@ def actor_json(row: Record) -> dict[str, Any]:
             "options": row["options"], "updated_at": iso(row["updated_at"])}
 
 
+# A page's position: the last row's created_at in microseconds since the epoch (UTC) and its
+# id. Every string of this form is a valid position (at most 16 digits: before the year
+# 2287), so the published schema says exactly which cursors are accepted.
+CURSOR_PATTERN = r"^[0-9]{1,16}-[0-9a-f]{32}$"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
 def encode_cursor(row: Record) -> str:
-    raw = f"{row['created_at'].isoformat()}|{row['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = max(0, (row["created_at"] - _EPOCH) // _MICROSECOND)
+    return f"{micros}-{uuid.UUID(str(row['id'])).hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor.encode("ascii") + b"=" * (-len(cursor) % 4)
-        created, _, task_id = base64.b64decode(padded, altchars=b"-_", validate=True) \
-            .decode("utf-8").partition("|")
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return at, uuid.UUID(task_id)
-    except (UnicodeError, binascii.Error, ValueError):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+    if not _CURSOR_RE.fullmatch(cursor):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned")
+    micros, _, task_id = cursor.partition("-")
+    return _EPOCH + int(micros) * _MICROSECOND, uuid.UUID(hex=task_id)

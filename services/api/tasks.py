@@ -24,8 +24,15 @@ from services.api.inputs import (
     query_name,
     task_id,
 )
-from services.api.serialize import decode_cursor, encode_cursor, result_json, task_json
-from services.api.state import CANCELLER, CELERY, DB, METRICS
+from services.api.paging import fit, page_response
+from services.api.serialize import (
+    decode_cursor,
+    encode_cursor,
+    result_json,
+    task_json,
+    task_summary,
+)
+from services.api.state import CANCELLER, CELERY, DB, METRICS, SETTINGS
 from shared.db import Record
 from shared.errors import TaskNotFound
 from shared.states import TaskStatus
@@ -35,6 +42,10 @@ log = structlog.get_logger("api.tasks")
 
 LIST_DEFAULT = 50
 LIST_MAX = 500
+# Chunk results per page (fewer when they are large: MAX_RESPONSE_BYTES), and the largest
+# chunk number a page may start at.
+RESULTS_PAGE = 1000
+CHUNK_MAX = 2**31 - 1
 # Far enough for any schedule, near enough that the arithmetic cannot overflow.
 MAX_COUNTDOWN = 366 * 24 * 3600.0
 _STATUSES = [s.value for s in TaskStatus]
@@ -76,11 +87,11 @@ async def list_tasks(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor) if cursor is not None else None
     # One row more than asked tells whether another page exists.
-    rows = await request.app[DB].list_tasks(status=status, actor=actor, after=after,
-                                            limit=limit + 1)
-    page = rows[:limit]
-    following = encode_cursor(page[-1]) if len(rows) > limit else None
-    return web.json_response({"items": [task_json(r) for r in page], "next": following})
+    rows = await request.app[DB].list_task_summaries(status=status, actor=actor, after=after,
+                                                     limit=limit + 1)
+    items, cut = fit(rows[:limit], task_summary, request.app[SETTINGS].max_response_bytes)
+    following = encode_cursor(rows[len(items) - 1]) if cut or len(rows) > limit else None
+    return page_response({"next": following}, items)
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -96,8 +107,11 @@ async def task_results(request: web.Request) -> web.Response:
     db = request.app[DB]
     if await db.get_task(tid) is None:
         raise TaskNotFound(tid)
-    items = [result_json(r) for r in await db.list_results(tid)]
-    return web.json_response({"task_id": str(tid), "items": items})
+    start = query_int(request, "start", default=0, minimum=0, maximum=CHUNK_MAX)
+    rows = await db.results_page(tid, after=start - 1, limit=RESULTS_PAGE + 1)
+    items, cut = fit(rows[:RESULTS_PAGE], result_json, request.app[SETTINGS].max_response_bytes)
+    following = rows[len(items)]["chunk"] if cut or len(rows) > RESULTS_PAGE else None
+    return page_response({"task_id": str(tid), "next": following}, items)
 
 
 async def cancel_task(request: web.Request) -> web.Response:

@@ -10,14 +10,16 @@ from __future__ import annotations
 from shared.db.base import SERVER_SETTINGS, Record, create_pool, queries
 from shared.db.cancels import CancelQueries
 from shared.db.execution import ClaimBusy, ExecutionQueries
+from shared.db.pages import PageQueries
 from shared.db.pauses import PauseQueries
 from shared.db.reaper import ReaperQueries
 from shared.db.resources import ResourceQueries
 from shared.db.tasks import TaskQueries
+from shared.db.tokens import TokenQueries
 
 __all__ = ["SERVER_SETTINGS", "ClaimBusy", "Db", "Record", "create_pool", "queries"]
 
 
 class Db(TaskQueries, ExecutionQueries, CancelQueries, PauseQueries, ReaperQueries,
-         ResourceQueries):
+         ResourceQueries, PageQueries, TokenQueries):
     pass

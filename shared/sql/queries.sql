@@ -606,3 +606,41 @@ SET status = 'queued', message_id = $3, enqueued_at = now(), queued_at = clock_t
 WHERE id = $1 AND attempt = $2 AND status = 'running'
   AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING *;
+
+-- name: list_task_summaries
+-- The list view: every column but kwargs (the detail has them) and the start of the error,
+-- so a page costs the same whatever the tasks carry. Keyset pagination as list_tasks.
+SELECT id, actor, queue, status, attempt, eta, done, failed, total, current_chunk,
+       eta_seconds, heartbeat_at, created_at, started_at, finished_at, worker, outcome,
+       left(error, 500) AS error, resumes, cancel_requested_at, cancel_reason, cancel_by,
+       cancel_forced, cancel_deadline, pause_requested_at, pause_reason, pause_by, rss_bytes,
+       cpu_percent
+FROM tasks
+WHERE ($1::text IS NULL OR status = $1)
+  AND ($2::text IS NULL OR actor = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5;
+
+-- name: list_results_page
+-- Chunk results after chunk $2, in order, at most $3.
+SELECT chunk, attempt, ok, result, created_at FROM task_results
+WHERE task_id = $1 AND chunk > $2 ORDER BY chunk LIMIT $3;
+
+-- name: insert_api_token
+INSERT INTO api_tokens (name, role, secret_hash, created_by) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING
+RETURNING name, role, created_at, created_by;
+
+-- name: live_api_token
+-- Looked up on every request that carries a token: the unique index answers it.
+SELECT name, role FROM api_tokens WHERE secret_hash = $1 AND revoked_at IS NULL;
+
+-- name: list_api_tokens
+SELECT name, role, created_at, created_by FROM api_tokens
+WHERE revoked_at IS NULL ORDER BY name;
+
+-- name: revoke_api_token
+UPDATE api_tokens SET revoked_at = now(), revoked_by = $2
+WHERE name = $1 AND revoked_at IS NULL
+RETURNING name, role, revoked_at;
