@@ -1,4 +1,4 @@
-"""taskctl's one-shot commands: cancel, cancel-all, resume, submit.
+"""taskctl's one-shot commands: cancel, cancel-all, resume, submit (pauses.py: the pauses).
 
 All of them go through the same code as the API (shared.cancellation, shared.submit),
 so the audit trail, the cancel ladder and the events are identical whoever asked. What
@@ -19,14 +19,14 @@ from shared.db import Record
 from shared.submit import submit
 
 
-def _row_json(row: Record) -> dict[str, Any]:
+def row_json(row: Record) -> dict[str, Any]:
     keep = ("id", "actor", "queue", "status", "attempt", "outcome", "cancel_reason",
-            "cancel_by", "cancel_forced")
+            "cancel_by", "cancel_forced", "pause_reason", "pause_by")
     return {k: (str(row[k]) if isinstance(row[k], uuid.UUID) else row[k])
             for k in keep if k in row.keys()}
 
 
-def _emit(console: Console, as_json: bool, data: dict[str, Any], line: str) -> None:
+def emit(console: Console, as_json: bool, data: dict[str, Any], line: str) -> None:
     if as_json:
         print(json.dumps(data, default=str))
     else:
@@ -57,7 +57,7 @@ async def cancel(ctx: CtlContext, console: Console, ident: str, *, force: bool,
     result = await ctx.canceller().cancel(task_id, by=ctx.actor, reason=reason, force=force)
     row = result.row
     verb = "cancel requested" if result.changed else "nothing to do, already"
-    _emit(console, as_json, {**_row_json(row), "changed": result.changed},
+    emit(console, as_json, {**row_json(row), "changed": result.changed},
           f"{task_id}: {verb} {row['status']}"
           f"{' (forced)' if force and result.changed else ''}")
     return 0
@@ -70,7 +70,7 @@ async def cancel_all(ctx: CtlContext, console: Console, *, force: bool, reason: 
     data = {"cancelled": result.cancelled, "cancelling": len(result.cancelling),
             "hastened": len(result.hastened), "audit_id": result.audit_id,
             "took_ms": round(result.took_ms, 1)}
-    _emit(console, as_json, data,
+    emit(console, as_json, data,
           f"cancelled {data['cancelled']} queued, cancelling {data['cancelling']} running"
           f"{', hastened ' + str(data['hastened']) if data['hastened'] else ''} "
           f"in {data['took_ms']} ms (audit #{result.audit_id})")
@@ -81,7 +81,7 @@ async def resume(ctx: CtlContext, console: Console, ident: str, *, as_json: bool
                  ) -> int:
     task_id = parse_task_id(ident)
     row = await ctx.canceller().resume(task_id, by=ctx.actor)
-    _emit(console, as_json, _row_json(row), f"{task_id}: resumed, {row['status']} again")
+    emit(console, as_json, row_json(row), f"{task_id}: resumed, {row['status']} again")
     return 0
 
 
@@ -108,5 +108,5 @@ async def submit_task(ctx: CtlContext, console: Console, actor: str, pairs: list
         raise bad_input("--countdown must not be negative")
     row = await submit(ctx.db, ctx.celery, actor=actor, kwargs=kwargs, queue=queue,
                        countdown=countdown)
-    _emit(console, as_json, _row_json(row), str(row["id"]))
+    emit(console, as_json, row_json(row), str(row["id"]))
     return 0

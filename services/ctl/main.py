@@ -7,6 +7,8 @@
     taskctl cancel <id> [--force]           cancel one task
     taskctl cancel-all [--force]            cancel everything (or one actor's, one queue's)
     taskctl resume <id>                     start a new attempt from the checkpoint
+    taskctl pause <id>                      the task saves its work and waits for a resume
+    taskctl pause-all / resume-all          a maintenance window (or one actor's, one queue's)
     taskctl submit <actor> key=value ...    enqueue a task (values are JSON when they parse)
     taskctl drain NODE [--no-wait]          a worker hands its tasks to the others and stops
 
@@ -29,7 +31,7 @@ import redis
 import structlog
 from rich.console import Console
 
-from services.ctl import commands, drain, force_kill, monitor, status
+from services.ctl import commands, drain, force_kill, monitor, pauses, status
 from services.ctl.context import open_context
 from services.ctl.errors import FAILED, USAGE, CtlError, bad_input, failed
 from shared import runfile
@@ -90,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", help="only this queue's tasks")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("resume", help="start a new attempt of a cancelled, lost or failed task")
+    p = sub.add_parser("resume", help="start a new attempt of a cancelled, lost, failed or "
+                                      "paused task")
     p.add_argument("task_id")
     p.add_argument("--json", action="store_true")
 
     drain.add_parser(sub)
+    pauses.add_parsers(sub)
 
     p = sub.add_parser("submit", help="enqueue a task: ACTOR key=value ...")
     p.add_argument("actor")
@@ -129,6 +133,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, console: Conso
                 return await commands.resume(ctx, console, args.task_id, as_json=args.json)
             case "drain":
                 return await drain.run(ctx, console, args)
+            case command if command in pauses.COMMANDS:
+                return await pauses.run(ctx, console, args)
             case "submit":
                 return await commands.submit_task(ctx, console, args.actor, args.kwargs,
                                                   queue=args.queue, countdown=args.countdown,
