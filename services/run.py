@@ -1,8 +1,10 @@
 """`make run`: the API, the reaper and a worker in the foreground, on one machine.
 
 Without DATABASE_URL / REDIS_URL it starts embedded PostgreSQL and Redis under RUN_DIR.
-Ctrl-C or SIGTERM stops every child process group, then the embedded servers; if any child
-dies on its own, the others are stopped too and the exit status is non-zero.
+Ctrl-C or SIGTERM stops the services, the worker by a drain (its tasks go back to the
+queue, so the next run goes on with them), then the embedded servers. A worker that was
+killed is started again; if the API or the reaper dies, everything stops with a non-zero
+status (services/supervisor.py).
 
     python -m services.run                # api, reaper and worker
     python -m services.run worker         # one more worker against the same services
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import os
 import secrets
 import shlex
@@ -29,9 +30,9 @@ from types import FrameType
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
-from honcho.manager import Manager
-from honcho.printer import Message, Printer
+from honcho.printer import Printer
 
+from services.supervisor import Supervisor
 from shared import runfile
 from shared.logs import configure_logging
 from shared.migrate import migrate_url
@@ -118,27 +119,24 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 
 def _supervise(settings: Settings, names: list[str]) -> int:
-    """Runs the children under honcho: prefixed, coloured output; one exits, all stop."""
-    manager = Manager(Printer(sys.stdout))
+    """Runs the children under the supervisor: prefixed, coloured output; see its module."""
+    supervisor = Supervisor(Printer(sys.stdout), settings.drain_grace)
     env = _child_env(settings)
     for name, argv in _commands(names).items():
         # exec: the shell honcho starts becomes the service, so its process group is the
         # service's own and a group signal reaches Celery's pool children too.
-        manager.add_process(name, "exec " + shlex.join(argv), env=env)
+        supervisor.add_process(name, "exec " + shlex.join(argv), env=env)
     done = threading.Event()
     if "api" in names:
-        threading.Thread(target=_announce_ready, args=(manager, settings, done),
+        threading.Thread(target=_announce_ready, args=(supervisor, settings, done),
                          name="ready-probe", daemon=True).start()
     try:
-        manager.loop()
+        return supervisor.loop()
     finally:
         done.set()
-    rc = manager.returncode
-    # Services never finish on their own, so even a clean exit of one is a failure.
-    return rc if rc else 1
 
 
-def _announce_ready(manager: Manager, settings: Settings, done: threading.Event) -> None:
+def _announce_ready(supervisor: Supervisor, settings: Settings, done: threading.Event) -> None:
     url = f"{_api_base(settings)}/readyz"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
     started = time.monotonic()
@@ -147,19 +145,13 @@ def _announce_ready(manager: Manager, settings: Settings, done: threading.Event)
             with opener.open(url, timeout=1.0) as response:
                 if response.status == 200:
                     took = time.monotonic() - started
-                    _system_line(manager, f"ready in {took:.1f}s: {_api_base(settings)}\n")
+                    supervisor.say(f"ready in {took:.1f}s: {_api_base(settings)}")
                     return
         except (urllib.error.URLError, OSError):
             pass  # not listening yet, or 503 while a dependency comes up
         done.wait(0.2)
     if not done.is_set():
-        _system_line(manager, f"API not ready after {_READY_TIMEOUT:.0f}s; see {settings.log_dir}/\n")
-
-
-def _system_line(manager: Manager, text: str) -> None:
-    # The manager's queue is the only writer to the terminal, so lines never interleave.
-    manager.events.put(Message(type="line", data=text, time=datetime.datetime.now(),
-                               name="system", colour=None))
+        supervisor.say(f"API not ready after {_READY_TIMEOUT:.0f}s; see {settings.log_dir}/")
 
 
 def _load_or_create_token(path: Path) -> str:
@@ -213,7 +205,7 @@ def _print_banner(settings: Settings, names: list[str], own_urls: set[str],
             f"  Try         curl -H 'Authorization: Bearer {settings.api_token}' "
             f"{base}/api/v1/system/status",
         ]
-    lines += ["  Stop        Ctrl-C", ""]
+    lines += ["  Stop        Ctrl-C (the worker hands its tasks back to the queue first)", ""]
     print("\n".join(lines), flush=True)
 
 

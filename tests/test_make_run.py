@@ -26,6 +26,7 @@ import pytest
 from devstack.embedded import EmbeddedServices
 from shared.settings import Settings
 from tests.support import TERMINAL, TimedOut, eventually, free_port
+from tests.test_ctl_helpers import run_ctl
 
 pytestmark = pytest.mark.e2e
 
@@ -295,7 +296,7 @@ def _wait_status(run: Run, token: str, task_id: str, wanted: str, timeout: float
 def test_run_against_configured_services(settings: Settings, tmp_path: Path) -> None:
     # given: the suite's PostgreSQL and Redis, with this module's database and key prefix, and
     # no local extra: a run against real servers must not need it
-    env = {**_configured(settings), **_without_local_extra(tmp_path)}
+    env = {**_configured(settings), **_without_local_extra(tmp_path), "DRAIN_GRACE": "4"}
     run = Run(tmp_path, env, "configured").start()
     token = settings.api_token
     try:
@@ -314,8 +315,13 @@ def test_run_against_configured_services(settings: Settings, tmp_path: Path) -> 
     except BaseException:
         run.kill()
         raise
-    # then: Ctrl-C still ends the whole tree within the bound
+    # then: Ctrl-C still ends the whole tree within the bound (the drain kills the task)
     _stop_cleanly(run, "configured run, busy worker")
+    # and: the task was handed back to the queue; it must not hold up the next tests' workers
+    cancelled = run_ctl(settings, "cancel", task["id"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+    row = json.loads(cancelled.stdout)
+    assert (row["status"], row["outcome"], row["attempt"]) == ("cancelled", "never_started", 1)
 
 
 def test_run_stops_everything_when_one_child_dies(settings: Settings, tmp_path: Path) -> None:
@@ -335,3 +341,76 @@ def test_run_stops_everything_when_one_child_dies(settings: Settings, tmp_path: 
     # then
     assert rc != 0
     assert run.leftovers() == [], run.tail()
+
+
+def _worker_of(run: Run) -> psutil.Process:
+    """The run's worker main process (the pool processes are its children)."""
+    run.remember_processes()
+    for proc in run.seen.values():
+        if _alive(proc) and "services.worker" in _describe(proc) and \
+                "services.worker" not in _describe(proc.parent() or proc):
+            return proc
+    raise AssertionError(f"no worker in this run:\n{run.tail()}")
+
+
+def test_ctrl_c_drains_and_the_next_run_goes_on_with_the_task(settings: Settings,
+                                                               tmp_path: Path) -> None:
+    # given: a run working through a long task
+    env = {**_configured(settings), "DRAIN_GRACE": "4"}
+    token = settings.api_token
+    first = Run(tmp_path, env, "drained").start()
+    try:
+        first.wait_ready()
+        status, task = _http("POST", f"{first.base}/api/v1/tasks", token=token, body={
+            "actor": "distill", "kwargs": {"chunks": 30, "chunk_seconds": 0.2}})
+        assert status == 202, task
+        _wait_task(first, token, task["id"], lambda s, t: s == 200 and t["progress"]["done"] >= 3,
+                   what="under way", timeout=30.0, interval=0.1)
+    except BaseException:
+        first.kill()
+        raise
+    # when: Ctrl-C
+    _stop_cleanly(first, "run with a task under way")
+    # then: the worker handed the task back before it left
+    assert "worker.drained" in first.output.read_text(errors="replace"), first.tail()
+    # when: the next run
+    second = Run(tmp_path, env, "resumed").start()
+    try:
+        second.wait_ready()
+        done = _wait_task_done(second, token, task["id"], timeout=30.0)
+        # then: it went on from the checkpoint: every chunk once, the first attempt's kept
+        assert (done["status"], done["attempt"]) == ("succeeded", 2), done
+        status, results = _http("GET", f"{second.base}/api/v1/tasks/{task['id']}/results",
+                                token=token)
+        assert status == 200
+        assert sorted(r["chunk"] for r in results["items"]) == list(range(30))
+        assert any(r["attempt"] == 1 for r in results["items"])
+    except BaseException:
+        second.kill()
+        raise
+    _stop_cleanly(second, "next run")
+
+
+def test_run_starts_a_killed_worker_again(settings: Settings, tmp_path: Path) -> None:
+    # given
+    run = Run(tmp_path, _configured(settings), "worker-killed").start()
+    token = settings.api_token
+    try:
+        run.wait_ready()
+        killed = _worker_of(run)
+        # when: the worker's whole process group is killed, as `taskctl force-kill` does
+        os.killpg(killed.pid, signal.SIGKILL)
+        # then: the run says so and starts another; the API never went away
+        eventually(lambda: "starting it again" in run.output.read_text(errors="replace"),
+                   timeout=15.0, what="the restart")
+        assert _http("GET", f"{run.base}/readyz")[0] == 200
+        # and: the new worker does the work
+        status, task = _http("POST", f"{run.base}/api/v1/tasks", token=token, body={
+            "actor": "distill", "kwargs": {"chunks": 2, "chunk_seconds": 0.01}})
+        assert status == 202, task
+        assert _wait_task_done(run, token, task["id"])["status"] == "succeeded"
+        assert _worker_of(run).pid != killed.pid
+    except BaseException:
+        run.kill()
+        raise
+    _stop_cleanly(run, "run after a worker restart")
