@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 # The bench extra (matplotlib) on top of what `make venv` installs.
 $(BENCH_STAMP): pyproject.toml
 	@test -x $(PY) || $(or $(PYTHON),python3) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[local,dev,bench]'
+	$(PY) -m pip install --quiet -e '.[local,dev,flower,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
