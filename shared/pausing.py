@@ -40,14 +40,14 @@ from shared.events import encode
 from shared.keys import Keys
 from shared.settings import Settings
 from shared.states import PAUSE_PENDING, TERMINAL, CancelReason, TaskStatus
-from shared.submit import publish
+from shared.submit import Message, publish, publish_many
 
 log = structlog.get_logger("pausing")
 
 # Queued rows paused per transaction: claims wait for the fence lock only this long.
 PAUSE_BATCH = 2000
 # Paused rows queued again per transaction, their messages published after each commit.
-RESUME_BATCH = 500
+RESUME_BATCH = 1000
 
 
 @dataclass
@@ -170,9 +170,9 @@ class Pauser:
                     rows = await self.db.resume_paused(conn, actor=actor, queue=queue,
                                                        limit=RESUME_BATCH)
                 out.resumed += len(rows)
-                for r in rows:
-                    await publish(self.celery, r["actor"], r["id"], r["message_id"], r["queue"],
-                                  r["eta"], queued_at=r["queued_at"])
+                await publish_many(self.celery, [
+                    Message(r["actor"], r["id"], r["message_id"], r["queue"], r["eta"],
+                            r["queued_at"]) for r in rows])
                 if len(rows) < RESUME_BATCH:
                     break
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,8 +18,8 @@ from shared.params import KwargsError, validate
 
 # The errors a submission raises live with the others in shared.errors; named here too for
 # callers that think of them as submit's.
-__all__ = ["BrokerUnavailable", "InvalidKwargs", "QUEUED_AT_HEADER", "SubmitError",
-           "UnknownActor", "pending_set", "publish", "submit"]
+__all__ = ["BrokerUnavailable", "InvalidKwargs", "Message", "QUEUED_AT_HEADER", "SubmitError",
+           "UnknownActor", "pending_set", "publish", "publish_many", "submit"]
 
 # The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
 # reaper removes from Redis the messages a cancel fence covers without asking the DB.
@@ -36,6 +37,22 @@ def _publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uuid.UU
     headers = {QUEUED_AT_HEADER: queued_at.timestamp()} if queued_at is not None else None
     celery.send_task(actor, kwargs={"task_id": str(task_id)}, task_id=str(message_id),
                      queue=queue, eta=eta, retry=True, headers=headers)
+
+
+def _publish_many(celery: Celery, messages: list[Message]) -> None:
+    pending = pending_set(celery)
+    if pending is not None and messages:
+        client, key = pending
+        now = time.time()
+        client.zadd(key, {str(m.message_id): now for m in messages})
+    # One producer (one connection) for all of them, not one round of acquiring per message.
+    with celery.producer_or_acquire() as producer:
+        for m in messages:
+            headers = ({QUEUED_AT_HEADER: m.queued_at.timestamp()} if m.queued_at is not None
+                       else None)
+            celery.send_task(m.actor, kwargs={"task_id": str(m.task_id)},
+                             task_id=str(m.message_id), queue=m.queue, eta=m.eta, retry=True,
+                             headers=headers, producer=producer)
 
 
 def pending_set(celery: Celery) -> tuple[redis.Redis, str] | None:
@@ -60,6 +77,28 @@ async def publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uu
     try:
         await loop.run_in_executor(None, _publish, celery, actor, task_id, message_id, queue, eta,
                                    queued_at)
+    except Exception as exc:  # kombu and redis raise many kinds on a broken connection
+        raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task's message, as `publish` sends it."""
+
+    actor: str
+    task_id: uuid.UUID
+    message_id: uuid.UUID
+    queue: str
+    eta: datetime | None = None
+    queued_at: datetime | None = None
+
+
+async def publish_many(celery: Celery, messages: list[Message]) -> None:
+    """Many tasks' messages at once (a resume-all's batch), off the event loop: one Redis
+    round trip for the set of pending ids and one producer for every message."""
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.run_in_executor(None, _publish_many, celery, messages)
     except Exception as exc:  # kombu and redis raise many kinds on a broken connection
         raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
 
