@@ -236,3 +236,35 @@ async def test_a_pause_whose_event_was_lost_is_seen_by_the_heartbeats_poll(
     # then the heartbeat's read of the row stops it, long before its grace ends
     paused = await row_where(db, tid, status_is("paused"), 5, "paused")
     assert paused["outcome"] == "cooperative"
+
+
+async def test_the_reaper_leaves_paused_and_pausing_rows_alone(
+        settings: Settings, db: Db, start_reaper: Any, canceller: Canceller) -> None:
+    # given rows whose messages are in no queue (never published), queued an hour ago and
+    # silent as long: one still queued (the lost-message rule's), one paused, and one pausing
+    # with its deadline far off but no heartbeat for an hour (its execution is gone)
+    ids = {name: uuid.uuid4() for name in ("queued", "paused", "pausing")}
+    for tid in ids.values():
+        await db.insert_task(tid, "distill", "default", {"chunks": 2}, uuid.uuid4(), None)
+    await db.pool.execute("UPDATE tasks SET enqueued_at = now() - interval '1 hour', "
+                          "queued_at = now() - interval '1 hour', requeues = 1 "
+                          "WHERE id = ANY($1::uuid[])", list(ids.values()))
+    await db.pause_task(ids["paused"], reason=None, by=BY, grace=1.0)
+    await db.pool.execute(
+        "UPDATE tasks SET status = 'running', attempt = 1, worker = 'gone@nowhere', "
+        "started_at = now() - interval '1 hour' WHERE id = $1", ids["pausing"])
+    await db.pause_task(ids["pausing"], reason=None, by=BY, grace=3600.0)
+
+    # when the reaper runs its rules and its broker scan
+    start_reaper(settings.with_(lost_message_after=1.0, orphan_scan_interval=0.5))
+
+    # then the queued row is given up as lost, the pausing one (nothing runs it) ends paused
+    await row_where(db, ids["queued"], status_is("lost"), 20, "the stranded queued row lost")
+    gone = await row_where(db, ids["pausing"], status_is(*TERMINAL, "paused"), 20, "settled")
+    assert (gone["status"], gone["outcome"]) == ("paused", "gone")
+    # and both stay paused, neither lost nor swept, and resumable
+    await asyncio.sleep(1.5)
+    for name in ("paused", "pausing"):
+        row = await db.get_task(ids[name])
+        assert row["status"] == "paused", name
+    assert (await canceller.resume(ids["paused"], by=BY))["status"] == "queued"
