@@ -203,3 +203,42 @@ async def test_taskctl_drain_waits_for_the_worker_to_stop(drain_settings: Settin
     # and: a node that is not running is refused as bad input
     missing = await arun_ctl(drain_settings, "drain", "nosuch@host")
     assert missing.returncode == 2 and "no running worker" in missing.stderr
+
+
+async def test_a_second_signal_hurries_and_held_eta_messages_go_back(
+        settings: Settings, db: Db, start_worker: Any) -> None:
+    from shared.submit import submit
+
+    # given: a long grace; the worker holds a task for later (countdown) and runs one that
+    # never stops by itself; the other worker takes nothing yet
+    patient = settings.with_(drain_grace=20.0)
+    draining = start_worker(patient, concurrency=1, wait=False)
+    other = start_worker(patient, concurrency=2, wait=False)
+    draining.wait_ready()
+    other.wait_ready()
+    _consume(patient, other.node, on=False)
+    celery = make_celery(patient)
+    try:
+        later = (await submit(db, celery, actor="distill", countdown=4.0,
+                              kwargs={"chunks": 2, "chunk_seconds": 0.01}))["id"]
+    finally:
+        celery.close()
+    await asyncio.sleep(1.0)  # taken and held until its time
+    stuck = (await submit_task(patient, db, "stubborn", {"seconds": 30, "mode": "sleep"}))["id"]
+    await _running_on(db, [stuck], draining.node)
+    _consume(patient, other.node, on=True)
+    # when: SIGTERM, and again
+    os.kill(draining.pid, signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    os.kill(draining.pid, signal.SIGTERM)
+    rc, took = await _exited(draining, 15)
+    # then: it did not wait for the grace
+    assert rc == 0 and took < 5.0, took
+    # and: the stuck task runs again on the other worker
+    row = await row_where(db, stuck, lambda r: r["status"] == "running" and r["worker"] ==
+                          other.node, timeout=10.0, what="stuck task running elsewhere")
+    assert row["attempt"] == 2
+    # and: the held message went back to the queue at once, not after the visibility timeout
+    done = await row_where(db, later, lambda r: r["status"] == "succeeded", timeout=15.0,
+                           what="the countdown task done")
+    assert (done["worker"], done["attempt"]) == (other.node, 1)

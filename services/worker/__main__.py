@@ -1,4 +1,10 @@
-"""`python -m services.worker [celery worker options]`: one prefork worker."""
+"""`python -m services.worker [celery worker options]`: one prefork worker.
+
+SIGTERM (or Ctrl-C) drains it: its running tasks go back to the queue from their
+checkpoints and it exits within DRAIN_GRACE (services/worker/shutdown.py). Send it to the
+main process only: a signal to the whole process group also reaches the pool processes,
+which Celery lets die at once (systemd: `KillMode=mixed`).
+"""
 
 from __future__ import annotations
 

@@ -221,10 +221,11 @@ class WorkerDrain:
         if consumer.task_consumer is not None:
             for queue in list(consumer.app.amqp.queues.consume_from):
                 consumer.cancel_task_queue(queue)
+        # Held for their ETA: back to their queue now, for another worker to hold.
         for req in list(worker_state.scheduled_requests):
             entry = getattr(req, "_eta_timer_entry", None)
-            if entry is not None:
-                entry.cancel()
+            if entry is not None and consumer.timer is not None:
+                consumer.timer.cancel(entry)
             worker_state.scheduled_requests.discard(req)
             req.reject(requeue=True)
 
