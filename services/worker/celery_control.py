@@ -118,6 +118,8 @@ class CeleryControl:
 
     async def _cancel(self, message_ids: list[str], forced: bool, reason: str) -> None:
         ids = [u for u in map(_as_uuid, message_ids) if u is not None]
+        if not ids:
+            return
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 await self._cancel_once(ids, forced, reason)
