@@ -21,6 +21,7 @@ from bench import (
     celery_abort,
     celery_terminate,
     check_cost,
+    drain,
     fleet,
     machine,
     reconcile,
@@ -36,7 +37,7 @@ from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
 SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
-            "reconcile", "fleet", "simulated", "scale")
+            "drain", "reconcile", "fleet", "simulated", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -90,6 +91,11 @@ class Suite:
                 stack_settings = await self._ours(servers)
             if self.wants("celery", "check"):
                 await self._celery(servers)
+            if self.wants("drain"):
+                self.data["drain"] = await self._phase(
+                    "drain", "9. SIGTERM to a busy worker: ours (drain) vs Celery's soft shutdown",
+                    lambda: drain.run(servers, self.out_dir / "drain", say=self._say,
+                                      rounds=1 if self.plan.name == "quick" else drain.ROUNDS))
             if self.wants("reconcile"):
                 self.data["reconcile"] = await self._phase(
                     "reconcile", "4. reconcile pass vs history size (in-process)",
