@@ -1,40 +1,33 @@
 """A worker told to stop drains: every task it runs goes on elsewhere, from its checkpoint.
 
 Celery's own shutdown does not fit tasks that take hours. Its warm shutdown (SIGTERM) stops
-taking messages and then waits for the running tasks to end, however long that is, while
-Kubernetes, `docker stop` and systemd kill the worker after their grace period, its tasks
-with it. The soft shutdown of Celery 5.5 (`worker_soft_shutdown_timeout`) bounds that wait,
-then terminates what still runs and, with `acks_late`, leaves the message to be delivered
-again: the task starts over, and every chunk it had done is done again. Neither can ask a
-task to save its progress and stop at a chunk boundary.
+taking messages, then waits for the running tasks however long they take, while Kubernetes,
+`docker stop` and systemd kill the worker after their grace period, its tasks with it. The
+soft shutdown of Celery 5.5 (`worker_soft_shutdown_timeout`) bounds the wait, then ends what
+still runs and, with `acks_late`, has the message delivered again: the task starts over and
+every chunk it had done is done again. Neither asks a task to stop at a chunk boundary.
 
 So the worker's main process takes SIGTERM and SIGINT (and a drain request on its node
 channel, see shared/drain.py) before Celery does, and:
-
-1. cancels its task consumer on Celery's event loop, so it takes no new message, and puts
-   the ETA messages it holds back in their queue (left alone, they would stay unacknowledged
-   until the visibility timeout);
+1. cancels its task consumer on Celery's event loop (no new message) and puts the ETA
+   messages it holds back in their queue (else unacknowledged until the visibility timeout);
 2. tells its pool processes, on the node channel, to set each running task's token with
    reason `shutdown` (services/worker/drain.py): the task saves and returns, and its end puts
-   the row back to `queued` with a fresh message (preempted). Celery sees an ordinary return
+   the row back to `queued` with a fresh message (preempted); Celery sees an ordinary return
    and acknowledges the old message, which the claim would refuse anyway;
 3. waits for the pool to be idle, up to DRAIN_GRACE less a reserve for what follows;
-4. kills whatever still runs then, each pool process identified as for every kill here
-   (services/worker/control.py), and hands its task back the same way from the main
-   process (services/worker/handback.py);
-5. hands over to Celery's warm shutdown, which has nothing left to wait for: the process
-   exits 0 within DRAIN_GRACE.
+4. kills what still runs then, each pool process identified as for every kill here
+   (services/worker/control.py), and hands its task back from here (handback.py);
+5. hands over to Celery's warm shutdown, with nothing left to wait for: exit 0 within
+   DRAIN_GRACE.
+Every task the worker ran ends `queued` under a fresh message (or as a cancel or a pause that
+came meanwhile says), and nothing waits for hours. A second signal skips the rest of the wait.
 
-Every task the worker ran ends `queued` under a fresh message (or as a cancel or a pause
-that came meanwhile says), whatever Celery does with the old one, and nothing waits for
-hours. A second signal during a drain skips the rest of the wait: step 4 runs at once.
-
-A drain requested from outside (an operator's, before maintenance) ends the same way: the
-process exits 0. What follows is the supervisor's call, which knows what the host is for:
-`make run` and systemd's `Restart=on-failure` leave a worker that exited 0 stopped, Kubernetes
-and compose's `restart: always` start a fresh one. A worker kept alive but idle would still
-hold its pool, its connections and its place in the status board, and would need a second
-command to take work again.
+A drain requested from outside (an operator's, before maintenance) ends the same way, with
+exit 0; what follows is the supervisor's call: `make run` and systemd's `Restart=on-failure`
+leave the worker stopped, Kubernetes and compose's `restart: always` start a fresh one. A
+worker kept alive but idle would still hold its pool, its connections and its place in the
+status board, and would need a second command to take work again.
 """
 
 from __future__ import annotations
@@ -186,7 +179,8 @@ class WorkerDrain:
             self._kill(message_id, task_id)
         took = time.monotonic() - started
         log.warning("worker.drained", node=self.node, tasks=len(seen), took_s=round(took, 3))
-        self._call(self._event("worker.drained", tasks=len(seen), took_s=round(took, 3)))
+        self._call(self._event("worker.drained", tasks=len(seen), took_s=round(took, 3)),
+                   timeout=0.5)
         self._exit()
 
     def _call(self, coro: Any, timeout: float = HUB_WAIT) -> Any:
