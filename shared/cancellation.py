@@ -42,7 +42,7 @@ class CancelOne:
 
 @dataclass
 class CancelAll:
-    # Queued tasks the fence covers (never started; the reaper writes them `cancelled`).
+    # Queued and paused tasks the fence covers (the reaper writes them `cancelled`).
     cancelled: int = 0
     cancelling: list[uuid.UUID] = field(default_factory=list)
     hastened: list[uuid.UUID] = field(default_factory=list)
@@ -97,8 +97,10 @@ class Canceller:
         """O(1) for the queued side, O(running) for the rest, whatever the backlog.
 
         Queued tasks are covered by one fence row: claims refuse them from the commit on.
-        The oldest `INLINE_SWEEP` of them are written `cancelled` here; the reaper writes
-        the rest in short batches and takes their messages out of Redis. Running ones go to `cancelling` here, as for a single cancel."""
+        Paused ones too: a resume refuses them. The oldest `INLINE_SWEEP` of them are written
+        `cancelled` here; the reaper writes the rest in short batches and takes their
+        messages out of Redis. Running (and pausing) ones go to `cancelling` here, as for a
+        single cancel."""
         started = time.perf_counter()
         grace = 0.0 if force else self.settings.cancel_grace
         out = CancelAll()
@@ -180,7 +182,8 @@ class Canceller:
                 raise CancelConflict(f"cannot resume a task that is {why}", row)
             new = await self.db.resume_task(conn, task_id, message_id,
                                             [s.value for s in RESUMABLE])
-            assert new is not None  # the row is locked and was resumable
+            if new is None:  # the row is locked and resumable: a paused one a fence covers
+                raise CancelConflict("cannot resume a task that a cancel-all cancelled", row)
             # Inside the transaction: a broker that refuses the message rolls the resume
             # back, so a 503 means nothing changed. A worker that gets the message first
             # waits for this commit (its claim finds the row busy and retries).

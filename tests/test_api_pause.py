@@ -212,3 +212,44 @@ async def test_pause_of_a_task_a_cancel_all_covers_is_refused(
     row = await db.get_task(uuid.UUID(task["id"]))
     assert await db.claim_task(row["id"], row["message_id"], "w@test", 1, 30) is None
     assert (await db.get_task(uuid.UUID(task["id"])))["status"] == "cancelled"
+
+
+async def test_cancel_all_cancels_paused_tasks_too(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    # given, on a queue of their own: two paused tasks and a queued one
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    tasks = [await submit(api, auth, queue) for _ in range(3)]
+    for t in tasks[:2]:
+        assert (await api.post(f"/api/v1/tasks/{t['id']}/pause", headers=auth)).status == 202
+
+    # when everything on that queue is cancelled
+    resp = await api.post("/api/v1/tasks/cancel-all", headers=auth, json={"queue": queue})
+
+    # then the paused ones are cancelled with the queued one, never having started
+    assert resp.status == 202 and (await resp.json())["cancelled"] == 3
+    for t in tasks:
+        row = await db.get_task(uuid.UUID(t["id"]))
+        assert (row["status"], row["outcome"]) == ("cancelled", "never_started")
+
+
+async def test_a_paused_task_a_cancel_all_covers_is_not_resumed_but_swept(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    # given a paused task, and a cancel-all's fence over its queue not yet swept
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    task = await submit(api, auth, queue)
+    tid = uuid.UUID(task["id"])
+    assert (await api.post(f"/api/v1/tasks/{tid}/pause", headers=auth)).status == 202
+    async with db.transaction() as conn:
+        fence, _ = await db.set_fence(conn, actor=None, queue=queue, reason="gone", by="t",
+                                      forced=False)
+
+    # when it is resumed, alone or with everything
+    one = await api.post(f"/api/v1/tasks/{tid}/resume", headers=auth)
+    every = await api.post("/api/v1/tasks/resume-all", headers=auth, json={"queue": queue})
+
+    # then neither brings it back: the fence's sweep cancels it
+    assert one.status == 409 and (await every.json())["resumed"] == 0
+    assert (await db.get_task(tid))["status"] == "paused"
+    assert await db.sweep_fence(fence, 100) == 1
+    row = await db.get_task(tid)
+    assert (row["status"], row["cancel_reason"]) == ("cancelled", "gone")

@@ -100,11 +100,16 @@ class CancelQueries(DbBase):
 
     async def sweep_fence(self, fence: Record, batch: int,
                           conn: asyncpg.Connection | None = None) -> int:
+        """Up to `batch` covered rows to `cancelled`: queued ones first, then paused ones."""
         on = conn or self.pool
-        status = await on.execute(
-            self.q["sweep_fence"], fence["at"], fence["actor"], fence["queue"], fence["reason"],
-            fence["by"], fence["forced"], batch)
-        n = int(status.split()[-1])
+        n = 0
+        for query in ("sweep_fence", "sweep_fence_paused"):
+            status = await on.execute(
+                self.q[query], fence["at"], fence["actor"], fence["queue"], fence["reason"],
+                fence["by"], fence["forced"], batch - n)
+            n += int(status.split()[-1])
+            if n >= batch:
+                break
         if n:
             await on.execute(self.q["fence_progress"], fence["id"], n)
         return n

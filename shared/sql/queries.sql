@@ -200,15 +200,16 @@ LOCK TABLE cancel_fences IN ACCESS EXCLUSIVE MODE;
 
 -- name: cancel_all_fence
 -- The queued side of cancel-all in O(1): one row that covers every task which entered
--- `queued` before it, in scope. `covered` comes from the tallies, not from a scan.
+-- `queued` before it, in scope, and so every paused one too (a resume queues it anew).
+-- `covered` comes from the tallies, not from a scan.
 WITH scope_tally AS (
     SELECT queue, sum(n) AS n FROM (
         SELECT queue, n FROM task_tallies
-        WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1)
+        WHERE status IN ('queued', 'paused') AND ($1::text IS NULL OR actor = $1)
           AND ($2::text IS NULL OR queue = $2)
         UNION ALL
         SELECT queue, delta FROM task_tally_deltas
-        WHERE status = 'queued' AND ($1::text IS NULL OR actor = $1)
+        WHERE status IN ('queued', 'paused') AND ($1::text IS NULL OR actor = $1)
           AND ($2::text IS NULL OR queue = $2)) x
     GROUP BY queue
 )
@@ -260,6 +261,21 @@ SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
     cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
 FROM batch WHERE t.id = batch.id AND t.status = 'queued';
 
+-- name: sweep_fence_paused
+-- The same for the paused tasks a fence covers, once its queued ones are done: they hold no
+-- process and no message, and keep how their last execution stopped, if one ran.
+WITH batch AS (
+    SELECT id FROM tasks
+    WHERE status = 'paused' AND queued_at < $1
+      AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
+    ORDER BY queued_at LIMIT $7
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'cancelled', finished_at = now(), outcome = coalesce(t.outcome, 'never_started'),
+    cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
+FROM batch WHERE t.id = batch.id AND t.status = 'paused';
+
 -- name: fence_progress
 UPDATE cancel_fences SET swept = swept + $2 WHERE id = $1;
 
@@ -292,6 +308,11 @@ SET status = 'queued', message_id = $2, enqueued_at = now(), finished_at = NULL,
     pause_requested_at = NULL, pause_reason = NULL, pause_by = NULL
 WHERE id = $1 AND status = ANY($3::text[])
   AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
+  -- A paused task a cancel-all covers is the fence's: the sweep cancels it.
+  AND NOT (status = 'paused' AND EXISTS (
+      SELECT 1 FROM cancel_fences f
+      WHERE f.at > tasks.queued_at AND (f.actor IS NULL OR f.actor = tasks.actor)
+        AND (f.queue IS NULL OR f.queue = tasks.queue)))
 RETURNING *;
 
 -- name: stale_executions
@@ -560,11 +581,15 @@ RETURNING id, message_id, worker;
 -- automatic-resume budget is not spent. Reads cancel_fences first (see fence_lock), like
 -- every move into `queued`.
 WITH batch AS (
-    SELECT id FROM tasks
-    WHERE status = 'paused' AND ($1::text IS NULL OR actor = $1)
-      AND ($2::text IS NULL OR queue = $2)
-    ORDER BY queued_at, id LIMIT $3
-    FOR UPDATE
+    SELECT t.id FROM tasks t
+    WHERE t.status = 'paused' AND ($1::text IS NULL OR t.actor = $1)
+      AND ($2::text IS NULL OR t.queue = $2)
+      -- A paused task a cancel-all covers is the fence's: the sweep cancels it.
+      AND NOT EXISTS (SELECT 1 FROM cancel_fences f
+                      WHERE f.at > t.queued_at AND (f.actor IS NULL OR f.actor = t.actor)
+                        AND (f.queue IS NULL OR f.queue = t.queue))
+    ORDER BY t.queued_at, t.id LIMIT $3
+    FOR UPDATE OF t
 )
 UPDATE tasks t
 SET status = 'queued', message_id = gen_random_uuid(), enqueued_at = now(),

@@ -4,7 +4,7 @@
 import { API, call, taskPath } from "./api.js";
 import { $, setText, toast } from "./dom.js";
 import { label } from "./format.js";
-import { ACTIVE, CANCEL_PENDING, INITIAL } from "./states.js";
+import { ACTIVE, CANCEL_PENDING, HELD, INITIAL } from "./states.js";
 import { bulkPlan, store } from "./store.js";
 import { renderTasks, taskRow } from "./views.js";
 import { refreshSoon } from "./sync.js";
@@ -78,7 +78,7 @@ export function confirmCancelFiltered() {
   if (plan.serverSide) {
     askConfirm({
       title: `Cancel every ${plan.actor} task?`,
-      text: `Every queued and running ${plan.actor} task is cancelled, including any not shown on this page.`,
+      text: `Every queued, running and paused ${plan.actor} task is cancelled, including any not shown on this page.`,
       ok: `Cancel ${plan.actor} tasks`,
       action: (body) => cancelAll({ ...body, actor: plan.actor }),
     });
@@ -119,10 +119,10 @@ async function cancelMany(targets, body) {
 
 export function confirmCancelAll() {
   const counts = (store.system && store.system.counts) || {};
-  const active = [...ACTIVE].reduce((sum, s) => sum + (counts[s] || 0), 0);
+  const active = [...ACTIVE, ...HELD].reduce((sum, s) => sum + (counts[s] || 0), 0);
   askConfirm({
     title: "Cancel every task?",
-    text: `All queued and running tasks of every actor are cancelled (${active} active now). Saved chunks are kept; cancelled tasks can be resumed.`,
+    text: `All queued, running and paused tasks of every actor are cancelled (${active} unfinished now). Saved chunks are kept; cancelled tasks can be resumed.`,
     ok: "Cancel all tasks",
     action: (body) => cancelAll(body),
   });

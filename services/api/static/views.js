@@ -84,7 +84,7 @@ export function renderBulk() {
   }
   button.disabled = !plan.serverSide && plan.targets.length === 0;
   setText(button, plan.serverSide ? `Cancel all ${plan.actor}` : `Cancel filtered (${plan.targets.length})`);
-  button.title = plan.serverSide ? `Cancel every queued and running ${plan.actor} task` : "Cancel the queued and running tasks shown";
+  button.title = plan.serverSide ? `Cancel every queued, running and paused ${plan.actor} task` : "Cancel the queued and running tasks shown";
 }
 
 // --- the task table ---------------------------------------------------------------------
