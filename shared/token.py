@@ -1,6 +1,11 @@
 """The cancel token: a flag in memory that something else keeps current.
 
-Checking it is an attribute read. Setting it wakes every runtime wait at once.
+Checking it is an attribute read. Setting it wakes every runtime wait at once. Its `reason`
+travels from whoever set it (the cancel event's `reason`, the heartbeat's read of the row,
+a time limit, a drain): task code stops the same way whatever it is, and the execution's
+end reads it to know what the stop was for. `pause` and `shutdown` (shared.states.
+CancelReason) end the execution `paused`, or back in `queued` for another worker, rather
+than `cancelled`.
 """
 
 from __future__ import annotations
