@@ -201,3 +201,4 @@ class CancelReason(StrEnum):
     FORCE_KILL = "force-kill"
     PAUSE = "pause"
     SHUTDOWN = "shutdown"
+    MEMORY_LIMIT = "memory_limit"

@@ -210,15 +210,17 @@ async def _settle_refused_cancel(sc: Sidecar, celery: Celery, act: Actor, ex: Ex
                                  ) -> str | None:
     """The task stopped for a cancel, but the row was not `cancelling`.
 
-    A time limit whose DB write failed is recorded now. Any other cancel the DB never
+    A time or memory limit whose DB write failed is recorded now. Any other cancel the DB never
     recorded (an event racing a cancel-all's transaction) is undone: a new attempt
     goes on from the checkpoint, rather than the row staying `running` with nothing
     behind it. A row someone else ended or took over is left alone."""
     from shared.submit import publish
 
     db = await sc.db()
-    if ex.token.reason == "time_limit":
-        await db.request_time_limit(ex.task_id, ex.attempt, 0.0)
+    if ex.token.reason in (CancelReason.TIME_LIMIT, CancelReason.MEMORY_LIMIT):
+        request = (db.request_time_limit if ex.token.reason == CancelReason.TIME_LIMIT
+                   else db.request_memory_limit)
+        await request(ex.task_id, ex.attempt, 0.0)
         return await db.finish_task(ex.task_id, ex.attempt, TaskStatus.CANCELLED,
                                     outcome=Outcome.COOPERATIVE, done=ex.progress.done,
                                     failed=ex.progress.failed, total=ex.progress.total)

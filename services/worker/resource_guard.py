@@ -27,6 +27,7 @@ from services.worker.db_connection import DB_CALL_TIMEOUT, OneConnection
 from services.worker.execution import Execution
 from shared.settings import Settings
 from shared.sizes import parse_size
+from shared.states import CancelReason
 
 log = structlog.get_logger("worker.sidecar")
 
@@ -105,10 +106,10 @@ class ResourceGuard:
             if rss is not None and rss > limit:
                 if not ex.token.cancelled:
                     await self._cancel(ex, rss, limit, connection, cancel_grace, trigger)
-                elif rss > limit * HARD_FACTOR and ex.token.reason == "memory_limit":
+                elif rss > limit * HARD_FACTOR and ex.token.reason == CancelReason.MEMORY_LIMIT:
                     log.warning("task.memory_limit_forced", task_id=ex.id, attempt=ex.attempt,
                                 rss_bytes=rss, limit_bytes=limit)
-                    trigger(ex, "memory_limit", forced=True, via="memory_limit")
+                    trigger(ex, CancelReason.MEMORY_LIMIT, forced=True, via="memory_limit")
                     return
             await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -124,4 +125,4 @@ class ResourceGuard:
         except Exception as exc:
             # The process must not outgrow its limit for want of a DB write: stop it anyway.
             log.warning("task.memory_limit_db_error", task_id=ex.id, error=str(exc))
-        trigger(ex, "memory_limit", forced=False, via="memory_limit")
+        trigger(ex, CancelReason.MEMORY_LIMIT, forced=False, via="memory_limit")
