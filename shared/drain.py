@@ -19,13 +19,9 @@ import structlog
 from shared.errors import TaskreaperError
 from shared.events import encode
 from shared.keys import Keys
+from shared.states import CancelReason
 
 log = structlog.get_logger("drain")
-
-# The cancel token's reason for a task handed back by a drain: its row goes back to
-# `queued` (preempted), never to `cancelled`.
-SHUTDOWN = "shutdown"
-
 
 class WorkerNotFound(TaskreaperError):
     """No worker of that node name runs now."""
@@ -38,7 +34,7 @@ class WorkerNotFound(TaskreaperError):
 def drain_message(*, by: str) -> str:
     """What goes on a node channel. Cancel events there carry `ids` or `all` and never
     `drain`, so neither kind is taken for the other."""
-    return json.dumps({"drain": True, "reason": SHUTDOWN, "by": by})
+    return json.dumps({"drain": True, "reason": CancelReason.SHUTDOWN.value, "by": by})
 
 
 def parse_drain(data: Any) -> dict[str, Any] | None:

@@ -23,8 +23,9 @@ import structlog
 
 from services.worker.execution import Execution
 from services.worker.subscription import Subscription
-from shared.drain import SHUTDOWN, parse_drain
+from shared.drain import parse_drain
 from shared.keys import Keys
+from shared.states import CancelReason
 
 log = structlog.get_logger("worker.sidecar")
 
@@ -60,7 +61,7 @@ class PoolDrain:
 
     def stop(self, ex: Execution | None) -> None:
         """Sets the execution's token with reason `shutdown`. Runs on the sidecar loop."""
-        if ex is None or ex.finished.is_set() or not ex.token.cancel(SHUTDOWN):
+        if ex is None or ex.finished.is_set() or not ex.token.cancel(CancelReason.SHUTDOWN):
             return
         log.info("task.drain_observed", task_id=ex.id, attempt=ex.attempt, by=self.by)
         if ex.interruptible and ex.in_user_code:
