@@ -1,5 +1,8 @@
 """API fixtures: the app built by the same factory production uses, served by pytest-aiohttp,
-plus the actor catalogue rows that workers would normally register."""
+plus the actor catalogue rows that workers would normally register and tokens of each role.
+
+The module settings (conftest.py) read without a token (PUBLIC_READS); `auth` is the
+bootstrap admin's header. Tests about access build their app with public_reads=False."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from shared.db import Db
 from shared.keys import Keys
 from shared.params import Range, describe
 from shared.settings import Settings
+from shared.tokens import Tokens
 
 ApiClient = TestClient
 
@@ -56,6 +60,12 @@ async def api(settings: Settings, aiohttp_client: Any) -> ApiClient:
 @pytest.fixture
 def auth(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.api_token}"}
+
+
+async def make_token(db: Db, name: str, role: str) -> dict[str, str]:
+    """A new token of `role`, as the headers that carry it."""
+    new = await Tokens(db).create(name, role, by="test")
+    return {"Authorization": f"Bearer {new.secret}"}
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.api.app import create_app
+from services.api.auth import Access, need_of
 from services.api.events import HUB
 from shared.db import Db
 from shared.keys import Keys
@@ -135,9 +136,16 @@ async def test_openapi_describes_every_route_and_secures_every_mutation(
               if r.method != "HEAD" and r.resource is not None}
     described = {(m, p) for p, ops in doc["paths"].items() for m in ops}
     assert described == served
+    # Every operation says whether it needs a token as the role table guards it; these reads
+    # are public (PUBLIC_READS), the event stream and every mutation are not.
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
-            assert ("security" in op) == (method == "post"), (method, path)
+            need = need_of(method.upper(), path)
+            secured = need is not Access.PUBLIC and need is not Access.READ
+            assert ("security" in op) == secured, (method, path)
+            assert secured == ({"401", "403"} <= set(op["responses"])), (method, path)
+    assert "security" in doc["paths"]["/api/v1/events"]["get"]
+    assert all("security" in op for op in doc["paths"]["/api/v1/tasks/cancel-all"].values())
     assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
 
 

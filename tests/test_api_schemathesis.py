@@ -1,12 +1,17 @@
-"""Property-based run of the served OpenAPI document: valid and invalid requests alike
-must never produce a 5xx, and every error must use the JSON error envelope."""
+"""Property-based run of the served OpenAPI document, with a viewer's token and with an
+operator's: valid and invalid requests alike must never produce a 5xx, every error uses the
+JSON error envelope, and the document says exactly what the API accepts (schema-valid
+requests are accepted, schema-invalid ones refused)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
+import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,17 +21,24 @@ from aiohttp import web
 from schemathesis import Case, CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
     content_type_conformance,
+    missing_required_header,
     negative_data_rejection,
+    positive_data_acceptance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from services.api.app import create_app
 from services.api.openapi import document
 from services.api.state import CANCELLER, CELERY, DB
+from shared.params import describe
 from shared.settings import Settings
 from shared.submit import submit
+from shared.tokens import Tokens
 from tests.fixtures_api import ACTORS, register_actor
 
 MAX_EXAMPLES = 30
@@ -40,6 +52,7 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         self.runner = web.AppRunner(app)
         self.url = ""
+        self.secrets: dict[str, str] = {}
         self._thread = threading.Thread(target=self._run, name="api-under-test", daemon=True)
         self._ready = threading.Event()
 
@@ -71,7 +84,8 @@ class ThreadedServer:
 
 @pytest.fixture(scope="module")
 def served(settings: Settings) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(create_app(settings)).start()
+    # Reads need a token here (the default), and no rate limit gets between the cases.
+    server = ThreadedServer(create_app(settings.with_(public_reads=False, rate_limit=0))).start()
     app = server.app
     for name, (fn, queue) in ACTORS.items():
         server.run(register_actor(app[DB], name, fn, queue))
@@ -79,6 +93,9 @@ def served(settings: Settings) -> Iterator[ThreadedServer]:
     rows = [server.run(submit(app[DB], app[CELERY], actor="echo", kwargs={"text": str(i)}))
             for i in range(3)]
     server.run(app[CANCELLER].cancel(rows[0]["id"], by="seed", reason="seed"))
+    tokens = Tokens(app[DB])
+    server.secrets = {role: server.run(tokens.create(f"st-{role}", role, by="seed")).secret
+                      for role in ("viewer", "operator")}
     yield server
     server.stop()
 
@@ -94,25 +111,77 @@ def error_envelope(ctx: CheckContext, response: Response, case: Case) -> bool | 
     return None
 
 
-CHECKS = [not_a_server_error, error_envelope, negative_data_rejection, status_code_conformance,
-          content_type_conformance, response_schema_conformance]
+# What `schemathesis run --checks all` applies to each response (the issue's run), less the
+# ones that need a second request of their own (ignored_auth and the stateful ones).
+CHECKS = [not_a_server_error, error_envelope, negative_data_rejection, positive_data_acceptance,
+          status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance, unsupported_method, allow_header_conformance,
+          missing_required_header]
 
-# The document the app serves is built by this same function: the served copy is
-# compared with it below, so the cases generated here are the served schema's.
-schema = schemathesis.openapi.from_dict(document())
+
+# The catalogue as the served fixture registers it (list_actors orders by name).
+CATALOGUE = [{"name": name, "params": json.loads(json.dumps(describe(fn)))}
+             for name, (fn, _) in sorted(ACTORS.items())]
+# The document the app serves is built by this same function from the same catalogue: the
+# served copy is compared with it below, so these cases are the served schema's.
+schema = schemathesis.openapi.from_dict(document(CATALOGUE))
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
                                 max_examples=MAX_EXAMPLES, database="none")
-# An event stream never ends by itself; its behaviour is covered in test_api_ops.py.
+# An event stream never ends by itself: test_event_stream_frames_match_the_document.
 schema = schema.exclude(path="/api/v1/events")
 
 
+def _get(url: str, token: str) -> Any:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status, json.load(resp)
+
+
 def test_the_served_document_is_the_one_tested(served: ThreadedServer) -> None:
-    with urllib.request.urlopen(f"{served.url}/api/v1/openapi.json", timeout=5) as resp:
-        assert json.load(resp) == json.loads(json.dumps(document()))
+    status, served_doc = _get(f"{served.url}/api/v1/openapi.json", served.secrets["viewer"])
+    assert status == 200
+    assert served_doc == json.loads(json.dumps(document(CATALOGUE)))
+    submit_actors = {v["properties"]["actor"]["enum"][0]
+                     for v in served_doc["components"]["schemas"]["SubmitRequest"]["oneOf"]}
+    assert submit_actors == set(ACTORS)
+
+
+def call(case: Case, served: ThreadedServer, role: str) -> None:
+    case.call_and_validate(base_url=served.url, checks=CHECKS, timeout=10,
+                           headers={"Authorization": f"Bearer {served.secrets[role]}"})
 
 
 @schema.parametrize()
-def test_no_request_produces_a_server_error(case: Case, served: ThreadedServer,
-                                            settings: Settings) -> None:
-    case.call_and_validate(base_url=served.url, checks=CHECKS, timeout=10,
-                           headers={"Authorization": f"Bearer {settings.api_token}"})
+def test_a_viewer_gets_no_server_error_and_what_the_document_says(
+        case: Case, served: ThreadedServer) -> None:
+    call(case, served, "viewer")
+
+
+@schema.parametrize()
+def test_an_operator_gets_no_server_error_and_what_the_document_says(
+        case: Case, served: ThreadedServer) -> None:
+    call(case, served, "operator")
+
+
+def _old_cursor(created: str) -> str:
+    raw = f"{created}|{uuid.uuid4()}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("cursor", [
+    "0-" + "0" * 32, "9" * 16 + "-" + "f" * 32, "1700000000000000-" + uuid.uuid4().hex])
+def test_cursors_at_the_ends_of_time_page_normally(served: ThreadedServer, cursor: str) -> None:
+    status, page = _get(f"{served.url}/api/v1/tasks?cursor={cursor}", served.secrets["viewer"])
+    assert status == 200 and isinstance(page["items"], list)
+
+
+@pytest.mark.parametrize("created", [
+    "0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+00:00",
+    "9999-12-31T23:59:59.999999+00:00", "2024-01-01T00:00:00"])
+def test_cursors_of_another_form_are_refused_not_a_server_error(
+        served: ThreadedServer, created: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _get(f"{served.url}/api/v1/tasks?cursor={_old_cursor(created)}",
+             served.secrets["viewer"])
+    assert refused.value.code == 400
+    assert json.load(refused.value)["error"]["code"] == "invalid_cursor"

@@ -12,7 +12,7 @@ from services.api import (
     dashboard,
     events,
     health,
-    openapi,
+    openapi_access,
     pauses,
     system,
     tasks,
@@ -77,7 +77,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_get("/healthz", health.healthz)
     router.add_get("/readyz", health.readyz)
     router.add_get("/metrics", metrics_handler(metrics))
-    router.add_get("/api/v1/openapi.json", openapi.openapi_json)
+    router.add_get("/api/v1/openapi.json", openapi_access.openapi_json)
     # The literal path first, so it is never read as a task id.
     router.add_post("/api/v1/tasks/cancel-all", tasks.cancel_all)
     pauses.add_routes(router)

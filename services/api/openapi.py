@@ -1,15 +1,16 @@
-"""The OpenAPI 3.0 description of every endpoint, precise enough to generate requests from."""
+"""The OpenAPI 3.1 description of every endpoint, precise enough to generate requests from
+(what access and the actor catalogue decide: openapi_access.complete)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
-from services.api import pauses, workers
+from services.api import openapi_access, pauses, workers
 from services.api.dashboard import asset_names
 from services.api.inputs import NAME_MAX, NAME_PATTERN, QUEUE_MAX, QUEUE_PATTERN, REASON_MAX
-from services.api.tasks import LIST_DEFAULT, LIST_MAX, MAX_COUNTDOWN
+from services.api.serialize import CURSOR_PATTERN
+from services.api.tasks import CHUNK_MAX, LIST_DEFAULT, LIST_MAX, MAX_COUNTDOWN
 from shared.states import Event, TaskStatus
 
 Schema = dict[str, Any]
@@ -18,10 +19,12 @@ _ERRORS = {
     400: "Malformed request: not JSON, not an object, wrong field types, unknown fields, "
          "bad id or query parameter",
     401: "Missing or malformed bearer token",
-    403: "Wrong bearer token",
+    403: "Unknown or revoked token or ticket (`forbidden`), or a role below the call's "
+         "(`insufficient_role`)",
     404: "No such task",
     409: "The task's state does not allow this",
     413: "Request body larger than the configured limit",
+    429: "Too many calls or event streams for this token or server; see Retry-After",
     422: "Schema-valid request the actor catalogue rejects: unknown actor or invalid kwargs "
          "(`details` names each problem)",
     503: "PostgreSQL, Redis or the broker is unavailable; retry later",
@@ -34,7 +37,10 @@ def _ref(name: str) -> Schema:
 
 
 def _nullable(schema: Schema) -> Schema:
-    return {**schema, "nullable": True}
+    """`schema` or null (3.1 has JSON Schema's types; `nullable` was 3.0's)."""
+    if isinstance(schema.get("type"), str) and "enum" not in schema:
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
 
 
 def _json(schema: Schema, description: str) -> Schema:
@@ -78,6 +84,8 @@ _REASON = {"type": "string", "maxLength": REASON_MAX, "pattern": _NO_NUL}
 _STATE = {"type": "string", "enum": [s.value for s in TaskStatus]}
 _ID_PARAM = {"name": "id", "in": "path", "required": True,
              "schema": {"type": "string", "format": "uuid"}}
+_START_PARAM = {"name": "start", "in": "query", "description": "First chunk of the page",
+                "schema": {"type": "integer", "minimum": 0, "maximum": CHUNK_MAX}}
 
 
 def _schemas() -> dict[str, Schema]:
@@ -111,13 +119,14 @@ def _schemas() -> dict[str, Schema]:
                                "cpu_percent": _nullable(number)}),
         }, ["id", "actor", "queue", "kwargs", "status", "attempt", "progress", "heartbeat_at",
             "created_at", "started_at", "finished_at", "worker", "outcome", "error", "cancel"]),
-        "TaskPage": _obj({"items": {"type": "array", "items": _ref("Task")},
+        "TaskPage": _obj({"items": {"type": "array", "items": _ref("TaskSummary")},
                           "next": _nullable(string)}, ["items", "next"]),
         "Results": _obj({"task_id": {"type": "string", "format": "uuid"}, "items": {
             "type": "array", "items": _obj({
                 "chunk": integer, "attempt": integer, "ok": {"type": "boolean"},
                 "result": {}, "created_at": _TIME,
-            }, ["chunk", "attempt", "ok", "result", "created_at"])}}, ["task_id", "items"]),
+            }, ["chunk", "attempt", "ok", "result", "created_at"])},
+            "next": _nullable(integer)}, ["task_id", "items", "next"]),
         "CancelAllResult": _obj({
             "cancelled": integer, "cancelling": integer, "hastened": integer,
             "orphans": integer, "took_ms": number, "audit_id": _nullable(integer),
@@ -183,11 +192,11 @@ def _asset_name() -> Schema:
     return {"type": "string", "enum": list(names)} if names else {"type": "string"}
 
 
-def document() -> Schema:
+def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schema:
     task, page = _ref("Task"), _ref("TaskPage")
     anything = {"type": "object", "additionalProperties": True}
-    return {
-        "openapi": "3.0.3",
+    return openapi_access.complete({
+        "openapi": "3.1.0",
         "info": {
             "title": "Taskreaper API", "version": "1.0.0",
             "description": "Submit, inspect and cancel long-running Celery tasks. Errors are "
@@ -207,7 +216,8 @@ def document() -> Schema:
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": LIST_MAX,
                         "default": LIST_DEFAULT}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                    {"name": "cursor", "in": "query", "schema": {
+                        "type": "string", "pattern": CURSOR_PATTERN},
                      "description": "`next` of the previous page"},
                 ]),
             },
@@ -223,7 +233,7 @@ def document() -> Schema:
             },
             "/api/v1/tasks/{id}/results": {
                 "get": _op("Get task results", {200: _json(_ref("Results"), "Saved chunks")},
-                           errors=(400, 404, 503), params=[_ID_PARAM]),
+                           errors=(400, 404, 503), params=[_ID_PARAM, _START_PARAM]),
             },
             "/api/v1/tasks/{id}/cancel": {
                 "post": _op("Cancel task", {
@@ -251,11 +261,6 @@ def document() -> Schema:
             "/api/v1/system/status": {
                 "get": _op("System status", {200: _json(anything, "Counts by state, queues, "
                                                         "live executions, reaper")}),
-            },
-            "/api/v1/events": {
-                "get": _op("Task events", {200: {
-                    "description": "Server-sent events; comment lines keep the stream alive",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}}),
             },
             "/healthz": {"get": _op("Liveness", {200: _json(anything, "Process up")}, errors=())},
             "/readyz": {"get": _op("Readiness", {200: _json(anything, "Database and Redis "
@@ -288,8 +293,4 @@ def document() -> Schema:
                           for status, text in _ERRORS.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    }
-
-
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(document())
+    }, actors, public_reads=public_reads)
