@@ -339,3 +339,27 @@ async def test_mutations_are_rate_limited_per_token(
     assert (await api.post("/api/v1/tasks", json=ECHO, headers=auth)).status == 202
     await asyncio.sleep(1.05)
     assert (await api.post("/api/v1/tasks", json=ECHO, headers=dave)).status == 202
+
+
+async def test_taskctl_makes_lists_and_revokes_tokens(world: World, settings: Settings) -> None:
+    from tests.test_ctl_helpers import arun_ctl
+
+    # when an operator's token is made on the host
+    made = await arun_ctl(settings, "token", "create", "--name", "erin", "--role", "operator")
+    assert made.returncode == 0, made.stderr
+    erin = {"Authorization": f"Bearer {made.stdout.strip()}"}
+
+    # then it works with its role, and the list names it without its secret
+    assert (await world.api.post("/api/v1/tasks", json=ECHO, headers=erin)).status == 202
+    listed = await arun_ctl(settings, "token", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert made.stdout.strip() not in listed.stdout and '"erin"' in listed.stdout
+
+    # when it is revoked there, the API refuses it from the next request on
+    gone = await arun_ctl(settings, "token", "revoke", "erin")
+    assert gone.returncode == 0, gone.stderr
+    assert (await world.api.get("/api/v1/tasks", headers=erin)).status == 403
+    # and bad input is a usage error, not a traceback
+    for args in (["revoke", "erin"], ["create", "--name", "admin", "--role", "viewer"]):
+        out = await arun_ctl(settings, "token", *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr

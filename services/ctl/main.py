@@ -11,6 +11,7 @@
     taskctl pause-all / resume-all          a maintenance window (or one actor's, one queue's)
     taskctl submit <actor> key=value ...    enqueue a task (values are JSON when they parse)
     taskctl drain NODE [--no-wait]          a worker hands its tasks to the others and stops
+    taskctl token create|list|revoke        API tokens (create prints the secret once)
 
 Settings come from the same environment variables as the services (DATABASE_URL,
 REDIS_URL, KEY_PREFIX, ...). Exit codes: 0 done, 1 refused, aborted or failed,
@@ -31,7 +32,7 @@ import redis
 import structlog
 from rich.console import Console
 
-from services.ctl import commands, drain, force_kill, monitor, pauses, status
+from services.ctl import commands, drain, force_kill, monitor, pauses, status, token
 from services.ctl.context import open_context
 from services.ctl.errors import FAILED, USAGE, CtlError, bad_input, failed
 from shared import runfile
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     drain.add_parser(sub)
     pauses.add_parsers(sub)
+    token.add_parser(sub)
 
     p = sub.add_parser("submit", help="enqueue a task: ACTOR key=value ...")
     p.add_argument("actor")
@@ -135,6 +137,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, console: Conso
                 return await drain.run(ctx, console, args)
             case command if command in pauses.COMMANDS:
                 return await pauses.run(ctx, console, args)
+            case "token":
+                return await token.run(ctx, console, args)
             case "submit":
                 return await commands.submit_task(ctx, console, args.actor, args.kwargs,
                                                   queue=args.queue, countdown=args.countdown,
