@@ -24,7 +24,7 @@ from shared.db import Db
 from shared.settings import Settings
 from tests.support import WorkerProcess, row_where, submit_task, wait_for
 
-GRACE = 3.0
+GRACE = 5.0
 # Over the grace: the bound the drain promises, plus a loaded machine's process exit.
 EXIT_BOUND = GRACE + 2.0
 CHUNKS = 40
