@@ -13,6 +13,11 @@ from celery import Celery
 from shared.keys import Keys
 from shared.settings import Settings
 
+# A revoke the reaper broadcasts for messages whose rows are already settled carries this
+# argument, so workers do not look them up to cancel them again; any other revoke (Flower,
+# the celery CLI, users' code) becomes a cancel.
+SETTLED_REVOKE = "taskreaper_settled"
+
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     keys = Keys(settings.key_prefix)

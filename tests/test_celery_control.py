@@ -21,6 +21,7 @@ from services.worker.celery_control import CeleryControl
 from shared.broker import make_celery
 from shared.cancellation import Canceller
 from shared.db import Db
+from shared.pausing import Pauser
 from shared.settings import Settings
 from shared.submit import submit
 from tests.support import TERMINAL, row_where, wait_for, wait_gone
@@ -124,14 +125,18 @@ async def test_revoke_of_queued_messages_cancels_their_rows_once_across_workers(
                           queue="parked")
     later = await submit(db, canceller.celery, actor="distill", kwargs={"chunks": 1},
                          countdown=60)
+    # and one paused by an operator (its message is still the one Celery knows)
+    held = await submit(db, canceller.celery, actor="distill", kwargs={"chunks": 1},
+                        queue="parked")
+    await Pauser(settings, db, canceller.redis, canceller.celery).pause(held["id"], by="op")
     await asyncio.sleep(0.5)  # the countdown message reaches a worker
-    # when both messages are revoked in one call
+    # when the messages are revoked in one call
     t0 = time.monotonic()
-    await revoke(settings, [str(parked["message_id"]), str(later["message_id"])])
+    await revoke(settings, [str(r["message_id"]) for r in (parked, later, held)])
     rows = [await row_where(db, r["id"], lambda r: r["status"] in TERMINAL, timeout=BOUND + 5,
-                            what="terminal") for r in (parked, later)]
+                            what="terminal") for r in (parked, later, held)]
     took = time.monotonic() - t0
-    # then both rows are cancelled before they ever started, each audited once
+    # then the rows are cancelled before they ever started, each audited once
     for row in rows:
         assert (row["status"], row["outcome"], row["cancel_by"]) == (
             "cancelled", "never_started", BY), dict(row)

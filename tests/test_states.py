@@ -59,7 +59,7 @@ JUSTIFIED: dict[tuple[TaskStatus, TaskStatus], str] = {}
 # The lists of states a statement may name: the named sets, and these read off them.
 NAMED_LISTS = {
     frozenset(s.value for s in group) for group in (
-        ACTIVE, TERMINAL, EXECUTING, STOPPING, frozenset(TaskStatus),
+        ACTIVE, TERMINAL, EXECUTING, STOPPING, CANCELLABLE, frozenset(TaskStatus),
         # What a cancel moves to `cancelling`: executing with no cancel under way.
         EXECUTING - CANCEL_PENDING,
         # What a cancel ends at once: no execution holds it.

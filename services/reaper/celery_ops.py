@@ -8,6 +8,8 @@ from typing import Any
 
 from celery import Celery
 
+from shared.broker import SETTLED_REVOKE
+
 
 class CeleryOps:
     def __init__(self, celery: Celery) -> None:
@@ -24,9 +26,11 @@ class CeleryOps:
         self.celery.close()
 
     async def revoke(self, message_ids: list[str]) -> None:
-        """Drops reserved and scheduled copies inside every worker; kills nothing."""
+        """Drops reserved and scheduled copies inside every worker; kills nothing. Marked
+        as ours (`SETTLED_REVOKE`): the rows are settled already, so no worker looks
+        them up to cancel them again."""
         if message_ids:
-            await self._run(self.celery.control.revoke, message_ids)
+            await self._run(self.celery.control.revoke, message_ids, **{SETTLED_REVOKE: True})
 
     async def kill(self, *, message_id: str, task_id: str | None, node: str | None,
                    pid: int | None = None, pid_started: float | None = None,

@@ -39,6 +39,7 @@ from celery.worker.control import revoke_by_stamped_headers as celery_revoke_by_
 
 from services.worker.db_connection import UNREACHABLE, OneConnection
 from services.worker.loop_thread import LoopThread
+from shared.broker import SETTLED_REVOKE
 from shared.cancellation import Canceller
 from shared.errors import CancelConflict, TaskNotFound
 from shared.keys import Keys
@@ -136,12 +137,6 @@ class CeleryControl:
 
     async def _cancel_once(self, ids: list[uuid.UUID], forced: bool, reason: str) -> None:
         canceller = await self.canceller()
-        if not forced:
-            # Messages we cancelled ourselves (the reaper revokes those in Celery): nothing to
-            # do, and no DB round trip on every worker for each of them.
-            ids = await self._not_cancelled(canceller, ids)
-        if not ids:
-            return
         for row in await canceller.db.active_by_message_ids(ids):
             try:
                 out = await canceller.cancel(row["id"], by=BY, reason=reason, force=forced)
@@ -151,15 +146,6 @@ class CeleryControl:
                 log.info("worker.celery_revoke_cancelled", task_id=str(row["id"]),
                          message_id=str(row["message_id"]), was=row["status"],
                          now=out.row["status"], forced=forced)
-
-    async def _not_cancelled(self, canceller: Canceller, ids: list[uuid.UUID]
-                             ) -> list[uuid.UUID]:
-        try:
-            scores = await canceller.redis.zmscore(self.keys.cancelled, [str(i) for i in ids])
-        except Exception as exc:  # the DB decides alone, a little slower
-            log.debug("worker.celery_revoke_cancelled_set_unread", error=str(exc))
-            return ids
-        return [i for i, score in zip(ids, scores, strict=True) if score is None]
 
     async def canceller(self) -> Canceller:
         if self._canceller is None:
@@ -195,7 +181,8 @@ def revoke(state: Any, task_id: Any, terminate: bool = False, signal: str | None
     others = sorted(ids - ours)
     reply: dict[str, Any] = (celery_revoke(state, others, terminate, signal, **kwargs)
                              if others or not ours else {})
-    control.cancel(ids, forced=bool(terminate), reason=revoke_reason(terminate, signal))
+    if not kwargs.get(SETTLED_REVOKE):
+        control.cancel(ids, forced=bool(terminate), reason=revoke_reason(terminate, signal))
     if ours:
         said = f"; {reply['ok']}" if "ok" in reply else ""
         return ok(f"tasks {sorted(ours)} cancelled by taskreaper{said}")

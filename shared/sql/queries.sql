@@ -499,10 +499,10 @@ FROM tasks
 WHERE status IN ('running', 'cancelling', 'pausing') AND worker = $1 AND pid = ANY($2::int[]);
 
 -- name: active_by_message_ids
--- The live rows whose current Celery message is one of these: what a revoke in Celery's
+-- The unfinished rows whose current Celery message is one of these: what a revoke in Celery's
 -- own control names. An older message of a task (before a resume) names nothing.
 SELECT id, status, attempt, message_id, worker FROM tasks
-WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling', 'pausing');
+WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling', 'pausing', 'paused');
 
 -- name: pause_one
 -- A pause of one task in one statement, like cancel_one: a queued task is paused at once
