@@ -363,3 +363,45 @@ async def test_taskctl_makes_lists_and_revokes_tokens(world: World, settings: Se
     for args in (["revoke", "erin"], ["create", "--name", "admin", "--role", "viewer"]):
         out = await arun_ctl(settings, "token", *args)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+
+
+async def test_the_dashboard_reads_with_its_token_and_listens_with_a_ticket(
+        settings: Settings, tmp_path: Any, actors: dict[str, str]) -> None:
+    # The browser and the API process are driven with blocking calls: nothing else runs.
+    from selenium.webdriver.common.by import By
+
+    from tests.test_dashboard import browser_errors, eventually, http, launch_chromium, start_api
+
+    # given the API with private reads, and a queued task
+    proc, url = start_api(settings.with_(public_reads=False), tmp_path / "api.log")
+    browser = launch_chromium(tmp_path / "profile")
+    try:
+        status, task = http("POST", f"{url}/api/v1/tasks",
+                            {"actor": "echo", "kwargs": {"text": "x"}, "countdown": 3600},
+                            settings.api_token)
+        assert status == 202, task
+
+        # when the page opens without a token, it shows nothing and asks for one
+        browser.get(url + "/")
+        banner = browser.find_element(By.ID, "token-banner")
+        assert banner.is_displayed()
+        eventually(lambda: browser.find_element(By.ID, "live-text").text == "Needs a token",
+                   timeout=10, what="the stream waiting for a token")
+        assert browser.find_elements(By.CSS_SELECTOR, "tr.task-row") == []
+        # (its first reads learnt that reads need a token: refused, and not tried again)
+        assert all("401" in e for e in browser_errors(browser))
+
+        # when the token is entered
+        browser.find_element(By.ID, "token-input").send_keys(settings.api_token)
+        browser.find_element(By.ID, "token-save").click()
+
+        # then the tasks load with it and the stream opens through a ticket
+        eventually(lambda: browser.find_elements(
+            By.CSS_SELECTOR, f'tr.task-row[data-id="{task["id"]}"]'), timeout=10,
+            what="the task's row")
+        eventually(lambda: browser.find_element(By.ID, "live").get_attribute("data-state")
+                   == "open", timeout=10, what="the live stream")
+        assert browser_errors(browser) == []
+    finally:
+        browser.quit()
+        proc.stop()

@@ -1,5 +1,5 @@
-// The HTTP API: reads are public, mutations carry the operator's bearer token, kept for
-// this tab only.
+// The HTTP API: every call carries the bearer token, kept for this tab only. Reads without
+// one work only where the server has PUBLIC_READS; the event stream opens with a ticket.
 
 export const API = "/api/v1";
 const TOKEN_KEY = "taskreaper.token";
@@ -14,6 +14,8 @@ export class ApiError extends Error {
 
 // What the page does when a mutation has no token, or the server refused the one it had.
 const auth = { missing: () => {}, changed: () => {} };
+// Set once a read without a token was refused: until one is saved, reads are not tried.
+let readsNeedToken = false;
 
 export function onAuth(handlers) {
   Object.assign(auth, handlers);
@@ -35,13 +37,14 @@ export function forgetToken() {
 
 export async function call(method, path, body) {
   const headers = { Accept: "application/json" };
-  if (method !== "GET") {
-    const t = token();
-    if (!t) {
-      auth.missing("Enter the API token first.");
-      throw new ApiError(0, "no_token", "no API token set");
-    }
+  const t = token();
+  if (t) {
     headers.Authorization = `Bearer ${t}`;
+  } else if (method !== "GET") {
+    auth.missing("Enter the API token first.");
+    throw new ApiError(0, "no_token", "no API token set");
+  } else if (readsNeedToken) {
+    throw new ApiError(401, "no_token", "no API token set");
   }
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
@@ -61,7 +64,16 @@ export async function call(method, path, body) {
   }
   if (!response.ok) {
     const error = (data && data.error) || {};
-    if (response.status === 401 || response.status === 403) forgetToken();
+    // A read refused for want of a token waits for one quietly: the banner asks for it.
+    if (response.status === 401 && !t) {
+      readsNeedToken = true;
+      throw new ApiError(401, "no_token", "no API token set");
+    }
+    // An unknown or revoked token is forgotten; one whose role is too low is kept (it still
+    // reads) and the refusal is shown as any other.
+    if (response.status === 401 || (response.status === 403 && error.code === "forbidden")) {
+      forgetToken();
+    }
     throw new ApiError(response.status, error.code || "http_error",
       error.message || `${response.status} ${response.statusText}`);
   }
@@ -79,6 +91,14 @@ function query(params) {
 export async function listTasks(params) {
   const { data } = await call("GET", `${API}/tasks?${query(params)}`);
   return data.items;
+}
+
+// The URL of one event stream: EventSource cannot send a header, so a short-lived ticket
+// bought with the token goes in the query. Null without a token.
+export async function eventsUrl() {
+  if (!token()) return null;
+  const { data } = await call("POST", `${API}/events/ticket`);
+  return `${API}/events?ticket=${encodeURIComponent(data.ticket)}`;
 }
 
 export function taskPath(task, action) {

@@ -2,6 +2,7 @@
 
 import { forgetToken, saveToken, token } from "./api.js";
 import { $, setText, toast } from "./dom.js";
+import { connectEvents, maybeRefreshSystem, refreshActors, refreshTasks } from "./sync.js";
 
 const THEME_KEY = "taskreaper.theme";
 
@@ -16,12 +17,18 @@ export function keepToken(value) {
   if (!t) return false;
   saveToken(t);
   toast("Token saved for this tab", "ok");
+  // Reads and the live stream need the token: load what it may see, and listen.
+  connectEvents();
+  refreshActors();
+  refreshTasks();
+  maybeRefreshSystem(true);
   return true;
 }
 
 export function dropToken() {
   forgetToken();
   toast("Token forgotten", "ok");
+  connectEvents();
 }
 
 export function askForToken(message) {

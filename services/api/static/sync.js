@@ -1,7 +1,7 @@
 // Keeping the page current: loads through the API, server-sent events for news, and a
 // poll (faster while anything is active) for whatever an event did not say.
 
-import { API, call, listTasks } from "./api.js";
+import { API, call, eventsUrl, listTasks } from "./api.js";
 import { $, setText } from "./dom.js";
 import { renderSystem, renderSystemError } from "./panel.js";
 import { ACTIVE, HELD, STATES } from "./states.js";
@@ -121,17 +121,50 @@ export function setFilter(change) {
 
 // --- live events ------------------------------------------------------------------------
 
-export function connectEvents() {
-  const live = $("live");
-  const source = new EventSource(`${API}/events`);
+// A ticket opens one stream, so the browser's own reconnect (same URL) cannot work: each
+// reconnect here buys a new ticket, waiting longer after each failure.
+const stream = { source: null, timer: null, wait: 1000 };
+
+function streamDown(text) {
+  $("live").dataset.state = "error";
+  setText($("live-text"), text);
+}
+
+export async function connectEvents() {
+  clearTimeout(stream.timer);
+  if (stream.source) stream.source.close();
+  stream.source = null;
+  let url;
+  try {
+    url = await eventsUrl();
+  } catch (err) {
+    url = undefined;
+  }
+  if (url === null) {
+    streamDown("Needs a token");
+    return; // saving a token connects again (session.js)
+  }
+  if (url === undefined) {
+    streamDown("Reconnecting");
+    stream.timer = setTimeout(connectEvents, stream.wait);
+    stream.wait = Math.min(2 * stream.wait, 30000);
+    return;
+  }
+  const source = new EventSource(url);
+  stream.source = source;
   source.addEventListener("open", () => {
-    live.dataset.state = "open";
+    stream.wait = 1000;
+    $("live").dataset.state = "open";
     setText($("live-text"), "Live");
     refreshSoon();
   });
   source.addEventListener("error", () => {
-    live.dataset.state = "error";
-    setText($("live-text"), "Reconnecting");
+    if (stream.source !== source) return;
+    source.close();
+    stream.source = null;
+    streamDown("Reconnecting");
+    stream.timer = setTimeout(connectEvents, stream.wait);
+    stream.wait = Math.min(2 * stream.wait, 30000);
   });
   for (const type of EVENT_TYPES) {
     source.addEventListener(type, (event) => onEvent(type, event.data));
