@@ -11,13 +11,16 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 Row = TypeVar("Row")
+# Room kept for the page's own fields around its items (`next`, `task_id`: under 100 bytes).
+ENVELOPE = 256
 
 
 def fit(rows: Sequence[Row], render: Callable[[Row], Any], budget: int
         ) -> tuple[list[str], bool]:
-    """The JSON of as many leading rows as fit in `budget` bytes, and whether any were cut."""
+    """The JSON of as many leading rows as fit in `budget` bytes with the page's envelope,
+    and whether any were cut."""
     parts: list[str] = []
-    size = 0
+    size = ENVELOPE
     for row in rows:
         part = json.dumps(render(row))
         size += len(part.encode()) + 2
