@@ -7,15 +7,15 @@ drain's time is up, and one whose pool process died during the drain. The row go
 worker goes on from its checkpoint. A row that a cancel or a pause reached meanwhile ends
 as that one asked, its process killed like the ladder's.
 
-A straggler is killed first, then handed back: the new attempt can only start once the old
-process is gone, so the two never run side by side and no chunk is saved by both. The pool
-watch leaves a draining worker's dead processes to the drain (see pool_watch.py).
+A straggler is killed first, and handed back only once its process is confirmed gone or
+done with it (stragglers.py): the new attempt can only start once the old process is gone,
+so the two never run side by side and no chunk is done by both. The pool watch leaves a
+draining worker's dead processes to the drain (see pool_watch.py).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -44,13 +44,11 @@ class HandBack:
         self.node = node
         self.pauser = Pauser(settings, db, redis, celery)
 
-    async def execution(self, task_id: uuid.UUID, message_id: str,
-                        stop: Callable[[], None] | None = None) -> str | None:
-        """Runs `stop` (the kill), then preempts the execution of `message_id`. Returns the
+    async def execution(self, task_id: uuid.UUID, message_id: str) -> str | None:
+        """Preempts the execution of `message_id`, whose process the caller has confirmed
+        gone or done with it (else the two attempts could run side by side). Returns the
         row's new status, or None when the row had moved on (its execution ended it, or a
         newer attempt holds it)."""
-        if stop is not None:
-            stop()
         row = await self.db.get_task(task_id)
         if row is None or str(row["message_id"]) != message_id or row["status"] not in HELD:
             return None

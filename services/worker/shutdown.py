@@ -15,9 +15,11 @@ channel, see shared/drain.py) before Celery does, and:
    reason `shutdown` (services/worker/drain.py): the task saves and returns, and its end puts
    the row back to `queued` with a fresh message (preempted); Celery sees an ordinary return
    and acknowledges the old message, which the claim would refuse anyway;
-3. waits for the pool to be idle, up to DRAIN_GRACE less a reserve for what follows;
+3. waits for the pool to be idle, up to DRAIN_GRACE less a reserve for what follows (more
+   of it the more tasks still run);
 4. kills what still runs then, each pool process identified as for every kill here
-   (services/worker/control.py), and hands its task back from here (handback.py);
+   (services/worker/control.py), and hands its task back from here once the process is
+   confirmed gone (stragglers.py, handback.py);
 5. hands over to Celery's warm shutdown, with nothing left to wait for: exit 0 within
    DRAIN_GRACE.
 Every task the worker ran ends `queued` under a fresh message (or as a cancel or a pause that
@@ -32,7 +34,6 @@ status board, and would need a second command to take work again.
 
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 import time
@@ -45,16 +46,19 @@ import structlog
 from celery.platforms import EX_OK
 from celery.worker import state as worker_state
 
-from services.worker.control import verify_target
 from services.worker.handback import HandBack
 from services.worker.loop_thread import LoopThread
+from services.worker.stragglers import (
+    connect_hand,
+    finish,
+    finish_need,
+    held_requests,
+    kill_each,
+)
 from services.worker.subscription import Subscription
-from shared.broker import make_celery
-from shared.db import Db
 from shared.drain import drain_message, parse_drain
 from shared.events import encode
 from shared.keys import Keys
-from shared.processes import ProcessIdentity
 from shared.redis_client import connect
 from shared.settings import Settings
 
@@ -64,11 +68,14 @@ log = structlog.get_logger("worker.drain")
 # a second or two of its own even when idle (each billiard pool process pauses 1 s on exit).
 RESERVE = 3.0
 RESERVE_SHARE = 0.5
+CELERY_EXIT = RESERVE / 2
+# The least time the kills and hand-backs get, on the connection made ahead or on a fresh one.
+FINISH_FLOOR = RESERVE / 2
+FALLBACK_FLOOR = 1.0
 # How often the drain looks at what the pool still runs.
 POLL = 0.05
 # How long a step on Celery's event loop may take to get its turn.
 HUB_WAIT = 2.0
-KILL_WAIT = 0.5
 
 
 # Set for the rest of the process's life once a drain starts (one worker per process).
@@ -81,33 +88,15 @@ def draining() -> bool:
     return _DRAINING.is_set()
 
 
-def kill_after(grace: float) -> float:
-    """Seconds into a drain at which what still runs is killed."""
-    return grace - min(RESERVE, grace * RESERVE_SHARE)
+def kill_after(grace: float, stragglers: int = 0) -> float:
+    """Seconds into a drain at which what still runs is killed: earlier when more still
+    runs, for their kills and hand-backs to fit within the grace."""
+    reserve = max(RESERVE, CELERY_EXIT + finish_need(stragglers))
+    return grace - min(reserve, grace * RESERVE_SHARE)
 
 
 def _nothing() -> None:
     pass
-
-
-def held_requests() -> dict[str, uuid.UUID]:
-    """message id -> task id of every delivery this worker holds for its pool (running, or
-    on its way to a pool process). Read from another thread than the one changing it."""
-    for _ in range(5):
-        try:
-            requests = list(worker_state.reserved_requests)
-            break
-        except RuntimeError:
-            continue
-    else:
-        return {}
-    out: dict[str, uuid.UUID] = {}
-    for req in requests:
-        try:
-            out[req.id] = uuid.UUID(str((req.kwargs or {}).get("task_id")))
-        except ValueError:
-            continue
-    return out
 
 
 class WorkerDrain:
@@ -166,17 +155,22 @@ class WorkerDrain:
         log.warning("worker.drain_started", node=self.node, via=self.via, by=self.by,
                     grace_s=grace)
         seen: dict[str, uuid.UUID] = {}
+        end = started + grace - CELERY_EXIT
+        finished = False
         try:
             self._on_hub(self._stop_consuming)
             self._call(self._tell(grace), timeout=HUB_WAIT)
             hand = self._call(self._prepare(), timeout=max(0.5, kill_after(grace) / 2))
-            seen = self._wait(started + kill_after(grace))
+            seen = self._wait(started, grace)
             if hand is not None:
-                self._call(self._finish(hand, seen), timeout=RESERVE / 2)
+                finished = self._finish(hand, seen, max(FINISH_FLOOR, end - time.monotonic()))
         except Exception as exc:
             log.error("worker.drain_error", node=self.node, error=repr(exc))
-        for message_id, task_id in held_requests().items():  # whatever the DB said
-            self._kill(message_id, task_id)
+        if not finished:  # on a fresh connection, not to leave a row to the heartbeat timeout
+            log.warning("worker.drain_finish_again", node=self.node)
+            finished = self._finish(None, seen, max(FALLBACK_FLOOR, end - time.monotonic()))
+        if not finished:  # no database: what still runs must not hold Celery's exit up
+            kill_each(held_requests(), self.node)
         took = time.monotonic() - started
         log.warning("worker.drained", node=self.node, tasks=len(seen), took_s=round(took, 3))
         self._call(self._event("worker.drained", tasks=len(seen), took_s=round(took, 3)),
@@ -231,55 +225,27 @@ class WorkerDrain:
                 "worker.draining", node=self.node, via=self.via, by=self.by, grace_s=grace))
             await pipe.execute()
 
-    def _wait(self, kill_at: float) -> dict[str, uuid.UUID]:
+    def _wait(self, started: float, grace: float) -> dict[str, uuid.UUID]:
         seen: dict[str, uuid.UUID] = {}
         while True:
             held = held_requests()
             seen.update(held)
-            if not held or self._hurry.is_set() or time.monotonic() >= kill_at:
+            if (not held or self._hurry.is_set()
+                    or time.monotonic() >= started + kill_after(grace, len(held))):
                 return seen
             self._hurry.wait(POLL)
 
     async def _prepare(self) -> HandBack:
         """Connects ahead of the kills, so that they are not kept waiting for it."""
-        db = await Db.connect(self.settings.database_url, min_size=1, max_size=1)
-        return HandBack(self.settings, db, make_celery(self.settings), self.redis, self.node)
+        return await connect_hand(self.settings, self.redis, self.node)
 
-    async def _finish(self, hand: HandBack, seen: dict[str, uuid.UUID]) -> None:
-        """Hands back what still runs (killing it) and what died without recording its end."""
-        try:
-            still = held_requests()
-            for message_id, task_id in still.items():
-                await self._hand_back(hand, task_id, message_id,
-                                      functools.partial(self._kill, message_id, task_id))
-            for message_id, task_id in seen.items():
-                if message_id not in still:
-                    await self._hand_back(hand, task_id, message_id, None)
-        finally:
-            hand.db.terminate()  # the process ends next: no graceful goodbyes to wait for
-
-    async def _hand_back(self, hand: HandBack, task_id: uuid.UUID, message_id: str,
-                         stop: Callable[[], None] | None) -> None:
-        try:
-            await hand.execution(task_id, message_id, stop)
-        except Exception as exc:  # the next one still gets its turn
-            log.warning("worker.hand_back_failed", node=self.node, task_id=str(task_id),
-                        error=repr(exc))
-
-    def _kill(self, message_id: str, task_id: uuid.UUID) -> None:
-        try:
-            proc, why = verify_target(message_id, str(task_id), None, None)
-        except RuntimeError:  # the pool's bookkeeping changed under us: it is ending anyway
-            return
-        if proc is None:
-            return
-        try:
-            identity = ProcessIdentity.of(proc)
-            proc.send_signal(signal.SIGKILL)  # psutil checks pid and start time again first
-        except Exception:  # gone meanwhile
-            return
-        log.warning("worker.drain_killed", node=self.node, task_id=str(task_id), pid=proc.pid)
-        identity.wait_gone(KILL_WAIT)
+    def _finish(self, hand: HandBack | None, seen: dict[str, uuid.UUID],
+                bound: float) -> bool:
+        """Kills what still runs and hands back what is confirmed stopped (stragglers.py);
+        True once every hand-back was tried within `bound` seconds."""
+        done = self._call(finish(self.settings, self.redis, self.node, hand, seen),
+                          timeout=bound)
+        return done is True
 
     async def _event(self, kind: str, **fields: Any) -> None:
         await self.redis.publish(self.keys.events_channel,
