@@ -173,6 +173,14 @@ class Canceller:
         """A new attempt from the checkpoint, of a task that ended or was paused. Raises
         TaskNotFound, CancelConflict for a task that is active or succeeded,
         BrokerUnavailable (and then nothing changed)."""
+        # A task still stopping for a pause: its execution holds it, so the resume is
+        # recorded and its stop queues it again (see finish_pause).
+        pending = await self.db.resume_pausing(task_id=task_id)
+        if pending:
+            log.info("task.resume_pending", task_id=str(task_id), by=by)
+            await self.publish_change("task.resume_requested", task_id=str(task_id),
+                                      status=TaskStatus.PAUSING, by=by)
+            return pending[0]
         message_id = uuid.uuid4()
         async with self.db.transaction() as conn:
             row = await self.db.lock_task(conn, task_id)

@@ -69,6 +69,8 @@ class PauseAll:
 @dataclass
 class ResumeAll:
     resumed: int = 0
+    # Tasks still stopping for a pause: each is queued again once its execution stopped.
+    resuming: int = 0
     audit_id: int | None = None
     took_ms: float = 0.0
 
@@ -156,7 +158,8 @@ class Pauser:
 
     async def resume_all(self, *, by: str, actor: str | None = None, queue: str | None = None
                          ) -> ResumeAll:
-        """Every paused task in scope queued again under a fresh message, a batch at a time.
+        """Every paused task in scope queued again under a fresh message, a batch at a time,
+        and every pausing one once its execution has stopped (`resuming`).
 
         Each batch commits before its messages go out, so a worker never finds its row still
         locked. Raises BrokerUnavailable when the broker refuses a message: the batches
@@ -164,6 +167,9 @@ class Pauser:
         those the broker never took (the lost-message rule)."""
         started = time.perf_counter()
         out = ResumeAll()
+        # The pausing rows first: one that stops before this commits is paused, and the
+        # batches below take it; one that stops after is queued again by its stop.
+        out.resuming = len(await self.db.resume_pausing(actor=actor, queue=queue))
         try:
             while True:
                 async with self.db.transaction() as conn:
@@ -176,13 +182,14 @@ class Pauser:
                 if len(rows) < RESUME_BATCH:
                     break
         finally:
-            if out.resumed:
+            if out.resumed or out.resuming:
                 await self._audit_resume(out, by=by, actor=actor, queue=queue)
         await self.canceller.publish_change("tasks.resume_all", by=by, actor=actor, queue=queue,
-                                            resumed=out.resumed, status=TaskStatus.QUEUED)
+                                            resumed=out.resumed, resuming=out.resuming,
+                                            status=TaskStatus.QUEUED)
         out.took_ms = (time.perf_counter() - started) * 1000
         log.info("task.resume_all", by=by, actor=actor, queue=queue, resumed=out.resumed,
-                 audit_id=out.audit_id, took_ms=round(out.took_ms, 1))
+                 resuming=out.resuming, audit_id=out.audit_id, took_ms=round(out.took_ms, 1))
         return out
 
     async def _audit_resume(self, out: ResumeAll, *, by: str, actor: str | None,
@@ -191,7 +198,7 @@ class Pauser:
             audit = await self.db.insert_audit(
                 conn, by=by, reason=None,
                 scope={"action": "resume", "all": True, "actor": actor, "queue": queue,
-                       "resumed": out.resumed},
+                       "resumed": out.resumed, "resuming": out.resuming},
                 forced=False, cancelled=0, cancelling=0, task_ids=[])
         out.audit_id = audit["id"]
 
@@ -232,3 +239,21 @@ class Pauser:
                 await pipe.execute()
         except Exception as exc:
             log.warning("task.pause_event_failed", error=str(exc))
+
+
+async def send_requeued(db: Db, celery: Celery, task_id: uuid.UUID) -> Record | None:
+    """Publishes the fresh message of a pause resumed while it stopped, which its stop
+    (finish_pause, record_kill, mark_dead) queued again. None when the row is no longer
+    queued. A broker that refuses it leaves the row queued: the reaper's lost-message rule
+    sends it."""
+    row = await db.get_task(task_id)
+    if row is None or row["status"] != TaskStatus.QUEUED:
+        return None
+    try:
+        await publish(celery, row["actor"], task_id, row["message_id"], row["queue"], row["eta"],
+                      queued_at=row["queued_at"])
+    except BrokerUnavailable as exc:
+        log.warning("task.resume_publish_failed", task_id=str(task_id), error=str(exc))
+    log.info("task.resumed_after_stop", task_id=str(task_id), attempt=row["attempt"],
+             message_id=str(row["message_id"]))
+    return row

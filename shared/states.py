@@ -87,6 +87,9 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
         # Stopped and saved its work, or killed when its grace ran out (by its own worker,
         # or by the reaper, which also settles one whose process is gone).
         _S.PAUSED: frozenset({_E.FINISH, _E.REAP}),
+        # Resumed while it was stopping: once stopped (or killed, or found gone) a new attempt
+        # goes on from the checkpoint under a fresh message.
+        _S.QUEUED: frozenset({_E.REQUEUE}),
         # Ended before it saw the pause.
         _S.SUCCEEDED: frozenset({_E.FINISH}),
         _S.FAILED: frozenset({_E.FINISH}),
@@ -185,6 +188,8 @@ class Outcome(StrEnum):
     """How a task that did not succeed came to an end."""
 
     NEVER_STARTED = "never_started"
+    # Cancelled while queued for a next attempt, after running (preempted, retried, resumed).
+    REQUEUED = "requeued"
     COOPERATIVE = "cooperative"
     KILLED = "killed"
     GONE = "gone"

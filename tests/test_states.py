@@ -243,7 +243,11 @@ def test_pause_moves() -> None:
     # Nothing reaps a paused task, and nothing claims it.
     assert not can_move(s.PAUSED, s.LOST) and not can_move(s.PAUSED, s.RUNNING)
     # Preempted (a drain): back to queued as a new attempt, not a resume.
-    assert can_move(s.RUNNING, s.QUEUED, e.REQUEUE) and not can_move(s.PAUSING, s.QUEUED)
+    assert can_move(s.RUNNING, s.QUEUED, e.REQUEUE)
+    # A pause resumed while it stops: queued again once the execution stopped, never by the
+    # resume itself (the execution still holds the task), so it is not RESUMABLE.
+    assert can_move(s.PAUSING, s.QUEUED, e.REQUEUE) and not can_move(s.PAUSING, s.QUEUED, e.RESUME)
+    assert s.PAUSING not in RESUMABLE
 
 
 def test_can_move_follows_the_table() -> None:

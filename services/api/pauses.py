@@ -73,8 +73,9 @@ async def resume_all(request: web.Request) -> web.Response:
     actor, queue = _scope(body)
     body.done()
     out = await request.app[PAUSER].resume_all(by=by, actor=actor, queue=queue)
-    return web.json_response({"resumed": out.resumed, "took_ms": round(out.took_ms, 1),
-                              "audit_id": out.audit_id}, status=202)
+    return web.json_response({"resumed": out.resumed, "resuming": out.resuming,
+                              "took_ms": round(out.took_ms, 1), "audit_id": out.audit_id},
+                             status=202)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -120,6 +121,8 @@ def schemas() -> dict[str, Any]:
         }, ["paused", "pausing", "took_ms"]),
         "ResumeAllResult": _obj({
             "resumed": {**integer, "description": "Paused tasks queued again"},
+            "resuming": {**integer, "description":
+                         "Tasks still stopping for a pause: each is queued again once stopped"},
             "took_ms": number, "audit_id": _nullable(integer),
         }, ["resumed", "took_ms"]),
     }

@@ -16,8 +16,9 @@ import structlog
 
 from services.reaper.context import ReaperContext
 from shared.db.rows import DueCancel
+from shared.pausing import send_requeued
 from shared.registry import LiveExecution, live_executions
-from shared.states import Outcome
+from shared.states import Outcome, TaskStatus
 
 log = structlog.get_logger("reaper.executor")
 
@@ -79,6 +80,8 @@ class CancelExecutor:
             return None
         ctx.metrics.kills.labels(result=outcome).inc()
         status = await ctx.db.mark_dead(row.id, row.attempt, outcome)
+        if status == TaskStatus.QUEUED:  # a pause resumed while it stopped
+            await send_requeued(ctx.db, ctx.celery.celery, row.id)
         if status:
             log.warning("reaper.escalated", task_id=str(row.id), attempt=row.attempt,
                         outcome=outcome, status=status, node=entry.node if entry else None)

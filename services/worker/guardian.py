@@ -2,7 +2,7 @@
 
 A pool process stuck in C code that holds its GIL cannot run its own watchdog, and the
 reaper can only act from afar after a margin. The worker's main process is never blocked
-by a child: it learns of cancels (the event, then the DB's deadline) and, when a deadline
+by a child: it learns of cancels and pauses (the event, then the DB's deadline) and, when a deadline
 passes with the execution still there, records the kill and SIGKILLs exactly that child,
 the one Celery itself says runs that message.
 """
@@ -17,16 +17,19 @@ import uuid
 from typing import Any
 
 import structlog
+from celery import Celery
 
 from services.worker.control import find_request, verify_target
 from services.worker.db_connection import OneConnection
 from services.worker.loop_thread import LoopThread
 from services.worker.subscription import Subscription
+from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys
+from shared.pausing import send_requeued
 from shared.redis_client import connect
 from shared.settings import Settings
-from shared.states import Outcome, TaskStatus
+from shared.states import TaskStatus
 
 log = structlog.get_logger("worker.guardian")
 
@@ -65,6 +68,7 @@ class Guardian:
         self.connection = OneConnection(settings.database_url)
         self._armed: dict[tuple[uuid.UUID, int], asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
+        self._celery_app: Celery | None = None
         # A cancel event only says "look now": the deadlines come from the DB. Cancel-alls,
         # and single cancels of tasks on this worker only.
         self.subscription = Subscription(
@@ -81,6 +85,12 @@ class Guardian:
 
     async def db(self) -> Db:
         return await self.connection.get()
+
+    def _celery(self) -> Celery:
+        # Only for a pause resumed while it stopped, so made on first use.
+        if self._celery_app is None:
+            self._celery_app = make_celery(self.settings)
+        return self._celery_app
 
     async def _poll(self) -> None:
         while True:
@@ -117,15 +127,18 @@ class Guardian:
             proc, why = verify_target(message_id, task_id, None, None)
             if proc is None:
                 return  # it ended (or its own watchdog ended it) in time
-            await (await self.db()).finish_task(row["id"], row["attempt"],
-                                                TaskStatus.CANCELLED, outcome=Outcome.KILLED)
+            # `cancelled`, `paused` for a pause, or `queued` for a pause resumed meanwhile.
+            db = await self.db()
+            ended = await db.record_kill(row["id"], row["attempt"])
             # Check again right before the signal: the pid must still run that message.
             if find_request(message_id, task_id) is None:
                 return
             os.kill(proc.pid, signal.SIGKILL)
+            if ended == TaskStatus.QUEUED:  # its fresh message, once the process is gone
+                await send_requeued(db, self._celery(), row["id"])
             late = time.time() - row["cancel_deadline"].timestamp()
             log.warning("worker.guardian_killed", task_id=task_id, attempt=row["attempt"],
-                        pid=proc.pid, after_deadline_s=round(late, 3))
+                        status=ended, pid=proc.pid, after_deadline_s=round(late, 3))
         except ProcessLookupError:
             pass
         except Exception as exc:

@@ -27,7 +27,7 @@ from services.worker.actor import Actor
 from services.worker.execution import Execution
 from services.worker.sidecar import END_RETRY_SECONDS, Sidecar
 from shared.db import ClaimBusy
-from shared.pausing import Pauser
+from shared.pausing import Pauser, send_requeued
 from shared.states import CancelReason, Outcome, TaskStatus
 
 log = structlog.get_logger("worker.runtime")
@@ -187,6 +187,9 @@ async def _settle_stop(sc: Sidecar, celery: Celery, act: Actor, ex: Execution) -
             case TaskStatus.PAUSING:
                 ended = await db.finish_pause(ex.task_id, ex.attempt, outcome=Outcome.COOPERATIVE,
                                               done=p.done, failed=p.failed, total=p.total)
+                if ended == TaskStatus.QUEUED:  # resumed while it stopped
+                    await send_requeued(db, celery, ex.task_id)
+                    await sc.publish("task.changed", ex, status=ended)
             case TaskStatus.CANCELLING:
                 ended = await db.finish_task(ex.task_id, ex.attempt, TaskStatus.CANCELLED,
                                              outcome=Outcome.COOPERATIVE, done=p.done,

@@ -54,19 +54,28 @@ class PauseQueries(DbBase):
         """Up to `limit` paused tasks in scope queued again, each with a fresh message id."""
         return await conn.fetch(self.q["resume_paused"], actor, queue, limit)
 
+    async def resume_pausing(self, conn: asyncpg.Connection | None = None, *,
+                             task_id: uuid.UUID | None = None, actor: str | None = None,
+                             queue: str | None = None) -> list[Record]:
+        """A resume recorded on the `pausing` rows in scope (one task, or all of an actor
+        and queue): each is queued again once its execution stopped."""
+        return await (conn or self.pool).fetch(self.q["resume_pausing"], task_id, actor, queue)
+
     # -- the execution's side (fenced by attempt) -------------------------------------
 
     async def finish_pause(self, task_id: uuid.UUID, attempt: int, *, outcome: str,
                            done: int | None = None, failed: int | None = None,
                            total: int | None = None) -> str | None:
-        """`paused` from `pausing`; None when the row moved on (a cancel won, superseded)."""
+        """`paused` from `pausing`, or `queued` under a fresh message (the caller publishes it)
+        when a resume came meanwhile; None when the row moved on (a cancel won, superseded)."""
         return await self.pool.fetchval(self.q["finish_pause"], task_id, attempt, outcome, done,
                                         failed, total)
 
     async def record_kill(self, task_id: uuid.UUID, attempt: int, *, done: int | None = None,
                           failed: int | None = None) -> str | None:
         """A stopping execution killed after its grace ends as its stop says: `cancelled`, or
-        `paused` for a pause. None when the row was not stopping that attempt."""
+        `paused` for a pause, `queued` (a fresh message the caller publishes) for a pause
+        resumed meanwhile. None when the row was not stopping that attempt."""
         return await self.pool.fetchval(self.q["record_kill"], task_id, attempt, done, failed)
 
     async def preempt_execution(self, task_id: uuid.UUID, attempt: int,

@@ -12,6 +12,9 @@ ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK (status IN
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS pause_requested_at timestamptz;
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS pause_reason text;
 ALTER TABLE tasks ADD COLUMN IF NOT EXISTS pause_by text;
+-- A resume asked for while the task was still `pausing`: when its execution has stopped, it
+-- is queued again under a fresh message instead of being left `paused`.
+ALTER TABLE tasks ADD COLUMN IF NOT EXISTS resume_requested_at timestamptz;
 
 -- The hot paths' partial indexes, with the new active state.
 DROP INDEX IF EXISTS tasks_active_idx;

@@ -160,8 +160,10 @@ WITH cur AS (
     FROM cur WHERE t.id = cur.id AND cur.status = 'paused'
     RETURNING t.*
 ), queued AS (
+    -- One that ran before (preempted, retried, resumed) waits for a next attempt: `requeued`.
     UPDATE tasks t
-    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+    SET status = 'cancelled', finished_at = now(),
+        outcome = CASE WHEN t.attempt > 0 THEN 'requeued' ELSE 'never_started' END,
         cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
     FROM cur WHERE t.id = cur.id AND cur.status = 'queued'
     RETURNING t.*
@@ -334,11 +336,34 @@ WHERE status IN ('cancelling', 'pausing')
 -- name: mark_dead
 -- The reaper's verdict on an execution that is gone: lost, or what the stop it was asked for
 -- ends in (a pause keeps its checkpoint and waits for a resume).
+-- A pausing row resumed meanwhile is queued again under a fresh message (see finish_pause);
+-- the caller publishes it. Reads cancel_fences first (see fence_lock), like every move into
+-- `queued`.
 UPDATE tasks
 SET status = CASE WHEN status = 'cancelling' THEN 'cancelled'
+                  WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN 'queued'
                   WHEN status = 'pausing' THEN 'paused' ELSE 'lost' END,
-    outcome = $3, finished_at = now()
+    outcome = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
+                   ELSE $3 END,
+    finished_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
+                       ELSE now() END,
+    message_id = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                      THEN gen_random_uuid() ELSE message_id END,
+    enqueued_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                       THEN now() ELSE enqueued_at END,
+    queued_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                     THEN clock_timestamp() ELSE queued_at END,
+    heartbeat_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                        THEN NULL ELSE heartbeat_at END,
+    pause_requested_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
+                              ELSE pause_requested_at END,
+    pause_reason = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL ELSE pause_reason END,
+    pause_by = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL ELSE pause_by END,
+    cancel_deadline = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
+                           ELSE cancel_deadline END,
+    resume_requested_at = NULL
 WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling', 'pausing')
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING status;
 
 -- name: requeue_execution
@@ -476,10 +501,11 @@ WITH old AS (
 DELETE FROM tasks t USING old WHERE t.id = old.id;
 
 -- name: cancelling_among
--- The guardian's view of its own executions: which are being cancelled, and by when.
-SELECT id, attempt, message_id, cancel_deadline,
+-- The guardian's view of its own executions: which are being stopped (cancelled or paused),
+-- and by when.
+SELECT id, attempt, message_id, status, cancel_deadline,
        extract(epoch FROM cancel_deadline - now())::float8 AS due_in
-FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'cancelling';
+FROM tasks WHERE id = ANY($1::uuid[]) AND status IN ('cancelling', 'pausing');
 
 -- name: request_memory_limit
 -- The resource guard's cancel: the pool process outgrew the actor's memory limit.
@@ -524,6 +550,7 @@ WITH cur AS (
 ), running AS (
     UPDATE tasks t
     SET status = 'pausing', pause_requested_at = now(), pause_reason = $2, pause_by = $3,
+        resume_requested_at = NULL,
         cancel_deadline = now() + make_interval(secs => $4)
     FROM cur WHERE t.id = cur.id AND cur.status = 'running'
     RETURNING t.*
@@ -570,6 +597,7 @@ RETURNING t.id, t.message_id;
 -- began ($3) goes to `pausing`, due in $6 seconds. Runs after fence_lock.
 UPDATE tasks
 SET status = 'pausing', pause_requested_at = now(), pause_reason = $4, pause_by = $5,
+    resume_requested_at = NULL,
     cancel_deadline = now() + make_interval(secs => $6)
 WHERE status = 'running' AND queued_at < $3
   AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
@@ -603,22 +631,64 @@ RETURNING t.*;
 
 -- name: finish_pause
 -- The execution stopped for a pause and its checkpoint is flushed: `paused`, fenced by
--- attempt, only from `pausing` (a cancel that came meanwhile wins).
+-- attempt, only from `pausing` (a cancel that came meanwhile wins). One resumed while it was
+-- stopping is queued again instead, under a fresh message (as resume_paused does) that the
+-- caller publishes. Reads cancel_fences first (see fence_lock), like every move into `queued`.
 UPDATE tasks
-SET status = 'paused', outcome = $3, finished_at = now(), heartbeat_at = now(),
+SET status = CASE WHEN resume_requested_at IS NULL THEN 'paused' ELSE 'queued' END,
+    outcome = CASE WHEN resume_requested_at IS NULL THEN $3 END,
+    finished_at = CASE WHEN resume_requested_at IS NULL THEN now() END,
+    heartbeat_at = CASE WHEN resume_requested_at IS NULL THEN now() END,
+    message_id = CASE WHEN resume_requested_at IS NULL THEN message_id
+                      ELSE gen_random_uuid() END,
+    enqueued_at = CASE WHEN resume_requested_at IS NULL THEN enqueued_at ELSE now() END,
+    queued_at = CASE WHEN resume_requested_at IS NULL THEN queued_at
+                     ELSE clock_timestamp() END,
+    cancel_deadline = CASE WHEN resume_requested_at IS NULL THEN cancel_deadline END,
+    pause_requested_at = CASE WHEN resume_requested_at IS NULL THEN pause_requested_at END,
+    pause_reason = CASE WHEN resume_requested_at IS NULL THEN pause_reason END,
+    pause_by = CASE WHEN resume_requested_at IS NULL THEN pause_by END,
+    resume_requested_at = NULL,
     done = coalesce($4, done), failed = coalesce($5, failed), total = coalesce($6, total)
 WHERE id = $1 AND attempt = $2 AND status = 'pausing'
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING status;
 
 -- name: record_kill
 -- The worker killed an execution that outlived the grace of the stop it was asked for: it
--- ends as that stop says (a pause keeps its checkpoint and waits for a resume).
+-- ends as that stop says (a pause keeps its checkpoint and waits for a resume). A pausing
+-- row resumed meanwhile is queued again under a fresh message (see finish_pause), that the
+-- caller publishes (or, failing that, the reaper's lost-message rule).
 UPDATE tasks
-SET status = CASE WHEN status = 'pausing' THEN 'paused' ELSE 'cancelled' END,
-    outcome = 'killed', finished_at = now(), heartbeat_at = now(),
+SET status = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN 'queued'
+                  WHEN status = 'pausing' THEN 'paused' ELSE 'cancelled' END,
+    outcome = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN 'killed' END,
+    finished_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN now() END,
+    heartbeat_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN now() END,
+    message_id = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN message_id
+                      ELSE gen_random_uuid() END,
+    enqueued_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN enqueued_at ELSE now() END,
+    queued_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN queued_at
+                     ELSE clock_timestamp() END,
+    cancel_deadline = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN cancel_deadline END,
+    pause_requested_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_requested_at END,
+    pause_reason = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_reason END,
+    pause_by = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_by END,
+    resume_requested_at = NULL,
     done = coalesce($3, done), failed = coalesce($4, failed)
 WHERE id = $1 AND attempt = $2 AND status IN ('cancelling', 'pausing')
+  AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
 RETURNING status;
+
+-- name: resume_pausing
+-- A resume of a task still stopping for a pause: recorded on the row, it takes effect when
+-- the execution has stopped (finish_pause, record_kill, mark_dead queue it again). Scoped
+-- like resume-all ($1 a task id, or every pausing row of the actor $2 and queue $3).
+UPDATE tasks
+SET resume_requested_at = coalesce(resume_requested_at, now())
+WHERE status = 'pausing' AND ($1::uuid IS NULL OR id = $1)
+  AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
+RETURNING *;
 
 -- name: preempt_execution
 -- A running execution handed back to the queue (its worker drains, or the resource guard
