@@ -321,7 +321,7 @@ def test_run_against_configured_services(settings: Settings, tmp_path: Path) -> 
     cancelled = run_ctl(settings, "cancel", task["id"], "--json")
     assert cancelled.returncode == 0, cancelled.stderr
     row = json.loads(cancelled.stdout)
-    assert (row["status"], row["outcome"], row["attempt"]) == ("cancelled", "never_started", 1)
+    assert (row["status"], row["outcome"], row["attempt"]) == ("cancelled", "requeued", 1)
 
 
 def test_run_stops_everything_when_one_child_dies(settings: Settings, tmp_path: Path) -> None:
