@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,6 +44,31 @@ async def chunk_rows(db: Db, task_id: uuid.UUID) -> dict[int, list[int]]:
     return out
 
 
+def restored_at(logs: Sequence[Path], task_id: uuid.UUID, attempt: int) -> int:
+    """restored_chunks of the task's start of `attempt`, per the logs of the workers."""
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if "task.started" not in line or str(task_id) not in line:
+                continue
+            if not re.search(rf"attempt[\"'=: ]+{attempt}\b", line):
+                continue
+            found = re.search(r"restored_chunks[\"'=: ]+(\d+)", line)
+            assert found, line
+            return int(found.group(1))
+    raise AssertionError(f"attempt {attempt} of {task_id} never started per {logs}")
+
+
+def assert_each_chunk_once(logs: Sequence[Path], task_id: uuid.UUID, done: Any,
+                           chunks: dict[int, list[int]]) -> None:
+    """Every chunk saved, and each attempt started from exactly the chunks saved before it.
+    A result row is never rewritten once ok, so a chunk done again leaves no second row: only
+    an attempt that restored fewer chunks than were saved shows it."""
+    assert sorted(chunks) == list(range(done["total"]))
+    for attempt in range(1, done["attempt"] + 1):
+        saved_before = sum(1 for (first, *_) in chunks.values() if first < attempt)
+        assert restored_at(logs, task_id, attempt) == saved_before, attempt
+
+
 def status_is(*states: str) -> Callable[[Any], bool]:
     return lambda r: r["status"] in states
 
@@ -55,7 +82,7 @@ async def test_a_paused_distill_keeps_its_chunks_and_its_resume_does_each_once(
         settings: Settings, db: Db, start_worker: Any, pauser: Pauser,
         canceller: Canceller) -> None:
     # given a distill running on a real worker, two chunks saved
-    start_worker()
+    worker = start_worker()
     row = await distill(settings, db, chunks=8)
     tid = row["id"]
     await row_where(db, tid, lambda r: r["done"] >= 2, 15, "two chunks saved")
@@ -83,8 +110,7 @@ async def test_a_paused_distill_keeps_its_chunks_and_its_resume_does_each_once(
     done = await row_where(db, tid, status_is(*TERMINAL), 20, "finished")
     assert done["status"] == "succeeded" and done["attempt"] == 2
     chunks = await chunk_rows(db, tid)
-    assert sorted(chunks) == list(range(8))
-    assert all(len(attempts) == 1 for attempts in chunks.values())
+    assert_each_chunk_once([worker.log_path], tid, done, chunks)
     assert {c for c, (a,) in chunks.items() if a == 1} == set(saved)
 
 
@@ -143,7 +169,7 @@ async def test_pause_all_holds_running_queued_and_scheduled_tasks_through_a_work
 
     # when every worker restarts while they are paused, and the schedule comes due
     worker.stop()
-    start_worker(concurrency=2)
+    second = start_worker(concurrency=2)
     await asyncio.sleep(2.5)
 
     # then nothing ran
@@ -160,8 +186,7 @@ async def test_pause_all_holds_running_queued_and_scheduled_tasks_through_a_work
         done = await row_where(db, t["id"], status_is(*TERMINAL), 30, "finished")
         assert done["status"] == "succeeded", done["error"]
         chunks = await chunk_rows(db, t["id"])
-        assert sorted(chunks) == list(range(done["total"]))
-        assert all(len(a) == 1 for a in chunks.values())
+        assert_each_chunk_once([worker.log_path, second.log_path], t["id"], done, chunks)
         # what was saved before the pause stays the first attempt's
         assert all(chunks[c] == a for c, a in before[t["id"]].items())
 
@@ -170,7 +195,7 @@ async def test_a_task_stopped_for_shutdown_is_preempted_and_goes_on_from_its_che
         settings: Settings, db: Db, redis: aioredis.Redis, start_worker: Any) -> None:
     # given a distill running, two chunks saved
     keys = Keys(settings.key_prefix)
-    start_worker()
+    worker = start_worker()
     row = await distill(settings, db, chunks=8)
     tid = row["id"]
     first = await row_where(db, tid, lambda r: r["done"] >= 2, 15, "two chunks saved")
@@ -198,15 +223,16 @@ async def test_a_task_stopped_for_shutdown_is_preempted_and_goes_on_from_its_che
     assert done["status"] == "succeeded" and done["attempt"] == 2
     assert done["message_id"] != first["message_id"] and done["resumes"] == 0
     chunks = await chunk_rows(db, tid)
-    assert sorted(chunks) == list(range(8)) and all(len(a) == 1 for a in chunks.values())
+    assert_each_chunk_once([worker.log_path], tid, done, chunks)
     assert [a for a in chunks.values() if a == [1]]
 
 
 async def test_a_paused_task_holding_its_gil_is_killed_by_the_reaper_and_ends_paused(
         settings: Settings, db: Db, start_worker: Any, start_reaper: Any,
         pauser: Pauser) -> None:
-    # given a task stuck in C code that holds its GIL: its own watchdog cannot run
-    start_worker()
+    # given a task stuck in C code that holds its GIL: its own watchdog cannot run, and no
+    # guardian on its worker
+    start_worker(settings.with_(guardian=False))
     start_reaper()
     row = await submit_task(settings, db, "stubborn", {"seconds": 60, "mode": "gil"})
     tid = row["id"]
@@ -268,3 +294,64 @@ async def test_the_reaper_leaves_paused_and_pausing_rows_alone(
         row = await db.get_task(ids[name])
         assert row["status"] == "paused", name
     assert (await canceller.resume(ids["paused"], by=BY))["status"] == "queued"
+
+
+async def test_a_paused_task_holding_its_gil_is_killed_by_its_workers_guardian(
+        settings: Settings, db: Db, start_worker: Any, pauser: Pauser,
+        canceller: Canceller) -> None:
+    # given a task stuck in C code that holds its GIL, on a worker with a guardian, no reaper
+    start_worker(settings.with_(guardian=True))
+    row = await submit_task(settings, db, "stubborn", {"seconds": 60, "mode": "gil"})
+    tid = row["id"]
+    await row_where(db, tid, status_is("running"), 15, "running")
+
+    # when it is paused
+    await pauser.pause(tid, by=BY)
+
+    # then the guardian kills it at its deadline, as it would a cancel: it ends paused
+    paused = await row_where(db, tid, status_is(*TERMINAL, "paused"),
+                             settings.cancel_grace + 5, "settled")
+    assert (paused["status"], paused["outcome"]) == ("paused", "killed")
+
+
+async def test_a_task_resumed_while_it_stops_for_a_pause_is_queued_again_once_stopped(
+        settings: Settings, db: Db, start_worker: Any, canceller: Canceller) -> None:
+    # given a distill running, a chunk saved, paused in the DB alone (its heartbeat's poll
+    # sees it, not at once)
+    worker = start_worker()
+    row = await distill(settings, db, chunks=6)
+    tid = row["id"]
+    await row_where(db, tid, lambda r: r["done"] >= 1, 15, "a chunk saved")
+    assert (await db.pause_task(tid, reason=None, by=BY, grace=30.0))["status"] == "pausing"
+
+    # when it is resumed while still pausing
+    pending = await canceller.resume(tid, by=BY)
+
+    # then the resume is taken (no conflict), and once stopped it goes on under a fresh
+    # message: a second attempt finishes it from its checkpoint, each chunk once
+    assert pending["status"] == "pausing" and pending["resume_requested_at"] is not None
+    done = await row_where(db, tid, status_is(*TERMINAL), 30, "finished")
+    assert (done["status"], done["attempt"]) == ("succeeded", 2), dict(done)
+    assert done["message_id"] != row["message_id"] and done["resumes"] == 0
+    assert done["pause_requested_at"] is None and done["resume_requested_at"] is None
+    assert_each_chunk_once([worker.log_path], tid, done, await chunk_rows(db, tid))
+
+
+async def test_a_stubborn_task_resumed_while_pausing_is_queued_again_after_its_kill(
+        settings: Settings, db: Db, start_worker: Any, pauser: Pauser,
+        canceller: Canceller) -> None:
+    # given a task holding its GIL, on a worker with a guardian, pausing
+    start_worker(settings.with_(guardian=True))
+    row = await submit_task(settings, db, "stubborn", {"seconds": 60, "mode": "gil"})
+    tid = row["id"]
+    await row_where(db, tid, status_is("running"), 15, "running")
+    await pauser.pause(tid, by=BY)
+
+    # when it is resumed before its grace runs out
+    assert (await canceller.resume(tid, by=BY))["status"] == "pausing"
+
+    # then the guardian's kill queues it again under a fresh message, that a worker takes
+    again = await row_where(db, tid, lambda r: r["attempt"] == 2 or r["status"] in TERMINAL,
+                            settings.cancel_grace + 15, "a second attempt")
+    assert again["status"] == "running" and again["message_id"] != row["message_id"]
+    await canceller.cancel(tid, by=BY, force=True)
