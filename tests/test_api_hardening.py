@@ -166,3 +166,11 @@ async def test_results_come_a_page_at_a_time(
     assert [i["chunk"] for i in first["items"]] == list(range(1000)) and first["next"] == 1000
     assert [i["chunk"] for i in rest["items"]] == list(range(1000, 1500))
     assert rest["next"] is None and rest["task_id"] == tid
+
+
+@pytest.mark.parametrize("eta", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00",
+                                 "2016-12-31T23:59:60Z"])
+async def test_any_date_time_the_schema_allows_is_a_valid_eta(
+        api: ApiClient, auth: dict[str, str], eta: str) -> None:
+    resp = await api.post("/api/v1/tasks", headers=auth, json={**ECHO, "eta": eta})
+    assert resp.status == 202, await resp.text()

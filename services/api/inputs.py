@@ -11,7 +11,7 @@ import json
 import math
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -171,10 +171,9 @@ class Body:
         if value is _MISSING:
             return None
         if isinstance(value, str) and _RFC3339.fullmatch(value):
-            try:
-                return datetime.fromisoformat(value.upper()).astimezone(UTC)
-            except (ValueError, OverflowError):
-                pass
+            at = _instant(value)
+            if at is not None:
+                return at
         self.problem(name, "must be an ISO-8601 date-time with a UTC offset, "
                            "e.g. 2030-01-01T00:00:00Z")
         return None
@@ -183,6 +182,24 @@ class Body:
         if self.problems:
             message = "; ".join(f"{k}: {v}" for k, v in self.problems.items())
             raise ApiError(400, "invalid_body", message, details=self.problems)
+
+
+def _instant(value: str) -> datetime | None:
+    """An RFC 3339 date-time in UTC, as the schema's `date-time` allows it: a leap second is
+    the instant after :59, and a time within a day of the calendar's ends is the nearest
+    instant UTC can hold. None for a date that does not exist (February 30th)."""
+    text = value.upper()
+    leap = text[17:19] == "60"
+    if leap:
+        text = text[:17] + "59" + text[19:]
+    try:
+        local = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    try:
+        return local.astimezone(UTC) + (timedelta(seconds=1) if leap else timedelta())
+    except OverflowError:
+        return (datetime.min if local.year == 1 else datetime.max).replace(tzinfo=UTC)
 
 
 def task_id(request: web.Request) -> uuid.UUID:

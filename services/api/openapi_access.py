@@ -57,7 +57,7 @@ def _closed(properties: dict[str, Schema], required: list[str]) -> Schema:
 
 
 def token_schemas() -> dict[str, Schema]:
-    token = {"name": {"type": "string"}, "role": _ROLE, "created_at": _TIME,
+    token: dict[str, Schema] = {"name": {"type": "string"}, "role": _ROLE, "created_at": _TIME,
              "created_by": {"type": "string"}}
     return {
         "Token": _closed(token, list(token)),

@@ -51,7 +51,7 @@ def _bounds(kind: str, spec: dict[str, Any]) -> Schema:
 
 
 def _kind(kind: str, spec: dict[str, Any]) -> Schema:
-    base: Schema = {
+    kinds: dict[str, Schema] = {
         "string": {"type": "string", "pattern": NO_NUL},
         "integer": {"type": "integer"},
         "number": {"type": "number"},
@@ -59,8 +59,8 @@ def _kind(kind: str, spec: dict[str, Any]) -> Schema:
         "array": {"type": "array", "items": _VALUE},
         "object": {"type": "object", "additionalProperties": _VALUE,
                    "propertyNames": {"pattern": NO_NUL}},
-    }[kind]
-    return {**base, **_bounds(kind, spec)}
+    }
+    return {**kinds[kind], **_bounds(kind, spec)}
 
 
 def param_schema(spec: dict[str, Any]) -> Schema:
