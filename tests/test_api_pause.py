@@ -144,22 +144,28 @@ async def test_pause_all_then_resume_all_in_a_scope(
                                   json={"queue": queue})).json()
     assert (again["paused"], again["pausing"]) == (0, 0)
 
-    # when resumed, after the running ones stopped
-    for t in tasks[3:5]:
-        await set_status(db, t["id"], "paused")
+    # when resumed while the running ones are still stopping
     old = {t["id"]: (await db.get_task(uuid.UUID(t["id"])))["message_id"] for t in tasks[:5]}
     resp = await api.post("/api/v1/tasks/resume-all", headers=auth, json={"queue": queue})
 
-    # then each is queued again under a fresh message that is in the broker's queue
+    # then the paused are queued again at once, the pausing counted as resuming
     assert resp.status == 202
     body = await resp.json()
-    assert body["resumed"] == 5
+    assert (body["resumed"], body["resuming"]) == (3, 2)
+    for t in tasks[3:5]:
+        row = await db.get_task(uuid.UUID(t["id"]))
+        assert row["status"] == "pausing" and row["resume_requested_at"] is not None
+    # and once their executions stop (one cooperatively, one killed), each is queued again
+    assert await db.finish_pause(uuid.UUID(tasks[3]["id"]), 1, outcome="cooperative") == "queued"
+    assert await db.record_kill(uuid.UUID(tasks[4]["id"]), 1) == "queued"
     waiting = await message_ids(redis, keys, [queue])
+    for t in tasks[:3]:
+        assert str((await db.get_task(uuid.UUID(t["id"])))["message_id"]) in waiting
     for t in tasks[:5]:
         row = await db.get_task(uuid.UUID(t["id"]))
         assert row["status"] == "queued" and row["message_id"] != old[t["id"]]
         assert row["pause_requested_at"] is None and row["resumes"] == 0
-        assert str(row["message_id"]) in waiting
+        assert row["resume_requested_at"] is None and row["outcome"] is None
     assert (await audits(db))[-1]["scope"]["action"] == "resume"
 
 
@@ -253,3 +259,27 @@ async def test_a_paused_task_a_cancel_all_covers_is_not_resumed_but_swept(
     assert await db.sweep_fence(fence, 100) == 1
     row = await db.get_task(tid)
     assert (row["status"], row["cancel_reason"]) == ("cancelled", "gone")
+
+
+async def test_resume_of_a_pausing_task_is_taken_and_lands_once_it_stopped(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    # given a running task, paused: `pausing` until its execution stops
+    task = await submit(api, auth)
+    await running(db, task)
+    tid = uuid.UUID(task["id"])
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)).status == 202
+
+    # when it is resumed
+    resp = await api.post(f"/api/v1/tasks/{task['id']}/resume", headers=auth)
+
+    # then the resume is accepted, and the task is queued again when its execution stops
+    assert resp.status == 202, await resp.text()
+    assert (await resp.json())["status"] == "pausing"
+    before = await db.get_task(tid)
+    assert await db.finish_pause(tid, 1, outcome="cooperative") == "queued"
+    after = await db.get_task(tid)
+    assert after["message_id"] != before["message_id"] and after["pause_requested_at"] is None
+    # and a later pause of the new attempt is a plain pause again
+    await db.pool.execute("UPDATE tasks SET status = 'running', attempt = 2 WHERE id = $1", tid)
+    assert (await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)).status == 202
+    assert await db.finish_pause(tid, 2, outcome="cooperative") == "paused"
