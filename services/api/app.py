@@ -19,7 +19,7 @@ from services.api import (
     tokens,
     workers,
 )
-from services.api.auth import access_middleware
+from services.api.auth import access_middleware, check_table
 from services.api.errors import error_middleware
 from services.api.headers import add_headers
 from services.api.limits import RateLimiter
@@ -58,6 +58,7 @@ def create_app(settings: Settings, *, sse_keepalive: float = 15.0) -> web.Applic
     )
     # Security headers (and CORS, when configured) on every response, streams included.
     app.on_response_prepare.append(add_headers)
+    app.on_startup.append(check_table)
     app[SETTINGS] = settings
     app[KEYS] = Keys(settings.key_prefix)
     app[METRICS] = metrics
