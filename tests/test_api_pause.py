@@ -283,3 +283,23 @@ async def test_resume_of_a_pausing_task_is_taken_and_lands_once_it_stopped(
     await db.pool.execute("UPDATE tasks SET status = 'running', attempt = 2 WHERE id = $1", tid)
     assert (await api.post(f"/api/v1/tasks/{task['id']}/pause", headers=auth)).status == 202
     assert await db.finish_pause(tid, 2, outcome="cooperative") == "paused"
+
+
+async def test_a_cancel_of_a_task_queued_again_after_running_says_it_was_requeued(
+        api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
+    # given a task that ran once and waits for its next attempt (preempted, say), one that
+    # ran once and was paused while queued again, and one that never ran
+    tasks = [await submit(api, auth) for _ in range(3)]
+    await set_status(db, tasks[0]["id"], "queued", attempt=1)
+    await set_status(db, tasks[1]["id"], "queued", attempt=1)
+    assert (await api.post(f"/api/v1/tasks/{tasks[1]['id']}/pause", headers=auth)).status == 202
+
+    # when each is cancelled
+    outcomes = []
+    for t in tasks:
+        resp = await api.post(f"/api/v1/tasks/{t['id']}/cancel", headers=auth)
+        assert resp.status in (200, 202), await resp.text()
+        outcomes.append((await db.get_task(uuid.UUID(t["id"])))["outcome"])
+
+    # then only the one that never ran reads never_started
+    assert outcomes == ["requeued", "requeued", "never_started"]

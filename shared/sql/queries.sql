@@ -155,7 +155,9 @@ WITH cur AS (
     SELECT * FROM tasks WHERE id = $1 FOR UPDATE
 ), paused AS (
     UPDATE tasks t
-    SET status = 'cancelled', finished_at = now(), outcome = coalesce(t.outcome, 'never_started'),
+    SET status = 'cancelled', finished_at = now(),
+        outcome = coalesce(t.outcome, CASE WHEN t.attempt > 0 THEN 'requeued'
+                                           ELSE 'never_started' END),
         cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
     FROM cur WHERE t.id = cur.id AND cur.status = 'paused'
     RETURNING t.*
@@ -355,12 +357,14 @@ SET status = CASE WHEN status = 'cancelling' THEN 'cancelled'
                      THEN clock_timestamp() ELSE queued_at END,
     heartbeat_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
                         THEN NULL ELSE heartbeat_at END,
-    pause_requested_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
-                              ELSE pause_requested_at END,
-    pause_reason = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL ELSE pause_reason END,
-    pause_by = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL ELSE pause_by END,
-    cancel_deadline = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN NULL
-                           ELSE cancel_deadline END,
+    pause_requested_at = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                              THEN NULL ELSE pause_requested_at END,
+    pause_reason = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                        THEN NULL ELSE pause_reason END,
+    pause_by = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                    THEN NULL ELSE pause_by END,
+    cancel_deadline = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL
+                           THEN NULL ELSE cancel_deadline END,
     resume_requested_at = NULL
 WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling', 'pausing')
   AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)  -- takes the fence lock first
@@ -662,18 +666,28 @@ RETURNING status;
 UPDATE tasks
 SET status = CASE WHEN status = 'pausing' AND resume_requested_at IS NOT NULL THEN 'queued'
                   WHEN status = 'pausing' THEN 'paused' ELSE 'cancelled' END,
-    outcome = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN 'killed' END,
-    finished_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN now() END,
-    heartbeat_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN now() END,
-    message_id = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN message_id
+    outcome = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                   THEN 'killed' END,
+    finished_at = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                       THEN now() END,
+    heartbeat_at = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                        THEN now() END,
+    message_id = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                      THEN message_id
                       ELSE gen_random_uuid() END,
-    enqueued_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN enqueued_at ELSE now() END,
-    queued_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN queued_at
+    enqueued_at = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                       THEN enqueued_at ELSE now() END,
+    queued_at = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                     THEN queued_at
                      ELSE clock_timestamp() END,
-    cancel_deadline = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN cancel_deadline END,
-    pause_requested_at = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_requested_at END,
-    pause_reason = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_reason END,
-    pause_by = CASE WHEN status = 'cancelling' OR resume_requested_at IS NULL THEN pause_by END,
+    cancel_deadline = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                           THEN cancel_deadline END,
+    pause_requested_at = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                              THEN pause_requested_at END,
+    pause_reason = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                        THEN pause_reason END,
+    pause_by = CASE WHEN NOT (status = 'pausing' AND resume_requested_at IS NOT NULL)
+                    THEN pause_by END,
     resume_requested_at = NULL,
     done = coalesce($3, done), failed = coalesce($4, failed)
 WHERE id = $1 AND attempt = $2 AND status IN ('cancelling', 'pausing')
