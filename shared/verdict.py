@@ -49,6 +49,10 @@ async def settle_gone(db: Db, celery: Celery, row: StaleExecution, publish_chang
             await publish_change(row.id, TaskStatus.QUEUED, resumed=True)
             return Verdict(status=TaskStatus.QUEUED, resumed=True, resumes=new["resumes"])
     status = await db.mark_dead(row.id, row.attempt, outcome)
+    if status == TaskStatus.QUEUED:  # a pause resumed while it stopped: its fresh message
+        from shared.pausing import send_requeued
+
+        await send_requeued(db, celery, row.id)
     if status:
         await publish_change(row.id, status, outcome=outcome)
     return Verdict(status=status)

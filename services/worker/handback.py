@@ -25,7 +25,7 @@ from celery import Celery
 from shared.db import Db
 from shared.events import encode
 from shared.keys import Keys
-from shared.pausing import Pauser
+from shared.pausing import Pauser, send_requeued
 from shared.settings import Settings
 from shared.states import CancelReason, TaskStatus
 
@@ -60,6 +60,8 @@ class HandBack:
                 return TaskStatus.QUEUED
         # A cancel or a pause came first: with the process gone, it ends as that one asked.
         status = await self.db.record_kill(task_id, row["attempt"])
+        if status == TaskStatus.QUEUED:  # a pause resumed while it stopped
+            await send_requeued(self.db, self.pauser.celery, task_id)
         if status is not None:
             await self._announce(row, status)
             log.info("worker.drain_yielded", task_id=str(task_id), attempt=row["attempt"],
