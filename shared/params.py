@@ -74,7 +74,9 @@ def _unwrap(hint: Any) -> tuple[bool, list[str]]:
 
 def _matches(value: Any, kind: str) -> bool:
     if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
+        # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says too).
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
     if kind == "number":
         return (isinstance(value, int | float) and not isinstance(value, bool)
                 and math.isfinite(value))
@@ -107,6 +109,8 @@ def validate(spec: dict[str, dict[str, Any]], kwargs: Any) -> dict[str, Any]:
         if kinds and not any(_matches(value, k) for k in kinds):
             problems[name] = f"must be {' or '.join(kinds)}"
             continue
+        if isinstance(value, float) and "integer" in kinds and "number" not in kinds:
+            value = int(value)  # an integral float where an int is declared: the int
         size = len(value) if isinstance(value, str | list) else value
         if isinstance(size, int | float) and not isinstance(size, bool):
             if "min" in p and size < p["min"]:

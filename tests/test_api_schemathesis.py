@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema_rs
 import pytest
 import schemathesis
 from aiohttp import web
 from schemathesis import Case, CheckContext, GenerationMode, Response
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.deserialization import _parse_sse_events as parse_sse
 from schemathesis.specs.openapi.checks import (
     allow_header_conformance,
     content_type_conformance,
@@ -33,12 +35,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.api.app import create_app
+from services.api.events import publish_event
 from services.api.openapi import document
 from services.api.state import CANCELLER, CELERY, DB
 from shared.params import describe
 from shared.settings import Settings
 from shared.submit import submit
-from shared.tokens import Tokens
+from shared.tokens import hash_secret, new_secret
 from tests.fixtures_api import ACTORS, register_actor
 
 MAX_EXAMPLES = 30
@@ -93,9 +96,9 @@ def served(settings: Settings) -> Iterator[ThreadedServer]:
     rows = [server.run(submit(app[DB], app[CELERY], actor="echo", kwargs={"text": str(i)}))
             for i in range(3)]
     server.run(app[CANCELLER].cancel(rows[0]["id"], by="seed", reason="seed"))
-    tokens = Tokens(app[DB])
-    server.secrets = {role: server.run(tokens.create(f"st-{role}", role, by="seed")).secret
-                      for role in ("viewer", "operator")}
+    for role, secret in SECRETS.items():
+        server.run(app[DB].insert_api_token(f"st-{role}", role, hash_secret(secret), "seed"))
+    server.secrets = SECRETS
     yield server
     server.stop()
 
@@ -122,13 +125,24 @@ CHECKS = [not_a_server_error, error_envelope, negative_data_rejection, positive_
 # The catalogue as the served fixture registers it (list_actors orders by name).
 CATALOGUE = [{"name": name, "params": json.loads(json.dumps(describe(fn)))}
              for name, (fn, _) in sorted(ACTORS.items())]
-# The document the app serves is built by this same function from the same catalogue: the
-# served copy is compared with it below, so these cases are the served schema's.
-schema = schemathesis.openapi.from_dict(document(CATALOGUE))
-schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-                                max_examples=MAX_EXAMPLES, database="none")
-# An event stream never ends by itself: test_event_stream_frames_match_the_document.
-schema = schema.exclude(path="/api/v1/events")
+# The tokens the cases carry, made before the schemas so that each run knows its own (the
+# served fixture stores their hashes).
+SECRETS = {"viewer": new_secret(), "operator": new_secret()}
+
+
+def role_schema(role: str) -> Any:
+    """The document the app serves, built by this same function from the same catalogue (the
+    served copy is compared with it below), sent with `role`'s token as the run's header."""
+    schema = schemathesis.openapi.from_dict(document(CATALOGUE))
+    schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+                                    max_examples=MAX_EXAMPLES, database="none")
+    schema.config.update(headers={"Authorization": f"Bearer {SECRETS[role]}"})
+    # An event stream never ends by itself: test_event_stream_frames_match_the_document.
+    return schema.exclude(path="/api/v1/events")
+
+
+viewer_schema = role_schema("viewer")
+operator_schema = role_schema("operator")
 
 
 def _get(url: str, token: str) -> Any:
@@ -146,21 +160,16 @@ def test_the_served_document_is_the_one_tested(served: ThreadedServer) -> None:
     assert submit_actors == set(ACTORS)
 
 
-def call(case: Case, served: ThreadedServer, role: str) -> None:
-    case.call_and_validate(base_url=served.url, checks=CHECKS, timeout=10,
-                           headers={"Authorization": f"Bearer {served.secrets[role]}"})
-
-
-@schema.parametrize()
+@viewer_schema.parametrize()
 def test_a_viewer_gets_no_server_error_and_what_the_document_says(
         case: Case, served: ThreadedServer) -> None:
-    call(case, served, "viewer")
+    case.call_and_validate(base_url=served.url, checks=CHECKS, timeout=10)
 
 
-@schema.parametrize()
+@operator_schema.parametrize()
 def test_an_operator_gets_no_server_error_and_what_the_document_says(
         case: Case, served: ThreadedServer) -> None:
-    call(case, served, "operator")
+    case.call_and_validate(base_url=served.url, checks=CHECKS, timeout=10)
 
 
 def _old_cursor(created: str) -> str:
@@ -185,3 +194,28 @@ def test_cursors_of_another_form_are_refused_not_a_server_error(
              served.secrets["viewer"])
     assert refused.value.code == 400
     assert json.load(refused.value)["error"]["code"] == "invalid_cursor"
+
+
+def test_event_stream_frames_match_the_document(served: ThreadedServer) -> None:
+    """What the generated run leaves out: each event of the stream, parsed as schemathesis
+    parses one, is what the document declares, and its data is a JSON object."""
+    declared = document(CATALOGUE)["paths"]["/api/v1/events"]["get"]["responses"]["200"]
+    event_schema = declared["content"]["text/event-stream"]["schema"]
+    data_schema = event_schema["properties"]["data"]["contentSchema"]
+    req = urllib.request.Request(f"{served.url}/api/v1/events",
+                                 headers={"Authorization": f"Bearer {SECRETS['viewer']}"})
+    with urllib.request.urlopen(req, timeout=10) as stream:
+        assert stream.readline().startswith(b"retry:")  # the stream is live
+        served.run(submit(served.app[DB], served.app[CELERY], actor="echo",
+                          kwargs={"text": "event"}))
+        served.run(publish_event(served.app, "task.changed", task_id="t", status="running"))
+        raw = b""
+        while b"event: task.changed" not in raw or not raw.endswith(b"\n\n"):
+            raw += stream.readline()
+    events = [e for e in parse_sse(raw, "utf-8") if e.get("event") == "task.changed"]
+    assert events, raw
+    for event in events:
+        jsonschema_rs.validate(event_schema, event)
+        payload = json.loads(event["data"])
+        jsonschema_rs.validate(data_schema, payload)
+        assert payload["type"] == event["event"]
