@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -213,3 +214,38 @@ async def test_revoking_a_token_ends_its_open_streams(
     assert len(server.app[HUB].streams) == 1
     hers.close()
     admins.close()
+
+
+async def test_a_client_that_reads_nothing_loses_its_stream(
+        settings: Settings, auth: dict[str, str], redis: aioredis.Redis, keys: Keys) -> None:
+    # given a stream whose client stops reading once it is open
+    srv = TestServer(create_app(settings, sse_keepalive=0.3))
+    await srv.start_server()
+    try:
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: {auth['Authorization']}\r\n\r\n".encode())
+        await writer.drain()
+        assert b" 200 " in await reader.readline()
+        hub = srv.app[HUB]
+        async with asyncio.timeout(5):
+            while not hub.streams:
+                await asyncio.sleep(0.05)
+
+        # when far more events come than its buffers hold
+        big = "x" * 8000
+        for i in range(0, 3000, 100):
+            async with redis.pipeline(transaction=False) as pipe:
+                for n in range(i, i + 100):
+                    pipe.publish(keys.events_channel, json.dumps({"type": "t", "n": n, "p": big}))
+                await pipe.execute()
+
+        # then the server drops it, instead of holding its place and its frames
+        async with asyncio.timeout(10):
+            while hub.streams:
+                await asyncio.sleep(0.05)
+        writer.close()
+    finally:
+        await srv.close()

@@ -54,6 +54,7 @@ class Stream:
     owner: Principal
     transport: asyncio.BaseTransport | None
     queue: asyncio.Queue[bytes] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
+    ending: bool = False
 
     def offer(self, data: bytes) -> None:
         try:
@@ -62,6 +63,7 @@ class Stream:
             self.end()
 
     def end(self) -> None:
+        self.ending = True
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(END)
@@ -69,6 +71,17 @@ class Stream:
     @property
     def gone(self) -> bool:
         return self.transport is None or self.transport.is_closing()
+
+    def drop_if_stuck(self) -> bool:
+        """A stream told to end that is still open a tick later is stuck in a write to a
+        client that reads nothing (its buffers are full): dropping the connection ends the
+        write, and the stream gives its place back."""
+        if not self.ending:
+            return False
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.gone:
+            log.warning("api.events_client_stuck", by=self.owner.name)
+            self.transport.abort()
+        return True
 
 
 class EventHub:
@@ -162,6 +175,8 @@ class EventHub:
         while self.streams:
             await asyncio.sleep(self.keepalive)
             for stream in list(self.streams):
+                if stream.drop_if_stuck():
+                    continue
                 if stream.gone:
                     stream.end()
                 else:
