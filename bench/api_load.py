@@ -77,7 +77,7 @@ async def run(ours: Ours, *, concurrency: int, duration: float, max_requests: in
     base, auth = ours.api.base, ours.api.auth
 
     def get_task(http: aiohttp.ClientSession) -> Any:
-        return http.get(f"{base}/tasks/{rng.choice(ids)}")
+        return http.get(f"{base}/tasks/{rng.choice(ids)}", headers=auth)
 
     body = {"actor": "distill", "kwargs": {"chunks": 5}, "queue": PARKED_QUEUE}
 

@@ -102,7 +102,9 @@ class Stack:
         settings = Settings.from_env(
             {}, database_url=url, redis_url=servers.redis_url, key_prefix=f"bench-{tag}",
             api_token=secrets.token_hex(16), log_dir=str(out_dir / "logs"),
-            run_dir=str(out_dir), port=free_port(), reaper_metrics_port=0, **overrides)
+            run_dir=str(out_dir), port=free_port(), reaper_metrics_port=0,
+            # The load section measures the API itself, not the per-token limit on mutations.
+            **{"rate_limit": 0.0, **overrides})
         return cls(servers, out_dir, settings, db_name, f"bench{tag}@{socket.gethostname()}")
 
     @property
