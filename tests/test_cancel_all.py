@@ -104,6 +104,7 @@ async def test_cancel_all_with_running_queued_and_scheduled_tasks(
     await _assert_never_ran(db, queued + scheduled)
 
 
+@pytest.mark.slow
 async def test_cancel_all_while_every_worker_is_down_then_restart(
         settings: Settings, db: Db, canceller: Canceller, start_worker, start_reaper) -> None:
     # given a worker whose unacked messages come back after 4 s, with tasks running,
@@ -218,6 +219,7 @@ async def test_cancel_racing_completion_ends_in_one_consistent_state(
     assert outcomes.get("succeeded", 0) > 0 and outcomes.get("cancelled", 0) > 0, outcomes
 
 
+@pytest.mark.slow
 async def test_cancel_all_takes_the_covered_messages_out_of_the_broker(
         settings: Settings, db: Db, canceller: Canceller, start_reaper) -> None:
     from services.worker.app import load_actors, publish_catalogue

@@ -27,7 +27,7 @@ from tests.faults import RedisServer
 from tests.support import wait_for
 
 # The database is reached through PgBouncer in transaction pooling mode, as deployed.
-pytestmark = pytest.mark.pgbouncer
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.slow]
 
 
 async def test_chaos_converges(settings: Settings, db: Db, start_worker, start_reaper,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from shared.cancellation import Canceller
 from shared.db import Db
 from shared.settings import Settings
 from shared.submit import submit
 from tests.support import TERMINAL, row_where
+
+pytestmark = pytest.mark.slow
 
 # Longer than any wait of a worker for its claim.
 HOLD = 17.0

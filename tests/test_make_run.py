@@ -28,7 +28,7 @@ from shared.settings import Settings
 from tests.support import TERMINAL, TimedOut, eventually, free_port
 from tests.test_ctl_helpers import run_ctl
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 60.0

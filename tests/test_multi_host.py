@@ -30,6 +30,8 @@ from shared.submit import submit
 from tests.hosts import SimulatedHost, missing_tools, ns_pid, unavailable
 from tests.support import TERMINAL, eventually, require_debian_packages, wait_for
 
+pytestmark = pytest.mark.slow
+
 NAMES = ("hosta", "hostb", "hostc")
 LONG = {"chunks": 1000, "chunk_seconds": 0.1}  # cooperative, runs for minutes
 STUBBORN = {"seconds": 120}  # never looks at its token

@@ -17,11 +17,14 @@ from collections import Counter
 from typing import Any
 
 import asyncpg
+import pytest
 
 from services.reaper.sweeper import SWEEP_BATCH
 from shared.cancellation import CancelConflict, Canceller
 from shared.db import ClaimBusy, Db
 from shared.states import TaskStatus
+
+pytestmark = pytest.mark.slow
 
 CLIENTS = 8
 
