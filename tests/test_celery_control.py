@@ -26,6 +26,9 @@ from shared.settings import Settings
 from shared.submit import submit
 from tests.support import TERMINAL, row_where, wait_for, wait_gone
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 BY = "celery-control"
 # The request's figure is 1 s; the machine runs other suites at the same time.
 BOUND = 2.5

@@ -34,6 +34,9 @@ from tests.test_ctl_helpers import (
     unacked,
 )
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 QUEUES = ["default", "parked"]
 
 

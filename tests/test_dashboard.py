@@ -30,6 +30,9 @@ from shared.settings import Settings
 from tests.support import ServiceProcess, free_port, require_debian_packages
 from tests.support import eventually as _eventually
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -24,6 +24,9 @@ from shared.db import Db
 from shared.settings import Settings
 from tests.support import WorkerProcess, row_where, submit_task, wait_for
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 GRACE = 5.0
 # Over the grace: the bound the drain promises, plus a loaded machine's process exit.
 EXIT_BOUND = GRACE + 2.0

@@ -23,6 +23,9 @@ from shared.settings import Settings
 from shared.submit import submit
 from tests.support import ROOT, TERMINAL, free_port, row_where, settings_env, wait_for
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 
 def _require_flower() -> None:
     """Flower is the optional `flower` extra: CI installs it and must run this module; on a

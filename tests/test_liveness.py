@@ -18,6 +18,9 @@ from tests.fixtures_api import ApiClient
 from tests.support import TERMINAL, row_where, submit_task, wait_for
 from tests.test_ctl_helpers import arun_ctl
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 # Well under the heartbeat timeout the reaper would need, with room for a busy machine.
 SETTLED_WITHIN = 5.0
 

@@ -22,6 +22,9 @@ from shared.pausing import Pauser
 from shared.settings import Settings
 from tests.support import TERMINAL, row_where, submit_task
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 BY = "test"
 
 

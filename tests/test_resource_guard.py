@@ -13,6 +13,9 @@ from shared.sizes import parse_size
 from tests.fixtures_api import ApiClient
 from tests.support import TERMINAL, row_where, submit_task
 
+# A long run of real processes: `make test-slow` (CI runs it after `make test`).
+pytestmark = pytest.mark.slow
+
 # The demo actor's limit: big enough for the pool process itself, reached in a few chunks.
 HOG_LIMIT = 384 << 20
 
