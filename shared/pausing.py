@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 import structlog
 from celery import Celery
 
-from shared.cancellation import Canceller
+from shared.cancellation import Canceller, CancelOne
 from shared.db import Db, Record
 from shared.errors import BrokerUnavailable, CancelConflict
 from shared.events import encode
@@ -50,10 +50,8 @@ PAUSE_BATCH = 2000
 RESUME_BATCH = 1000
 
 
-@dataclass
-class PauseOne:
-    row: Record
-    changed: bool
+# A pause of one task answers as a cancel of one does: the row, and whether it changed.
+PauseOne = CancelOne
 
 
 @dataclass

@@ -24,11 +24,6 @@ class TaskQueries(DbBase):
     async def get_task(self, task_id: uuid.UUID) -> Record | None:
         return await self.pool.fetchrow(self.q["get_task"], task_id)
 
-    async def list_tasks(self, *, status: str | None, actor: str | None,
-                         after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Record]:
-        created, tid = after if after else (None, None)
-        return await self.pool.fetch(self.q["list_tasks"], status, actor, created, tid, limit)
-
     async def list_results(self, task_id: uuid.UUID) -> list[Record]:
         return await self.pool.fetch(self.q["list_results"], task_id)
 

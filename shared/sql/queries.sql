@@ -18,15 +18,6 @@ SELECT * FROM tasks WHERE id = $1
   AND NOT EXISTS (SELECT FROM cancel_fences WHERE false)
 FOR UPDATE OF tasks;
 
--- name: list_tasks
--- Keyset pagination on (created_at, id), newest first.
-SELECT * FROM tasks
-WHERE ($1::text IS NULL OR status = $1)
-  AND ($2::text IS NULL OR actor = $2)
-  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
-ORDER BY created_at DESC, id DESC
-LIMIT $5;
-
 -- name: list_results
 SELECT chunk, attempt, ok, result, created_at FROM task_results
 WHERE task_id = $1 ORDER BY chunk;
