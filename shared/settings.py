@@ -86,6 +86,12 @@ class Settings:
     rate_burst: int = 500
     # A page of tasks or of results stops growing at this many bytes (its `next` goes on).
     max_response_bytes: int = 4 << 20
+    # Job trees: how deep a tree may grow (a root is depth 0) and how many children one
+    # parent may have; past either, the spawn or submit is refused with nothing created.
+    tree_max_depth: int = 8
+    tree_max_children: int = 100_000
+    # A batch submit takes at most this many tasks in one call.
+    batch_max_tasks: int = 10_000
 
     @property
     def hostname(self) -> str:
@@ -123,6 +129,9 @@ class Settings:
             raise SettingsError("RATE_LIMIT must not be negative and RATE_BURST must be positive")
         if self.max_response_bytes < 4096:
             raise SettingsError("MAX_RESPONSE_BYTES must be at least 4096")
+        if self.tree_max_depth < 1 or self.tree_max_children < 1 or self.batch_max_tasks < 1:
+            raise SettingsError("TREE_MAX_DEPTH, TREE_MAX_CHILDREN and BATCH_MAX_TASKS must be "
+                                "positive")
         if not 0 < self.port < 65536:
             raise SettingsError("PORT must be between 1 and 65535")
         try:

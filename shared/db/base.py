@@ -22,9 +22,19 @@ SERVER_SETTINGS = {"client_encoding": "UTF8"}
 
 @cache
 def queries() -> dict[str, str]:
-    text = (resources.files("shared") / "sql" / "queries.sql").read_text()
-    parts = re.split(r"^-- name: (\w+)\n", text, flags=re.MULTILINE)
-    return {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+    """Every `-- name:` statement of the .sql files in shared/sql; a name used twice is an
+    error, not a silent override."""
+    found: dict[str, str] = {}
+    folder = resources.files("shared") / "sql"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        parts = re.split(r"^-- name: (\w+)\n", entry.read_text(), flags=re.MULTILINE)
+        for name, sql in zip(parts[1::2], parts[2::2], strict=True):
+            if name in found:
+                raise ValueError(f"query {name} is defined twice (again in {entry.name})")
+            found[name] = sql.strip()
+    return found
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
