@@ -104,6 +104,42 @@ WHERE id = $1 AND attempt = $2 AND status IN ('running', 'cancelling', 'pausing'
 RETURNING status, CASE WHEN status = 'pausing' THEN 'pause' ELSE cancel_reason END AS cancel_reason,
           cancel_forced, cancel_deadline;
 
+-- name: node_heartbeat
+-- One worker's heartbeats in one statement: what each of its pool processes reported, fenced
+-- by attempt as `heartbeat` is, dated when the process reported it ($3: seconds ago), and
+-- the state of every execution the worker runs (those in $11 too, which report nothing now:
+-- a process holding its GIL still has a cancel deadline). A row another transaction holds
+-- is left to the next beat instead of waited for: the statement never waits on a row lock,
+-- so it never joins a deadlock whatever order other writers lock rows in.
+WITH beat AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::int[], $5::int[], $6::int[],
+                         $7::int[], $8::float8[], $9::bigint[], $10::real[])
+        AS b(id, attempt, age, done, failed, total, current_chunk, eta_seconds, rss_bytes,
+             cpu_percent)
+), free AS (
+    SELECT t.id FROM tasks t JOIN beat b ON b.id = t.id
+    WHERE t.attempt = b.attempt AND t.status IN ('running', 'cancelling', 'pausing')
+    ORDER BY t.id
+    FOR UPDATE OF t SKIP LOCKED
+), written AS (
+    UPDATE tasks t
+    SET heartbeat_at = greatest(t.heartbeat_at, now() - make_interval(secs => b.age)),
+        done = b.done, failed = b.failed, total = b.total, current_chunk = b.current_chunk,
+        eta_seconds = b.eta_seconds, rss_bytes = coalesce(b.rss_bytes, t.rss_bytes),
+        cpu_percent = coalesce(b.cpu_percent, t.cpu_percent)
+    FROM beat b JOIN free f ON f.id = b.id
+    WHERE t.id = b.id
+    RETURNING t.id
+), watched AS (
+    SELECT id FROM beat UNION SELECT unnest($11::uuid[])
+)
+SELECT t.id, t.attempt, t.message_id, t.status,
+       CASE WHEN t.status = 'pausing' THEN 'pause' ELSE t.cancel_reason END AS cancel_reason,
+       t.cancel_forced, t.cancel_deadline,
+       extract(epoch FROM t.cancel_deadline - now())::float8 AS due_in,
+       w.id IS NOT NULL AS written
+FROM watched x JOIN tasks t ON t.id = x.id LEFT JOIN written w ON w.id = t.id;
+
 -- name: execution_state
 SELECT status, attempt, cancel_reason, cancel_forced, cancel_deadline FROM tasks WHERE id = $1;
 
