@@ -19,6 +19,7 @@ class TaskStatus(StrEnum):
     CANCELLING = "cancelling"
     PAUSING = "pausing"
     PAUSED = "paused"
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -40,6 +41,7 @@ class Event(StrEnum):
                          # preemption (a drain, the resource guard)
     RESUME = "resume"    # an operator's explicit resume, from the checkpoint
     PAUSE = "pause"      # an operator's pause: one task, or pause-all
+    SETTLE = "settle"    # a parent's own code ended, or the last of its children did
 
 
 _S, _E = TaskStatus, Event
@@ -67,6 +69,8 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
         _S.PAUSING: frozenset({_E.PAUSE}),
         _S.SUCCEEDED: frozenset({_E.FINISH}),
         _S.FAILED: frozenset({_E.FINISH}),
+        # Its own code ended and children of it have not: it waits, holding no process.
+        _S.WAITING: frozenset({_E.SETTLE}),
         _S.CANCELLING: frozenset({_E.CANCEL}),
         # force-kill of an execution on this host: killed at once, no grace.
         _S.CANCELLED: frozenset({_E.CANCEL}),
@@ -90,9 +94,10 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
         # Resumed while it was stopping: once stopped (or killed, or found gone) a new attempt
         # goes on from the checkpoint under a fresh message.
         _S.QUEUED: frozenset({_E.REQUEUE}),
-        # Ended before it saw the pause.
+        # Ended before it saw the pause (a parent with children left waits for them).
         _S.SUCCEEDED: frozenset({_E.FINISH}),
         _S.FAILED: frozenset({_E.FINISH}),
+        _S.WAITING: frozenset({_E.SETTLE}),
         # A cancel wins over a pause; force-kill on this host ends it at once.
         _S.CANCELLING: frozenset({_E.CANCEL}),
         _S.CANCELLED: frozenset({_E.CANCEL}),
@@ -101,6 +106,16 @@ TRANSITIONS: Mapping[TaskStatus, Mapping[TaskStatus, frozenset[Event]]] = {
     # operator moves it on.
     _S.PAUSED: {
         _S.QUEUED: frozenset({_E.RESUME}),
+        _S.CANCELLED: frozenset({_E.CANCEL}),
+    },
+    # A parent whose children have not all ended. When the last one has: `succeeded`, or
+    # `failed` when a child failed or was lost, or back to `queued` to run the actor's
+    # `on_children_done` step as a new attempt. A cancel ends it at once (it holds no
+    # process) along with its subtree.
+    _S.WAITING: {
+        _S.SUCCEEDED: frozenset({_E.SETTLE}),
+        _S.FAILED: frozenset({_E.SETTLE}),
+        _S.QUEUED: frozenset({_E.SETTLE}),
         _S.CANCELLED: frozenset({_E.CANCEL}),
     },
     _S.SUCCEEDED: {},
@@ -153,9 +168,17 @@ PAUSE_PENDING = _targets(Event.PAUSE) & ACTIVE
 # The execution was asked to stop (its token is set as soon as it learns of it).
 STOPPING = CANCEL_PENDING | PAUSE_PENDING
 
+# A child never starts under an ancestor in one of these: being cancelled or ended short of
+# success (it is cancelled at its claim), or being paused or paused (it is paused).
+STOPS_CHILDREN = CANCEL_PENDING | (TERMINAL - {TaskStatus.SUCCEEDED})
+PAUSES_CHILDREN = PAUSE_PENDING | HELD
+# A child that ended in one of these fails its parent (and, in a `fail_fast` tree, stops
+# its siblings).
+FAILS_PARENT = TERMINAL - {TaskStatus.SUCCEEDED, TaskStatus.CANCELLED}
+
 # The order an operator reads states in: what needs attention first.
 ATTENTION = (TaskStatus.RUNNING, TaskStatus.CANCELLING, TaskStatus.PAUSING, TaskStatus.QUEUED,
-             TaskStatus.PAUSED, TaskStatus.FAILED, TaskStatus.LOST, TaskStatus.CANCELLED,
+             TaskStatus.WAITING, TaskStatus.PAUSED, TaskStatus.FAILED, TaskStatus.LOST, TaskStatus.CANCELLED,
              TaskStatus.SUCCEEDED)
 
 
@@ -207,3 +230,8 @@ class CancelReason(StrEnum):
     PAUSE = "pause"
     SHUTDOWN = "shutdown"
     MEMORY_LIMIT = "memory_limit"
+    # Tree reasons: an ancestor was cancelled, a sibling failed in a `fail_fast` tree, the
+    # parent's own code failed.
+    PARENT_CANCELLED = "parent_cancelled"
+    FAIL_FAST = "fail_fast"
+    PARENT_FAILED = "parent_failed"

@@ -146,6 +146,10 @@ def parse_node(toks: Toks) -> Node:
         cols = [c[0].low for c in _commas(toks[4:_close(toks, 3)])] if toks[3].text == "(" else []
         at = next((i for i, t in enumerate(toks) if t.low == "values"), None)
         vals = _commas(toks[at + 2:_close(toks, at + 1)]) if at is not None else []
+        if at is None and toks[3].text == "(":  # INSERT INTO t (cols) SELECT ...
+            rest = toks[_close(toks, 3) + 1:]
+            if rest and rest[0].low == "select":
+                vals = _commas(_clause(rest, "select", _SELECT_WORDS))
         return Node("insert", table=toks[2].low, values=dict(zip(cols, vals, strict=False)))
     return Node(head or "empty")
 
@@ -175,9 +179,12 @@ def parse_statement(name: str, toks: Toks) -> Statement:
     ctes: dict[str, Node] = {}
     i = 0
     if toks and toks[0].low == "with":
-        i = 1
+        i = 2 if len(toks) > 1 and toks[1].low == "recursive" else 1
         while True:
             cte, at = toks[i].low, i + 2
+            if toks[i + 1].text == "(":  # a column list: `up(id, hops) AS (`
+                i = _close(toks, i + 1)
+                at = i + 2
             if toks[i + 1].low != "as":
                 raise SqlShapeError(f"{name}: cannot read the CTE {_text(toks[i:i + 4])!r}")
             if toks[at].low in ("materialized", "not"):
@@ -308,6 +315,9 @@ class Reader:
             cte = self.stmt.ctes.get(source)
             if cte is None or source in seen:
                 continue
+            if cte.kind == "select" and any(
+                    getattr(self.stmt.ctes.get(s), "kind", None) == "union" for s in cte.sources):
+                continue  # rows reached by a walk (a tree's ancestors): not the updated row
             if cte.kind != "select":
                 raise SqlShapeError(f"{self.stmt.name}: cannot read the {cte.kind} CTE {source}")
             parts.append(self.conditions(cte, seen | {source}))

@@ -20,12 +20,15 @@ from shared.states import (
     CANCEL_PENDING,
     CANCELLABLE,
     EXECUTING,
+    FAILS_PARENT,
     HELD,
     INITIAL,
     PAUSABLE,
     PAUSE_PENDING,
+    PAUSES_CHILDREN,
     RESUMABLE,
     STOPPING,
+    STOPS_CHILDREN,
     TERMINAL,
     TRANSITIONS,
     Event,
@@ -64,13 +67,32 @@ NAMED_LISTS = {
         EXECUTING - CANCEL_PENDING,
         # What a cancel ends at once: no execution holds it.
         CANCELLABLE - EXECUTING,
+        PAUSABLE,
+        # What a cancel fence covers: what would run if nothing stopped it (not a waiting
+        # parent, whose code has run: cancel-all ends those itself).
+        HELD | {INITIAL},
+        # What holds a child back at its claim: an ancestor stopping or stopped.
+        STOPS_CHILDREN, PAUSES_CHILDREN, STOPS_CHILDREN | PAUSES_CHILDREN,
+        RESUMABLE, FAILS_PARENT,
+        # What a cancel still changes; a parent cancelled or being cancelled.
+        CANCELLABLE - CANCEL_PENDING, CANCEL_PENDING | {TaskStatus.CANCELLED},
     )}
 
 # Lists in migrations that a later one replaced, as they were then: history, not what runs.
 REPLACED: dict[str, dict[frozenset[str], str]] = {
     "001_tasks.sql": {
-        frozenset(STATES) - {"pausing", "paused"}: "the CHECK constraint, replaced in 005",
+        frozenset(STATES) - {"pausing", "paused", "waiting"}:
+            "the CHECK constraint, replaced in 005",
         frozenset({"queued", "running", "cancelling"}): "tasks_active_idx, replaced in 005",
+    },
+    "005_pause_and_preempt.sql": {
+        frozenset(STATES) - {"waiting"}: "the CHECK constraint, replaced in 008",
+        # Partial indexes kept as they are: no query that uses them asks for waiting rows
+        # (a waiting parent has no execution and no message to look up).
+        frozenset({"queued", "running", "cancelling", "pausing"}):
+            "tasks_active_idx: the states with an execution or a message in flight",
+        frozenset({"queued", "running", "cancelling", "pausing", "paused"}):
+            "tasks_unfinished_message_idx, replaced in 008",
     },
 }
 
@@ -196,7 +218,7 @@ def test_the_reader_refuses_what_it_cannot_read(sql: str, why: str) -> None:
 def test_the_named_sets_are_the_ones_the_code_has_always_used() -> None:
     s = TaskStatus
     assert TERMINAL == {s.SUCCEEDED, s.FAILED, s.CANCELLED, s.LOST}
-    assert ACTIVE == {s.QUEUED, s.RUNNING, s.CANCELLING, s.PAUSING}
+    assert ACTIVE == {s.QUEUED, s.RUNNING, s.CANCELLING, s.PAUSING, s.WAITING}
     # Paused: neither finished nor active; nothing but an operator moves it on.
     assert HELD == {s.PAUSED}
     assert RESUMABLE == {s.CANCELLED, s.LOST, s.FAILED, s.PAUSED}

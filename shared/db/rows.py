@@ -33,6 +33,10 @@ class Claim(_FromRow):
     kwargs: dict[str, Any]
     actor: str
     queue: str
+    # The task's parent in a job tree, and whether this attempt runs the actor's
+    # `on_children_done` step (its children have all ended) rather than its body.
+    parent_id: uuid.UUID | None = None
+    children_done: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,8 +47,11 @@ SELECT * FROM actors ORDER BY name;
 -- up waiting.
 -- The row is locked by id alone: a row held by a transaction that is about to give it
 -- this very message (a resume) is busy, not stale.
-WITH locked AS (
-    SELECT id, status, queued_at, actor, queue, heartbeat_at, started_at, message_id
+-- A child whose nearest stopped ancestor is being cancelled or has ended (cancelled,
+-- failed, lost) never starts either: it ends `cancelled`; under a paused or pausing
+-- ancestor it is paused. A root costs nothing here (it has no parent to walk to).
+WITH RECURSIVE locked AS (
+    SELECT id, status, queued_at, actor, queue, heartbeat_at, started_at, message_id, parent_id
     FROM tasks WHERE id = $1
     FOR UPDATE SKIP LOCKED
 ), cur AS (
@@ -58,6 +61,34 @@ WITH locked AS (
     WHERE cur.status = 'queued' AND f.at > cur.queued_at
       AND (f.actor IS NULL OR f.actor = cur.actor) AND (f.queue IS NULL OR f.queue = cur.queue)
     ORDER BY f.at LIMIT 1
+), up(id, hops) AS (
+    SELECT parent_id, 1 FROM cur WHERE cur.status = 'queued' AND parent_id IS NOT NULL
+    UNION ALL
+    SELECT t.parent_id, up.hops + 1 FROM up JOIN tasks t ON t.id = up.id
+    WHERE t.parent_id IS NOT NULL
+), held AS (
+    SELECT t.status AS ancestor_status, t.cancel_by, t.cancel_forced, t.pause_by
+    FROM up JOIN tasks t ON t.id = up.id
+    WHERE t.status IN ('cancelling', 'cancelled', 'failed', 'lost', 'pausing', 'paused')
+    ORDER BY up.hops LIMIT 1
+), tree_cancelled AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(),
+        outcome = CASE WHEN t.attempt > 0 THEN 'requeued' ELSE 'never_started' END,
+        cancel_requested_at = now(), cancel_reason = 'parent_cancelled',
+        cancel_by = coalesce(held.cancel_by, 'tree'), cancel_forced = coalesce(held.cancel_forced, false)
+    FROM held, cur
+    WHERE t.id = cur.id AND cur.status = 'queued' AND NOT EXISTS (SELECT 1 FROM fence)
+      AND held.ancestor_status IN ('cancelling', 'cancelled', 'failed', 'lost')
+    RETURNING t.id
+), tree_paused AS (
+    UPDATE tasks t
+    SET status = 'paused', pause_requested_at = now(), pause_reason = 'parent_paused',
+        pause_by = coalesce(held.pause_by, 'tree')
+    FROM held, cur
+    WHERE t.id = cur.id AND cur.status = 'queued' AND NOT EXISTS (SELECT 1 FROM fence)
+      AND held.ancestor_status IN ('pausing', 'paused')
+    RETURNING t.id
 ), fenced AS (
     UPDATE tasks t
     SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
@@ -71,18 +102,24 @@ WITH locked AS (
         heartbeat_at = NULL, worker = $3, pid = $4, finished_at = NULL, outcome = NULL,
         error = NULL
     FROM cur
-    WHERE t.id = cur.id AND NOT EXISTS (SELECT 1 FROM fence)
+    WHERE t.id = cur.id AND NOT EXISTS (SELECT 1 FROM fence) AND NOT EXISTS (SELECT 1 FROM held)
       AND clock_timestamp() < statement_timestamp() + make_interval(secs => $6)
       AND (cur.status = 'queued'
            OR (cur.status = 'running'
                AND coalesce(cur.heartbeat_at, cur.started_at) < now() - make_interval(secs => $5)))
-    RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue
+    RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue, t.parent_id,
+              t.children_done_at IS NOT NULL AS children_done
 )
-SELECT attempt, started_at, kwargs, actor, queue, false AS busy, false AS fenced FROM claimed
+SELECT attempt, started_at, kwargs, actor, queue, parent_id, children_done, false AS busy,
+       false AS fenced FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, true, false
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_cancelled
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_paused
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
 WHERE NOT EXISTS (SELECT 1 FROM locked) AND EXISTS (SELECT 1 FROM tasks WHERE id = $1);
 
 -- name: unclaim_task
@@ -154,8 +191,20 @@ WHERE NOT task_results.ok
 RETURNING chunk;
 
 -- name: finish_task
+-- A parent whose own code succeeded (and whose `on_children_done` step has not run) waits
+-- for its children: `waiting`, not finished; one whose cancel came too late for its code
+-- still ends `cancelled` with its subtree.
 UPDATE tasks
-SET status = $3, outcome = $4, error = $5, finished_at = now(),
+SET status = CASE WHEN $3 = 'succeeded' AND children > 0 AND children_done_at IS NULL
+                       AND status = 'cancelling' THEN 'cancelled'
+                  WHEN $3 = 'succeeded' AND children > 0 AND children_done_at IS NULL
+                       AND status <> 'cancelling' THEN 'waiting'
+                  ELSE $3 END,
+    outcome = CASE WHEN $3 = 'succeeded' AND children > 0 AND children_done_at IS NULL
+                        AND status = 'cancelling' THEN 'cooperative' ELSE $4 END,
+    error = $5,
+    finished_at = CASE WHEN $3 = 'succeeded' AND children > 0 AND children_done_at IS NULL
+                            AND status <> 'cancelling' THEN NULL ELSE now() END,
     done = coalesce($6, done), failed = coalesce($7, failed), total = coalesce($8, total),
     heartbeat_at = now()
 -- Only a cancel the DB recorded can end as `cancelled`; an execution ends in nothing else
@@ -163,7 +212,7 @@ SET status = $3, outcome = $4, error = $5, finished_at = now(),
 WHERE id = $1 AND attempt = $2 AND $3 IN ('succeeded', 'failed', 'cancelled')
   AND status = ANY(CASE WHEN $3 = 'cancelled' THEN ARRAY['cancelling']
                         ELSE ARRAY['running', 'cancelling', 'pausing'] END)
-RETURNING status;
+RETURNING status, parent_id;
 
 -- name: request_time_limit
 UPDATE tasks
@@ -188,6 +237,13 @@ WITH cur AS (
         cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
     FROM cur WHERE t.id = cur.id AND cur.status = 'paused'
     RETURNING t.*
+), waiting AS (
+    -- Its own code is done and it holds no process: cancelled at once (its subtree next).
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = 'cooperative',
+        cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
+    FROM cur WHERE t.id = cur.id AND cur.status = 'waiting'
+    RETURNING t.*
 ), queued AS (
     -- One that ran before (preempted, retried, resumed) waits for a next attempt: `requeued`.
     UPDATE tasks t
@@ -209,16 +265,18 @@ WITH cur AS (
     RETURNING t.*
 ), changed AS (
     SELECT * FROM queued UNION ALL SELECT * FROM running UNION ALL SELECT * FROM hastened
-    UNION ALL SELECT * FROM paused
+    UNION ALL SELECT * FROM paused UNION ALL SELECT * FROM waiting
 ), audit AS (
     INSERT INTO cancel_audit (by, reason, scope, forced, cancelled, cancelling, task_ids)
     SELECT $3, $2, jsonb_build_object('task_id', $1::text), $4,
-           (cur.status IN ('queued', 'paused'))::int, (cur.status NOT IN ('queued', 'paused'))::int,
+           (cur.status IN ('queued', 'paused', 'waiting'))::int,
+           (cur.status NOT IN ('queued', 'paused', 'waiting'))::int,
            ARRAY[$1::uuid]
     FROM cur WHERE EXISTS (SELECT 1 FROM changed)
     RETURNING id
 )
-SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS changed, now_row.*
+SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS changed,
+       (SELECT children > 0 FROM cur) AS has_children, now_row.*
 FROM (SELECT * FROM changed
       UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
 
@@ -444,10 +502,10 @@ RETURNING status;
 -- From the tallies: constant cost whatever the backlog.
 SELECT status, sum(n)::bigint AS n FROM (
     SELECT status, n FROM task_tallies
-    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')
     UNION ALL
     SELECT status, delta FROM task_tally_deltas
-    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')) x
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')) x
 GROUP BY status;
 
 -- name: all_counts
@@ -487,10 +545,10 @@ FROM tasks WHERE status IN ('running', 'cancelling', 'pausing') ORDER BY started
 -- Queues that still hold work in the DB's view (from the tallies, not the rows).
 SELECT queue FROM (
     SELECT queue, n FROM task_tallies
-    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')
     UNION ALL
     SELECT queue, delta FROM task_tally_deltas
-    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')) x
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')) x
 GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 
 -- name: force_kill_all
@@ -500,20 +558,23 @@ GROUP BY queue HAVING sum(n) > 0 ORDER BY queue;
 -- Rows that ran here (or whose worker is gone) were killed; queued ones never started.
 -- Runs after fence_lock.
 WITH doomed AS (
-    SELECT id, status, worker = ANY($3::text[]) AND status <> 'queued' AS remote FROM tasks
-    WHERE status IN ('queued', 'running', 'cancelling', 'pausing')
+    SELECT id, status,
+           worker = ANY($3::text[]) AND status IN ('running', 'cancelling', 'pausing') AS remote
+    FROM tasks
+    WHERE status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')
     FOR UPDATE
 )
 UPDATE tasks t
 SET status = CASE WHEN doomed.remote THEN 'cancelling' ELSE 'cancelled' END,
     finished_at = CASE WHEN doomed.remote THEN NULL ELSE now() END,
     outcome = CASE WHEN doomed.remote THEN NULL
-                   WHEN doomed.status = 'queued' THEN 'never_started' ELSE 'killed' END,
+                   WHEN doomed.status = 'queued' THEN 'never_started'
+                   WHEN doomed.status = 'waiting' THEN 'cooperative' ELSE 'killed' END,
     cancel_requested_at = coalesce(t.cancel_requested_at, now()),
     cancel_reason = $1, cancel_by = $2, cancel_forced = true,
     cancel_deadline = least(coalesce(t.cancel_deadline, now()), now())
 FROM doomed
-WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling', 'pausing')
+WHERE t.id = doomed.id AND t.status IN ('queued', 'running', 'cancelling', 'pausing', 'waiting')
 RETURNING t.id, t.message_id, doomed.status AS was, doomed.remote AS remote;
 
 -- name: clock_epoch
@@ -559,7 +620,8 @@ WHERE status IN ('running', 'cancelling', 'pausing') AND worker = $1 AND pid = A
 -- The unfinished rows whose current Celery message is one of these: what a revoke in Celery's
 -- own control names. An older message of a task (before a resume) names nothing.
 SELECT id, status, attempt, message_id, worker FROM tasks
-WHERE message_id = ANY($1::uuid[]) AND status IN ('queued', 'running', 'cancelling', 'pausing', 'paused');
+WHERE message_id = ANY($1::uuid[])
+  AND status IN ('queued', 'running', 'cancelling', 'pausing', 'paused', 'waiting');
 
 -- name: pause_one
 -- A pause of one task in one statement, like cancel_one: a queued task is paused at once
@@ -597,7 +659,8 @@ WITH cur AS (
     RETURNING id
 )
 SELECT (SELECT status FROM cur) AS was, EXISTS (SELECT 1 FROM changed) AS changed,
-       EXISTS (SELECT 1 FROM covered) AS fenced, now_row.*
+       EXISTS (SELECT 1 FROM covered) AS fenced, (SELECT children > 0 FROM cur) AS has_children,
+       now_row.*
 FROM (SELECT * FROM changed
       UNION ALL SELECT * FROM cur WHERE NOT EXISTS (SELECT 1 FROM changed)) AS now_row;
 
