@@ -25,6 +25,8 @@ from shared.keys import Keys
 from shared.settings import Settings
 from shared.states import ACTIVE, RESUMABLE, TERMINAL, TaskStatus
 from shared.submit import publish
+from shared.tree_control import TreeControl
+from shared.trees import settle_up
 
 log = structlog.get_logger("cancellation")
 
@@ -73,6 +75,7 @@ class Canceller:
         self.redis = redis
         self.celery = celery
         self.keys = Keys(settings.key_prefix)
+        self.trees = TreeControl(settings, db, redis, celery)
 
     async def cancel(self, task_id: uuid.UUID, *, by: str, reason: str | None = None,
                      force: bool = False) -> CancelOne:
@@ -80,10 +83,18 @@ class Canceller:
         grace = 0.0 if force else self.settings.cancel_grace
         row = await self.db.cancel_task(task_id, reason=reason, by=by, forced=force, grace=grace)
         was = TaskStatus(row["was"])
+        subtree = None
+        if row["has_children"] and was not in (TaskStatus.SUCCEEDED, TaskStatus.LOST):
+            # From the commit above no descendant can start; now each one's own row.
+            subtree = await self.trees.cancel(task_id, by=by, reason=reason, force=force)
         if not row["changed"]:
+            if subtree is not None and subtree.rows:
+                return CancelOne(row=row, changed=True)
             if was in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
                 raise CancelConflict(f"task already {was}", row)
             return CancelOne(row=row, changed=False)
+        if row["parent_id"] is not None and TaskStatus(row["status"]).terminal:
+            await settle_up(self.db, self.celery, row["parent_id"])
         await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
                             [row["message_id"]], task_id=task_id, node=row["worker"],
                             change=encode("task.cancel_requested", task_id=str(task_id),
@@ -115,6 +126,9 @@ class Canceller:
             cancelling = await self.db.mark_cancelling(conn, actor=actor, queue=queue,
                                                        reason=reason, by=by, forced=force,
                                                        grace=grace)
+            # Parents waiting for children hold no process: they end now.
+            out.cancelled += len(await self.db.cancel_waiting(
+                conn, actor=actor, queue=queue, reason=reason, by=by, forced=force))
             for ids, rows in ((out.hastened, hastened), (out.cancelling, cancelling)):
                 ids.extend(r["id"] for r in rows)
                 message_ids.extend(r["message_id"] for r in rows)
@@ -180,24 +194,38 @@ class Canceller:
             log.info("task.resume_pending", task_id=str(task_id), by=by)
             await self.publish_change("task.resume_requested", task_id=str(task_id),
                                       status=TaskStatus.PAUSING, by=by)
+            if pending[0]["children"]:
+                await self.trees.resume(task_id, by=by)
             return pending[0]
         message_id = uuid.uuid4()
         async with self.db.transaction() as conn:
             row = await self.db.lock_task(conn, task_id)
             status = TaskStatus(row["status"])
-            if status not in RESUMABLE:
+            new = None
+            if status in RESUMABLE:
+                new = await self.db.resume_task(conn, task_id, message_id,
+                                                [s.value for s in RESUMABLE])
+                if new is None:  # locked and resumable: a paused one a fence covers
+                    raise CancelConflict("cannot resume a task that a cancel-all cancelled", row)
+                # Inside the transaction: a broker that refuses the message rolls the resume
+                # back, so a 503 means nothing changed. A worker that gets the message first
+                # waits for this commit (its claim finds the row busy and retries). A paused
+                # task keeps its schedule: one paused before its ETA still waits for it.
+                await publish(self.celery, new["actor"], task_id, message_id, new["queue"],
+                              new["eta"], queued_at=new["queued_at"])
+            elif not row["children"] or status is TaskStatus.SUCCEEDED:
                 why = "still active" if status not in TERMINAL else f"already {status}"
                 raise CancelConflict(f"cannot resume a task that is {why}", row)
-            new = await self.db.resume_task(conn, task_id, message_id,
-                                            [s.value for s in RESUMABLE])
-            if new is None:  # the row is locked and resumable: a paused one a fence covers
-                raise CancelConflict("cannot resume a task that a cancel-all cancelled", row)
-            # Inside the transaction: a broker that refuses the message rolls the resume
-            # back, so a 503 means nothing changed. A worker that gets the message first
-            # waits for this commit (its claim finds the row busy and retries).
-            # A paused task keeps its schedule: one paused before its ETA still waits for it.
-            await publish(self.celery, new["actor"], task_id, message_id, new["queue"],
-                          new["eta"], queued_at=new["queued_at"])
+        if new is None:
+            # A parent still running or waiting: its subtree goes on, the node as it is.
+            if not (await self.trees.resume(task_id, by=by)).rows:
+                raise CancelConflict(f"cannot resume a task that is {status}: nothing under "
+                                     "it stopped", row)
+            return row
+        if new["children"]:
+            # Its checkpoint holds the children it made: each one that stopped short of
+            # success goes on too (its code, run again, finds them made).
+            await self.trees.resume(task_id, by=by)
         log.info("task.resumed", task_id=str(task_id), was=str(status), attempt=new["attempt"],
                  by=by)
         await self.publish_change("task.resumed", task_id=str(task_id), status=new["status"],

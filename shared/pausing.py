@@ -91,6 +91,12 @@ class Pauser:
         was = TaskStatus(row["was"])
         if row["fenced"]:
             raise CancelConflict("cannot pause a task that a cancel-all cancelled", row)
+        if row["has_children"] and (row["changed"] or was in (TaskStatus.WAITING, *PAUSE_PENDING,
+                                                              TaskStatus.PAUSED)):
+            # From the node's own pause no descendant starts; now each one's own row.
+            subtree = await self.canceller.trees.pause(task_id, by=by, reason=reason)
+            if not row["changed"]:
+                return PauseOne(row=row, changed=bool(subtree.rows))
         if not row["changed"]:
             if was in PAUSE_PENDING or was is TaskStatus.PAUSED:
                 return PauseOne(row=row, changed=False)  # a repeated pause

@@ -19,7 +19,8 @@ from shared.params import KwargsError, validate
 # The errors a submission raises live with the others in shared.errors; named here too for
 # callers that think of them as submit's.
 __all__ = ["BrokerUnavailable", "InvalidKwargs", "Message", "QUEUED_AT_HEADER", "SubmitError",
-           "UnknownActor", "pending_set", "publish", "publish_many", "submit"]
+           "UnknownActor", "check_kwargs", "pending_set", "publish", "publish_many", "start_time",
+           "submit"]
 
 # The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
 # reaper removes from Redis the messages a cancel fence covers without asking the DB.
@@ -103,17 +104,26 @@ async def publish_many(celery: Celery, messages: list[Message]) -> None:
         raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
 
 
+def check_kwargs(actor: Record, kwargs: Any) -> dict[str, Any]:
+    """The arguments as the actor's parameters take them (defaults filled in), or
+    InvalidKwargs naming what is wrong with each."""
+    try:
+        return validate(actor["params"], kwargs if kwargs is not None else {})
+    except KwargsError as exc:
+        raise InvalidKwargs(exc.problems) from exc
+
+
+def start_time(countdown: float | None, eta: datetime | None) -> datetime | None:
+    return datetime.now(UTC) + timedelta(seconds=countdown) if countdown is not None else eta
+
+
 async def submit(db: Db, celery: Celery, *, actor: str, kwargs: Any, queue: str | None = None,
                  countdown: float | None = None, eta: datetime | None = None) -> Record:
     spec = await db.get_actor(actor)
     if spec is None:
         raise UnknownActor(actor)
-    try:
-        checked = validate(spec["params"], kwargs if kwargs is not None else {})
-    except KwargsError as exc:
-        raise InvalidKwargs(exc.problems) from exc
-    if countdown is not None:
-        eta = datetime.now(UTC) + timedelta(seconds=countdown)
+    checked = check_kwargs(spec, kwargs)
+    eta = start_time(countdown, eta)
     task_id, message_id = uuid.uuid4(), uuid.uuid4()
     row = await db.insert_task(task_id, actor, queue or spec["queue"], checked, message_id, eta)
     try:

@@ -16,10 +16,11 @@ from shared.db.reaper import ReaperQueries
 from shared.db.resources import ResourceQueries
 from shared.db.tasks import TaskQueries
 from shared.db.tokens import TokenQueries
+from shared.db.trees import NewChild, TreeQueries
 
-__all__ = ["SERVER_SETTINGS", "ClaimBusy", "Db", "Record", "create_pool", "queries"]
+__all__ = ["SERVER_SETTINGS", "ClaimBusy", "Db", "NewChild", "Record", "create_pool", "queries"]
 
 
 class Db(TaskQueries, ExecutionQueries, CancelQueries, PauseQueries, ReaperQueries,
-         ResourceQueries, PageQueries, TokenQueries):
+         ResourceQueries, PageQueries, TokenQueries, TreeQueries):
     pass

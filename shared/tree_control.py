@@ -1,0 +1,154 @@
+"""A subtree's cancel, pause and resume: one transaction, one change event.
+
+Each runs after the fence lock (see fence_lock in queries.sql), as every writer of many
+rows does: it never closes a cycle with cancel-all, pause-all or another subtree. The node
+itself is handled by the one-task path first (cancel_one, pause_one), which is what makes
+it atomic in effect: from that commit on, no descendant can start (the claim walks to the
+nearest stopped ancestor); this then writes every descendant's own state at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+import structlog
+from celery import Celery
+
+from shared.db import Db, Record
+from shared.events import encode
+from shared.keys import Keys
+from shared.settings import Settings
+from shared.states import TaskStatus
+from shared.submit import Message, publish_many
+
+log = structlog.get_logger("trees")
+
+
+@dataclass
+class SubtreeChange:
+    """What a subtree operation did to the node's descendants, by the state each reached."""
+
+    node: uuid.UUID
+    rows: list[Record] = field(default_factory=list)
+
+    def count(self, status: TaskStatus) -> int:
+        return sum(1 for r in self.rows if r["status"] == status)
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for r in self.rows:
+            counts[r["status"]] += 1
+        return dict(counts)
+
+
+class TreeControl:
+    def __init__(self, settings: Settings, db: Db, redis: aioredis.Redis, celery: Celery) -> None:
+        self.settings = settings
+        self.db = db
+        self.redis = redis
+        self.celery = celery
+        self.keys = Keys(settings.key_prefix)
+
+    async def cancel(self, node: uuid.UUID, *, by: str, reason: str | None, force: bool,
+                     audit_scope: dict[str, str] | None = None) -> SubtreeChange:
+        """Every unfinished descendant of `node`: cancelled if it holds no process, else
+        `cancelling` with the same grace as a single cancel; audited as one row."""
+        grace = 0.0 if force else self.settings.cancel_grace
+        out = SubtreeChange(node)
+        async with self.db.transaction() as conn:
+            await self.db.lock_fences(conn)
+            out.rows = await self.db.cancel_subtree(conn, node, reason=reason, by=by,
+                                                    forced=force, grace=grace)
+            if out.rows:
+                await self.db.insert_audit(
+                    conn, by=by, reason=reason,
+                    scope=audit_scope or {"tree": str(node)}, forced=force,
+                    cancelled=out.count(TaskStatus.CANCELLED),
+                    cancelling=out.count(TaskStatus.CANCELLING),
+                    task_ids=[r["id"] for r in out.rows if r["status"] == TaskStatus.CANCELLING])
+        if out.rows:
+            await self._announce(out.rows, {"force": force, "reason": reason}, encode(
+                "tree.cancel_requested", task_id=str(node), by=by, forced=force, **out.summary))
+            log.info("tree.cancel_requested", task_id=str(node), by=by, forced=force,
+                     reason=reason, **out.summary)
+        return out
+
+    async def pause(self, node: uuid.UUID, *, by: str, reason: str | None) -> SubtreeChange:
+        out = SubtreeChange(node)
+        async with self.db.transaction() as conn:
+            await self.db.lock_fences(conn)
+            out.rows = await self.db.pause_subtree(conn, node, reason=reason, by=by,
+                                                   grace=self.settings.cancel_grace)
+            if out.rows:
+                await self.db.insert_audit(
+                    conn, by=by, reason=reason,
+                    scope={"action": "pause", "tree": str(node), **out.summary}, forced=False,
+                    cancelled=0, cancelling=0, task_ids=[])
+        if out.rows:
+            await self._announce(out.rows, {"reason": "pause"}, encode(
+                "tree.pause_requested", task_id=str(node), by=by, **out.summary))
+            log.info("tree.pause_requested", task_id=str(node), by=by, **out.summary)
+        return out
+
+    async def resume(self, node: uuid.UUID, *, by: str | None,
+                     own: Record | None = None) -> SubtreeChange:
+        """Every descendant that stopped short of success queued again from its checkpoint
+        (one still pausing is queued once stopped). `own`: the node's own resumed row, when
+        the caller resumed it, to be enqueued with the rest."""
+        out = SubtreeChange(node)
+        async with self.db.transaction() as conn:
+            await self.db.lock_fences(conn)
+            out.rows = await self.db.resume_subtree(conn, node)
+            pending = await self.db.resume_subtree_pausing(conn, node)
+        # After the commit: a claim must find each row queued (a message read before would be
+        # dropped as not claimable). Should the broker fail now, the reaper's lost-message
+        # rule publishes them again.
+        messages = [Message(r["actor"], r["id"], r["message_id"], r["queue"], r["eta"],
+                            r["queued_at"]) for r in out.rows]
+        if messages:
+            await publish_many(self.celery, messages)
+        if out.rows or pending:
+            await self._publish(encode("tree.resumed", task_id=str(node), by=by,
+                                       queued=len(out.rows), pausing=len(pending)))
+            log.info("tree.resumed", task_id=str(node), by=by, queued=len(out.rows),
+                     pausing=len(pending))
+        return out
+
+    async def _announce(self, rows: list[Record], fields: dict[str, object], change: str) -> None:
+        """Each stopped execution's own channel, each worker's channel once with its ids, the
+        message ids a worker may drop unclaimed, and one change event: one round trip."""
+        stopping = [r for r in rows if r["status"] in (TaskStatus.CANCELLING, TaskStatus.PAUSING)]
+        by_node: dict[str, list[str]] = defaultdict(list)
+        for r in stopping:
+            if r["worker"]:
+                by_node[r["worker"]].append(str(r["id"]))
+        dropped = [str(r["message_id"]) for r in rows if r["was"] in ("queued", "paused")
+                   and r["status"] in (TaskStatus.CANCELLED, TaskStatus.PAUSED)]
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if dropped:
+                    now = time.time()
+                    pipe.zadd(self.keys.cancelled, dict.fromkeys(dropped, now))
+                for r in stopping:
+                    pipe.publish(self.keys.task_cancel_channel(str(r["id"])),
+                                 json.dumps({"ids": [str(r["id"])], **fields}))
+                for node, ids in by_node.items():
+                    pipe.publish(self.keys.node_cancel_channel(node),
+                                 json.dumps({"ids": ids, **fields}))
+                pipe.publish(self.keys.events_channel, change)
+                await pipe.execute()
+        except Exception as exc:
+            # The workers' DB poll still finds every row; only the fast path is late.
+            log.warning("tree.announce_failed", error=str(exc))
+
+    async def _publish(self, change: str) -> None:
+        try:
+            await self.redis.publish(self.keys.events_channel, change)
+        except Exception as exc:
+            log.warning("tree.event_publish_failed", error=str(exc))
