@@ -118,14 +118,20 @@ def start_time(countdown: float | None, eta: datetime | None) -> datetime | None
 
 
 async def submit(db: Db, celery: Celery, *, actor: str, kwargs: Any, queue: str | None = None,
-                 countdown: float | None = None, eta: datetime | None = None) -> Record:
+                 countdown: float | None = None, eta: datetime | None = None,
+                 fail_fast: bool | None = None) -> Record:
+    """A root task (children go through shared.trees). `fail_fast` (default: the actor's
+    option) makes a failed child of this task cancel its siblings."""
     spec = await db.get_actor(actor)
     if spec is None:
         raise UnknownActor(actor)
     checked = check_kwargs(spec, kwargs)
     eta = start_time(countdown, eta)
+    if fail_fast is None:
+        fail_fast = bool((spec["options"] or {}).get("fail_fast"))
     task_id, message_id = uuid.uuid4(), uuid.uuid4()
-    row = await db.insert_task(task_id, actor, queue or spec["queue"], checked, message_id, eta)
+    row = await db.insert_task(task_id, actor, queue or spec["queue"], checked, message_id, eta,
+                               fail_fast=fail_fast)
     try:
         await publish(celery, actor, task_id, message_id, row["queue"], eta,
                       queued_at=row["queued_at"])

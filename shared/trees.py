@@ -26,8 +26,9 @@ from celery import Celery
 from shared.db import Db, NewChild, Record
 from shared.errors import SubmitError, UnknownActor
 from shared.settings import Settings
-from shared.states import STOPS_CHILDREN, TERMINAL, TaskStatus
+from shared.states import FAILS_PARENT, STOPS_CHILDREN, TERMINAL, CancelReason, TaskStatus
 from shared.submit import Message, check_kwargs, publish, publish_many
+from shared.tree_control import TreeControl
 
 log = structlog.get_logger("trees")
 
@@ -186,3 +187,21 @@ async def settle_up(db: Db, celery: Celery, parent_id: uuid.UUID | None) -> list
             break
         parent_id = settled["parent_id"]
     return moved
+
+
+async def after_end(trees: TreeControl, *, task_id: uuid.UUID, parent_id: uuid.UUID | None,
+                    had_children: bool, ended: str) -> None:
+    """What a tree does when one of its executions ended as `ended`: a parent now waiting
+    may already be done; a parent whose own code failed takes its subtree down with it; a
+    child's end may settle its parent, and a failed child of a `fail_fast` parent cancels
+    its siblings first."""
+    db, celery = trees.db, trees.celery
+    if ended == TaskStatus.WAITING:
+        await settle_up(db, celery, task_id)
+    elif ended == TaskStatus.FAILED and had_children:
+        await trees.cancel(task_id, by="tree", reason=CancelReason.PARENT_FAILED, force=False)
+    if parent_id is None or ended not in TERMINAL:
+        return
+    if ended in FAILS_PARENT and await db.mark_child_failed(parent_id):
+        await trees.cancel(parent_id, by="tree", reason=CancelReason.FAIL_FAST, force=False)
+    await settle_up(db, celery, parent_id)

@@ -80,7 +80,18 @@ def task_summary(row: Record) -> dict[str, Any]:
         "cancel": cancel_json(row),
         "pause": pause_json(row),
         "resources": resources_json(row),
+        "tree": tree_json(row),
     }
+
+
+def tree_json(row: Record) -> dict[str, Any] | None:
+    """Where the task sits in a job tree; null for a task with no parent and no children."""
+    parent, children = row.get("parent_id"), row.get("children") or 0
+    if parent is None and not children:
+        return None
+    return {"parent_id": str(parent) if parent is not None else None,
+            "root_id": str(row.get("root_id") or row["id"]), "depth": row.get("depth") or 0,
+            "children": children, "fail_fast": bool(row.get("fail_fast"))}
 
 
 def result_json(row: Record) -> dict[str, Any]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from celery import Celery
 
+from services.worker.spawning import Spawner
 from shared.token import Cancelled, CancelToken, DeadlineExceeded
 
 if TYPE_CHECKING:
+    from services.worker.actor import Actor
     from services.worker.execution import Execution
     from services.worker.sidecar import Sidecar
 
@@ -40,10 +43,12 @@ class Checkpoint:
 
 
 class TaskContext:
-    def __init__(self, sidecar: Sidecar, ex: Execution, saved: set[int]) -> None:
+    def __init__(self, sidecar: Sidecar, ex: Execution, saved: set[int],
+                 celery: Celery | None = None) -> None:
         self._ex = ex
         self.token: CancelToken = ex.token
         self.checkpoint = Checkpoint(sidecar, ex, saved)
+        self._spawner = Spawner(sidecar, celery, ex) if celery is not None else None
         self.log = structlog.get_logger("task").bind(task_id=ex.id, attempt=ex.attempt,
                                                      actor=ex.actor)
         self._deadline: float | None = None
@@ -55,6 +60,43 @@ class TaskContext:
     @property
     def attempt(self) -> int:
         return self._ex.attempt
+
+    @property
+    def parent_id(self) -> str | None:
+        return str(self._ex.parent_id) if self._ex.parent_id is not None else None
+
+    # -- job trees ----------------------------------------------------------------------
+
+    def spawn(self, actor: Actor[Any, Any] | str, *, chunk: int | None = None,
+              checkpoint: Any = None, fail_fast: bool | None = None, queue: str | None = None,
+              **kwargs: Any) -> str:
+        """Makes a child task and enqueues it; returns its id. With `chunk`, that chunk's
+        checkpoint (`checkpoint`, by default the child's id) is saved in the same step, so a
+        resumed parent skips it; without, a resumed parent spawning again in the same order
+        gets the same children back. Raises Cancelled if this task is being stopped."""
+        ids = self._spawn().spawn(actor, kwargs, chunk=chunk, checkpoint=checkpoint,
+                                  fail_fast=fail_fast, queue=queue)
+        if chunk is not None:
+            self.checkpoint.saved.add(chunk)
+        return ids
+
+    def spawn_many(self, actor: Actor[Any, Any] | str, kwargs: Iterable[Mapping[str, Any]], *,
+                   fail_fast: bool | None = None, queue: str | None = None) -> list[str]:
+        """Many children of one actor in one transaction and one round of messages."""
+        return self._spawn().spawn_many(actor, kwargs, fail_fast=fail_fast, queue=queue)
+
+    def children(self) -> list[dict[str, Any]]:
+        """This task's children, oldest first: id, actor, status and progress."""
+        return self._spawn().children()
+
+    def child_results(self, child_id: str) -> list[dict[str, Any]]:
+        """A child's saved chunk results: chunk, ok, result."""
+        return self._spawn().results(child_id)
+
+    def _spawn(self) -> Spawner:
+        if self._spawner is None:
+            raise RuntimeError("this context cannot spawn: it was made without a Celery app")
+        return self._spawner
 
     def heartbeat(self, *, done: int | None = None, failed: int | None = None,
                   total: int | None = None, current: int | None = None) -> None:

@@ -52,6 +52,12 @@ class Execution:
     finished: threading.Event = field(default_factory=threading.Event)
     # Checkpoint writes kept through a DB outage: (chunk, ok, result), oldest first.
     pending: list[tuple[int, bool, Any]] = field(default_factory=list)
+    # Job trees: the parent (a child's), whether this attempt runs the actor's
+    # `on_children_done` step, children the task had when claimed and spawned since.
+    parent_id: uuid.UUID | None = None
+    children_done: bool = False
+    children: int = 0
+    spawned: int = 0
 
     @property
     def id(self) -> str:

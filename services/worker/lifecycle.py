@@ -29,6 +29,8 @@ from services.worker.sidecar import END_RETRY_SECONDS, Sidecar
 from shared.db import ClaimBusy
 from shared.pausing import Pauser, send_requeued
 from shared.states import CancelReason, Outcome, TaskStatus
+from shared.tree_control import TreeControl
+from shared.trees import after_end
 
 log = structlog.get_logger("worker.runtime")
 
@@ -71,7 +73,8 @@ async def open_execution(sc: Sidecar, act: Actor, tid: uuid.UUID, mid: uuid.UUID
     ex = Execution(task_id=tid, message_id=mid, actor=act.name, queue=claim.queue,
                    attempt=claim.attempt, started_at=claim.started_at.timestamp(),
                    kwargs=dict(claim.kwargs), interruptible=act.interruptible,
-                   time_limit=act.time_limit)
+                   time_limit=act.time_limit, parent_id=claim.parent_id,
+                   children_done=claim.children_done, children=claim.children)
     log.info("task.started", task_id=ex.id, attempt=ex.attempt, actor=act.name,
              pid=os.getpid(), restored_chunks=len(saved))
     await asyncio.wait_for(sc.begin(ex), STEP_TIMEOUT)
@@ -152,6 +155,14 @@ async def close_execution(sc: Sidecar, celery: Celery, act: Actor, ex: Execution
     if ended is None and status is TaskStatus.CANCELLED:
         # Its checkpoint is flushed; the row was not `cancelling`.
         ended = await asyncio.wait_for(_settle_stop(sc, celery, act, ex), STEP_TIMEOUT)
+    if ended is not None and (ex.parent_id is not None or ex.children or ex.spawned):
+        try:
+            trees = TreeControl(sc.settings, await sc.db(), sc.redis, celery)
+            await asyncio.wait_for(after_end(trees, task_id=ex.task_id, parent_id=ex.parent_id,
+                                             had_children=bool(ex.children or ex.spawned),
+                                             ended=ended), STEP_TIMEOUT)
+        except Exception as exc:  # the reaper's tree rules settle what this could not
+            log.warning("tree.after_end_failed", task_id=ex.id, error=repr(exc))
     return ended
 
 

@@ -67,7 +67,7 @@ class Runtime:
         if opened is None:
             return "skipped"
         ex, saved = opened
-        status, outcome, error = self._run(act, TaskContext(sc, ex, saved), ex)
+        status, outcome, error = self._run(act, TaskContext(sc, ex, saved, self.celery), ex)
         if ex.token.cancelled and status is TaskStatus.FAILED:
             # It failed while being cancelled: what was asked for happened, and a retry
             # would bring cancelled work back.
@@ -85,8 +85,10 @@ class Runtime:
              ) -> tuple[TaskStatus, str | None, str | None]:
         try:
             ex.in_user_code = True
+            # A parent whose children all ended runs its `on_children_done` step instead.
+            step = act.on_children_done if ex.children_done and act.on_children_done else act.fn
             try:
-                act.fn(ctx, **ex.kwargs)
+                step(ctx, **ex.kwargs)
             finally:
                 ex.in_user_code = False
             return TaskStatus.SUCCEEDED, None, None

@@ -36,6 +36,7 @@ class Claim(_FromRow):
     # The task's parent in a job tree, and whether this attempt runs the actor's
     # `on_children_done` step (its children have all ended) rather than its body.
     parent_id: uuid.UUID | None = None
+    children: int = 0
     children_done: bool = False
 
 

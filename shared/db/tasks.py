@@ -14,9 +14,10 @@ class TaskQueries(DbBase):
     # -- submitting and reading -------------------------------------------------------
 
     async def insert_task(self, task_id: uuid.UUID, actor: str, queue: str, kwargs: dict[str, Any],
-                          message_id: uuid.UUID, eta: datetime | None) -> Record:
+                          message_id: uuid.UUID, eta: datetime | None, *,
+                          fail_fast: bool = False) -> Record:
         return await self.pool.fetchrow(self.q["insert_task"], task_id, actor, queue, kwargs,
-                                        message_id, eta)
+                                        message_id, eta, fail_fast)
 
     async def delete_queued_task(self, task_id: uuid.UUID) -> None:
         await self.pool.execute(self.q["delete_queued_task"], task_id)

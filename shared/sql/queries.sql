@@ -2,8 +2,8 @@
 SELECT 1;
 
 -- name: insert_task
-INSERT INTO tasks (id, actor, queue, kwargs, status, message_id, eta)
-VALUES ($1, $2, $3, $4, 'queued', $5, $6)
+INSERT INTO tasks (id, actor, queue, kwargs, status, message_id, eta, fail_fast)
+VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7)
 RETURNING *;
 
 -- name: delete_queued_task
@@ -107,19 +107,19 @@ WITH RECURSIVE locked AS (
       AND (cur.status = 'queued'
            OR (cur.status = 'running'
                AND coalesce(cur.heartbeat_at, cur.started_at) < now() - make_interval(secs => $5)))
-    RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue, t.parent_id,
+    RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue, t.parent_id, t.children,
               t.children_done_at IS NOT NULL AS children_done
 )
-SELECT attempt, started_at, kwargs, actor, queue, parent_id, children_done, false AS busy,
-       false AS fenced FROM claimed
+SELECT attempt, started_at, kwargs, actor, queue, parent_id, children, children_done,
+       false AS busy, false AS fenced FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_cancelled
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_cancelled
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_paused
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_paused
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
 WHERE NOT EXISTS (SELECT 1 FROM locked) AND EXISTS (SELECT 1 FROM tasks WHERE id = $1);
 
 -- name: unclaim_task
@@ -813,11 +813,13 @@ SELECT id, actor, queue, status, attempt, eta, done, failed, total, current_chun
        eta_seconds, heartbeat_at, created_at, started_at, finished_at, worker, outcome,
        left(error, 500) AS error, resumes, cancel_requested_at, cancel_reason, cancel_by,
        cancel_forced, cancel_deadline, pause_requested_at, pause_reason, pause_by, rss_bytes,
-       cpu_percent
+       cpu_percent, parent_id, root_id, depth, children, fail_fast
 FROM tasks
 WHERE ($1::text IS NULL OR status = $1)
   AND ($2::text IS NULL OR actor = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+  -- Roots only: a tree's children are read through its tree view.
+  AND (NOT $6::boolean OR parent_id IS NULL)
 ORDER BY created_at DESC, id DESC
 LIMIT $5;
 
