@@ -47,5 +47,20 @@ class InvalidKwargs(SubmitError):
         self.problems = problems
 
 
+class TreeError(SubmitError):
+    """A child refused for where it would go in a job tree: nothing was created. `code`
+    names why; `conflict` is true when the parent's state (not the request) stands in the
+    way."""
+
+    def __init__(self, code: str, message: str, *, conflict: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.conflict = conflict
+
+
+class ParentStopping(TreeError):
+    """The parent is being stopped or has ended: its code must stop, not spawn."""
+
+
 class BrokerUnavailable(TaskreaperError):
     """The broker refused a message: nothing the request could change, retry later."""

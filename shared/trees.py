@@ -24,27 +24,16 @@ import structlog
 from celery import Celery
 
 from shared.db import Db, NewChild, Record
-from shared.errors import SubmitError, UnknownActor
+from shared.errors import ParentStopping, TreeError, UnknownActor
 from shared.settings import Settings
 from shared.states import FAILS_PARENT, STOPS_CHILDREN, TERMINAL, CancelReason, TaskStatus
 from shared.submit import Message, check_kwargs, publish, publish_many
 from shared.tree_control import TreeControl
 
+__all__ = ["Added", "ChildSpec", "ParentStopping", "TreeError", "add_children", "after_end",
+           "check_parent", "prepare", "settle_up"]
+
 log = structlog.get_logger("trees")
-
-
-class TreeError(SubmitError):
-    """A child refused for where it would go: nothing was created. `code` names why;
-    `conflict` is true when the parent's state (not the request) stands in the way."""
-
-    def __init__(self, code: str, message: str, *, conflict: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.conflict = conflict
-
-
-class ParentStopping(TreeError):
-    """The parent is being cancelled or has ended: its code must stop, not spawn."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +43,8 @@ class ChildSpec:
     queue: str | None = None
     eta: datetime | None = None
     spawn_key: str | None = None
-    fail_fast: bool = False
+    # None: as the actor's option says.
+    fail_fast: bool | None = None
 
 
 @dataclass
@@ -82,11 +72,13 @@ async def prepare(db: Db, specs: Sequence[ChildSpec]) -> list[NewChild]:
         actor = actors[spec.actor]
         out.append(NewChild(id=uuid.uuid4(), actor=spec.actor, queue=spec.queue or actor["queue"],
                             kwargs=check_kwargs(actor, spec.kwargs), message_id=uuid.uuid4(),
-                            eta=spec.eta, spawn_key=spec.spawn_key, fail_fast=spec.fail_fast))
+                            eta=spec.eta, spawn_key=spec.spawn_key,
+                            fail_fast=(spec.fail_fast if spec.fail_fast is not None
+                                       else bool((actor["options"] or {}).get("fail_fast")))))
     return out
 
 
-def _refuse(parent: Record | None, parent_id: uuid.UUID, attempt: int | None,
+def check_parent(parent: Record | None, parent_id: uuid.UUID, attempt: int | None,
             settings: Settings, adding: int) -> None:
     if parent is None:
         raise TreeError("unknown_parent", f"no task {parent_id} to be the parent")
@@ -123,14 +115,14 @@ async def add_children(db: Db, celery: Celery, settings: Settings, parent_id: uu
     out = Added()
     async with db.transaction() as conn:
         parent = await db.lock_parent(conn, parent_id)
-        _refuse(parent, parent_id, attempt, settings, 0)
+        check_parent(parent, parent_id, attempt, settings, 0)
         assert parent is not None
         out.made = await db.insert_children(conn, parent, children)
         keys = {c.spawn_key for c in children if c.spawn_key is not None}
         made_keys = {r["spawn_key"] for r in out.made}
         if keys - made_keys:
             out.existing = await db.existing_children(conn, parent_id, sorted(keys - made_keys))
-        _refuse(parent, parent_id, attempt, settings, len(out.made))
+        check_parent(parent, parent_id, attempt, settings, len(out.made))
         if out.made:
             await db.count_children(conn, parent_id, len(out.made))
         if checkpoint is not None and attempt is not None:

@@ -17,6 +17,7 @@ from services.api import (
     system,
     tasks,
     tokens,
+    trees,
     workers,
 )
 from services.api.auth import access_middleware, check_table
@@ -83,6 +84,7 @@ def _routes(router: web.UrlDispatcher, metrics: Metrics) -> None:
     router.add_post("/api/v1/tasks/cancel-all", tasks.cancel_all)
     pauses.add_routes(router)
     router.add_post("/api/v1/tasks", tasks.submit_task)
+    trees.add_routes(router)
     router.add_get("/api/v1/tasks", tasks.list_tasks)
     router.add_get("/api/v1/tasks/{id}", tasks.get_task)
     router.add_get("/api/v1/tasks/{id}/results", tasks.task_results)

@@ -24,6 +24,7 @@ from shared.errors import (
     InvalidKwargs,
     TaskNotFound,
     TaskreaperError,
+    TreeError,
     UnknownActor,
 )
 
@@ -77,6 +78,8 @@ def domain_error(exc: TaskreaperError) -> ApiError | None:
         case InvalidKwargs():
             return ApiError(422, "invalid_kwargs", f"invalid kwargs: {exc}",
                             details=exc.problems)
+        case TreeError():
+            return ApiError(409 if exc.conflict else 422, exc.code, str(exc))
     return None
 
 

@@ -33,6 +33,7 @@ from services.api.serialize import (
     task_summary,
 )
 from services.api.state import CANCELLER, CELERY, DB, METRICS, SETTINGS
+from services.api.trees import parse_item, submit_child
 from shared.db import Record
 from shared.errors import TaskNotFound
 from shared.states import TaskStatus
@@ -58,21 +59,19 @@ def _task_response(row: Record, status: int) -> web.Response:
 
 async def submit_task(request: web.Request) -> web.Response:
     by = authenticate(request)
-    body = Body(await json_object(request), {"actor", "kwargs", "queue", "countdown", "eta"})
-    actor = body.string("actor", max_length=NAME_MAX, pattern=NAME_RE, required=True)
-    kwargs = body.object("kwargs")
-    queue = body.string("queue", max_length=QUEUE_MAX, pattern=QUEUE_RE)
-    countdown = body.number("countdown", minimum=0, maximum=MAX_COUNTDOWN)
-    eta = body.timestamp("eta")
-    if "countdown" in body.data and "eta" in body.data:
-        body.problem("eta", "countdown and eta are mutually exclusive")
+    body = Body(await json_object(request), {"actor", "kwargs", "queue", "countdown", "eta",
+                                              "parent_id", "fail_fast"})
+    item, actor = parse_item(body, batch=False)
     body.done()
-    assert actor is not None
-    row = await submit(request.app[DB], request.app[CELERY], actor=actor, kwargs=kwargs,
-                       queue=queue, countdown=countdown, eta=eta)
+    if item.parent_id is not None:
+        row = await submit_child(request, item, by)
+    else:
+        row = await submit(request.app[DB], request.app[CELERY], actor=actor,
+                           kwargs=item.spec.kwargs, queue=item.spec.queue, eta=item.spec.eta,
+                           fail_fast=item.spec.fail_fast)
+        log.info("task.submitted", task_id=str(row["id"]), actor=actor, queue=row["queue"],
+                 by=by, eta=row["eta"].isoformat() if row["eta"] else None)
     request.app[METRICS].submitted.labels(actor).inc()
-    log.info("task.submitted", task_id=str(row["id"]), actor=actor, queue=row["queue"], by=by,
-             eta=row["eta"].isoformat() if row["eta"] else None)
     await publish_event(request.app, "task.submitted", task_id=str(row["id"]), actor=actor,
                         status=row["status"])
     return _task_response(row, 202)

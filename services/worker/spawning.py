@@ -75,10 +75,11 @@ class Spawner:
         return key
 
     @staticmethod
-    def _fail_fast(actor: Actor[Any, Any] | str, given: bool | None) -> bool:
-        if given is not None:
+    def _fail_fast(actor: Actor[Any, Any] | str, given: bool | None) -> bool | None:
+        """As asked, else the actor's own option (read from the catalogue by name)."""
+        if given is not None or isinstance(actor, str):
             return given
-        return bool(getattr(actor, "fail_fast", False))
+        return actor.fail_fast
 
     def _add(self, specs: list[ChildSpec], checkpoint: tuple[int, Any] | None) -> dict[str, str]:
         ex = self._ex

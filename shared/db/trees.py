@@ -7,7 +7,7 @@ Methods that take `conn` run inside the caller's transaction (`Db.transaction()`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,7 +39,7 @@ class TreeQueries(DbBase):
         """The parent's row, held until the transaction ends, after the fence lock."""
         return await conn.fetchrow(self.q["tree_lock_parent"], parent_id)
 
-    async def insert_children(self, conn: asyncpg.Connection, parent: Record,
+    async def insert_children(self, conn: asyncpg.Connection, parent: Mapping[str, Any],
                               children: Sequence[NewChild]) -> list[Record]:
         """Inserts the children of `parent` (a `lock_parent` row); a spawn key the parent
         already used inserts nothing. Returns the rows made."""
@@ -58,6 +58,15 @@ class TreeQueries(DbBase):
     async def count_children(self, conn: asyncpg.Connection, parent_id: uuid.UUID,
                              added: int) -> int:
         return int(await conn.fetchval(self.q["tree_count_children"], parent_id, added))
+
+    async def delete_new_tasks(self, ids: Sequence[uuid.UUID],
+                               counted: dict[uuid.UUID, int]) -> None:
+        """Undoes a batch whose messages could not be sent: its rows, and the children it
+        counted on parents that existed before it."""
+        async with self.transaction() as conn:
+            await conn.execute(self.q["tree_delete_new"], list(ids))
+            for parent, n in counted.items():
+                await conn.execute(self.q["tree_uncount_children"], parent, n)
 
     async def mark_child_failed(self, parent_id: uuid.UUID) -> bool:
         """Records a failed child on a `fail_fast` parent; False when it is not one."""

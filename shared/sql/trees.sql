@@ -267,3 +267,10 @@ SET status = 'cancelled', finished_at = now(), outcome = 'cooperative',
     cancel_requested_at = now(), cancel_reason = $3, cancel_by = $4, cancel_forced = $5
 WHERE status = 'waiting' AND ($1::text IS NULL OR actor = $1) AND ($2::text IS NULL OR queue = $2)
 RETURNING id;
+
+-- name: tree_delete_new
+-- A batch the broker refused: its rows go again (none was ever claimed).
+DELETE FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'queued' AND attempt = 0;
+
+-- name: tree_uncount_children
+UPDATE tasks SET children = greatest(children - $2, 0) WHERE id = $1;
