@@ -93,11 +93,15 @@ SAMPLES: dict[tuple[str, str], tuple[Access | Role, Sample]] = {
     ("GET", "/api/v1/tasks"): (READ, lambda w: _at("/api/v1/tasks?limit=5")),
     ("GET", "/api/v1/tasks/{}"): (READ, lambda w: _task_path(w)),
     ("GET", "/api/v1/tasks/{}/results"): (READ, lambda w: _task_path(w, "/results")),
+    ("GET", "/api/v1/tasks/{}/tree"): (READ, lambda w: _task_path(w, "/tree")),
     ("GET", "/api/v1/actors"): (READ, lambda w: _at("/api/v1/actors")),
     ("GET", "/api/v1/system/status"): (READ, lambda w: _at("/api/v1/system/status")),
     ("GET", "/api/v1/events"): (VIEWER, lambda w: _at("/api/v1/events")),
     ("POST", "/api/v1/events/ticket"): (VIEWER, lambda w: _at("/api/v1/events/ticket")),
     ("POST", "/api/v1/tasks"): (OPERATOR, lambda w: _at("/api/v1/tasks", ECHO)),
+    ("POST", "/api/v1/tasks:batch"): (
+        OPERATOR, lambda w: _at("/api/v1/tasks:batch", {"tasks": [
+            {**ECHO, "ref": "root"}, {**ECHO, "parent_ref": "root"}]})),
     ("POST", "/api/v1/tasks/{}/cancel"): (
         OPERATOR, lambda w: _task_path(w, "/cancel", body={"reason": "matrix"})),
     ("POST", "/api/v1/tasks/cancel-all"): (
