@@ -155,6 +155,8 @@ async def settle_up(db: Db, celery: Celery, parent_id: uuid.UUID | None) -> list
         probe = await db.settle_probe(parent_id)
         if probe is None or probe["status"] != TaskStatus.WAITING or probe["open"]:
             break
+        # Asked before the transaction: a caller with one connection has no second to lend.
+        hook = probe["children_done_at"] is None and await has_hook(db, probe["actor"])
         async with db.transaction() as conn:
             row = await db.lock_waiting(conn, parent_id)
             if row is None:
@@ -162,8 +164,7 @@ async def settle_up(db: Db, celery: Celery, parent_id: uuid.UUID | None) -> list
             ended = await db.children_outcome(conn, parent_id)
             if ended["open"]:
                 break
-            hook = (row["children_done_at"] is None and ended["failed"] == 0
-                    and await has_hook(db, row["actor"]))
+            hook = hook and row["children_done_at"] is None and ended["failed"] == 0
             settled = await db.settle(conn, parent_id, failed=int(ended["failed"]),
                                       message_id=uuid.uuid4(), run_hook=hook)
         if settled is None:

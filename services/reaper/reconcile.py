@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import structlog
 
 from services.reaper.context import ReaperContext
+from services.reaper.trees import Trees
 from shared.db.rows import StaleExecution
 from shared.registry import live_executions, prune_expired
 from shared.states import EXECUTING
@@ -172,7 +173,7 @@ class Tallies:
 
 
 def default_rules() -> tuple[Rule, ...]:
-    return (Zombies(), Undead(), StaleRegistry(), Retention(), Tallies())
+    return (Zombies(), Undead(), Trees(), StaleRegistry(), Retention(), Tallies())
 
 
 class Reconciler:

@@ -44,7 +44,7 @@ RETURNING child_failed_at;
 
 -- name: tree_settle_probe
 -- Whether a parent may be settled now: it waits, and no child of it is unfinished.
-SELECT p.status, p.fail_fast, p.parent_id,
+SELECT p.status, p.actor, p.fail_fast, p.parent_id, p.children_done_at,
        EXISTS (SELECT 1 FROM tasks c
                WHERE c.parent_id = p.id
                  AND c.status IN ('queued', 'running', 'cancelling', 'pausing', 'paused',
