@@ -35,8 +35,9 @@ class Settings:
     task_events: bool = True
     # Comma-separated queues a worker consumes besides its actors' own and the default.
     worker_queues: str = ""
-    # The worker writes progress to the DB at most this often.
-    heartbeat_interval: float = 1.0
+    # The worker writes progress to the DB at most this often (and at least every
+    # CANCEL_POLL_INTERVAL, as its beat is the fallback poll for cancels).
+    heartbeat_interval: float = 2.0
     # A running task whose heartbeat is older than this is presumed dead.
     heartbeat_timeout: float = 30.0
     reconcile_interval: float = 5.0

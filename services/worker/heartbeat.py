@@ -1,7 +1,13 @@
-"""The running execution's heartbeat: the fenced DB write that also polls for cancels and
-records what the pool process uses (RSS, CPU), its registry entry kept fresh, progress
-events, and log lines in the original guide's style at an interval chosen by job size.
-The resource guard's memory limit is watched for as long as the heartbeat runs."""
+"""The running execution's heartbeat: progress and what the pool process uses (RSS, CPU),
+fenced by attempt, read back as the fallback poll for cancels; its registry entry kept
+fresh, progress events, and log lines in the original guide's style at an interval chosen
+by job size. The resource guard's memory limit is watched for as long as the heartbeat runs.
+
+Each beat goes to the worker's main process (services/worker/beat_link.py), which writes
+the beats of all its pool processes in one statement and answers each with what its row
+says. Where no main process takes the beats, or none answers for a while, the process
+writes its own (`Db.heartbeat`), as every process did before: liveness never depends on
+the main process alone."""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from services.worker.beat_link import Answer, Heard, PoolLink
 from services.worker.db_connection import DB_CALL_TIMEOUT
 from services.worker.execution import Execution
 from services.worker.resource_guard import ResourceGuard, limits
+from shared.db.beats import Beat
 from shared.settings import Settings
 from shared.states import STOPPING
 
@@ -68,14 +76,33 @@ class HeartbeatLog:
                           f"📊 succeeded={p.done}, failed={p.failed}, chunk={chunk}"))
 
 
+def beat_interval(settings: Settings) -> float:
+    """How often a running execution beats: its progress is written and its row read back
+    (the fallback poll for a cancel whose event was lost) once an interval."""
+    return min(settings.heartbeat_interval, settings.cancel_poll_interval)
+
+
+def takeover_after(settings: Settings) -> float:
+    """How long a pool process waits for an answer of its main process before it writes its
+    beats itself: past a slow statement, and well within the heartbeat timeout."""
+    return min(2 * beat_interval(settings) + DB_CALL_TIMEOUT, settings.heartbeat_timeout / 3)
+
+
 class Heartbeat:
     """Beats for the sidecar's current execution until it finishes."""
 
     def __init__(self, sc: Sidecar) -> None:
         self._sc = sc
         self.guard = ResourceGuard(sc.pid)
+        self.link = PoolLink(sc.node, self._answered)
+        # When the main process last answered for the current execution (monotonic).
+        self._heard_at = 0.0
         # The progress last published, so that an unchanged one is not sent again.
         self._published: dict[str, tuple[Any, ...]] = {}
+
+    def start(self) -> None:
+        """Opens the link to the main process (on the sidecar's loop thread)."""
+        self.link.open(self._sc.loop)
 
     async def run(self, ex: Execution) -> None:
         limit = limits().for_actor(ex.actor)
@@ -90,25 +117,50 @@ class Heartbeat:
 
     async def _beats(self, ex: Execution) -> None:
         settings = self._sc.settings
-        interval = min(settings.heartbeat_interval, settings.cancel_poll_interval)
+        interval, patience = beat_interval(settings), takeover_after(settings)
         beats = HeartbeatLog(settings, ex)
+        self._heard_at = time.monotonic()
         while not ex.finished.is_set():
             # Independent of each other: one server stalling must not stop the other's part.
-            await asyncio.gather(self._sc.registry.refresh(ex), self.beat(ex))
+            await asyncio.gather(self._sc.registry.refresh(ex), self._report(ex, patience))
             beats.maybe_log()
             await asyncio.sleep(interval)
 
-    async def beat(self, ex: Execution) -> None:
-        """Writes progress (fenced by attempt) and reads back whether to stop."""
-        sc, p = self._sc, ex.progress
+    async def _report(self, ex: Execution, patience: float) -> None:
+        """Hands the beat to the main process, and writes it here as well when the main
+        process does not take it or has not answered for `patience` seconds."""
+        beat = self.reading(ex)
+        if self.link.report(beat) and time.monotonic() - self._heard_at <= patience:
+            await self._flush(ex)
+            return
+        await self.beat(ex, beat)
+
+    def reading(self, ex: Execution) -> Beat:
+        """The execution's progress and its process's use of memory and CPU, now."""
+        p, use = ex.progress, self.guard.usage()
+        return Beat(task_id=ex.task_id, attempt=ex.attempt, done=p.done, failed=p.failed,
+                    total=p.total, current=p.current,
+                    eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped),
+                    rss_bytes=use.rss_bytes, cpu_percent=use.cpu_percent)
+
+    async def _flush(self, ex: Execution) -> None:
+        """Results kept through a DB outage are written without waiting for the next chunk."""
+        try:
+            await self._sc.checkpoints.flush(ex)
+        except Exception as exc:
+            sidecar_log.warning("task.checkpoint_flush_failed", task_id=ex.id, error=str(exc))
+
+    async def beat(self, ex: Execution, beat: Beat | None = None) -> None:
+        """Writes the beat over this process's own connection and reads back whether to stop."""
+        sc = self._sc
         try:
             await sc.checkpoints.flush(ex)
             db = await sc.db()
-            use = self.guard.usage()
+            b = beat or self.reading(ex)
             row = await asyncio.wait_for(db.heartbeat(
-                ex.task_id, ex.attempt, done=p.done, failed=p.failed, total=p.total,
-                current=p.current, eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped),
-                rss_bytes=use.rss_bytes, cpu_percent=use.cpu_percent), DB_CALL_TIMEOUT)
+                b.task_id, b.attempt, done=b.done, failed=b.failed, total=b.total,
+                current=b.current, eta_seconds=b.eta_seconds, rss_bytes=b.rss_bytes,
+                cpu_percent=b.cpu_percent), DB_CALL_TIMEOUT)
             if row is None:
                 state = await db.execution_state(ex.task_id)
                 why = "superseded" if state and state["attempt"] != ex.attempt else "ended"
@@ -122,6 +174,22 @@ class Heartbeat:
         except Exception as exc:
             # The task keeps running through a DB outage; the next beat retries.
             sidecar_log.warning("task.heartbeat_failed", task_id=ex.id, error=str(exc))
+
+    def _answered(self, answer: Answer) -> None:
+        """The main process's answer to a beat (on the sidecar's loop)."""
+        sc = self._sc
+        ex = sc.current
+        if (ex is None or ex.finished.is_set() or answer.task_id != ex.id
+                or answer.attempt != ex.attempt):
+            return  # about an execution that has ended here meanwhile
+        self._heard_at = time.monotonic()
+        if answer.heard is Heard.WRITTEN:
+            sc.thread.spawn(self._publish_progress(ex))
+            if answer.status in STOPPING:
+                sc.trigger(ex, answer.reason or "cancelled", forced=answer.forced, via="poll")
+        elif answer.heard is Heard.GONE and not ex.token.cancelled:
+            # This process's own statement tells a newer attempt from an end.
+            sc.thread.spawn(self.beat(ex))
 
     async def _publish_progress(self, ex: Execution) -> None:
         p = ex.progress

@@ -1,7 +1,8 @@
 """The sidecar: a small asyncio loop on a thread beside each pool process's task.
 
 It keeps the running execution's cancel token current (Redis event the moment it
-arrives, the heartbeat's DB read as the fallback poll), writes heartbeats and
+arrives, the heartbeat's DB read as the fallback poll), hands heartbeats to the
+worker's main process (or writes them itself when none takes them), writes
 checkpoints over this process's single DB connection, keeps the execution
 registered in Redis, enforces the time limit, and runs the in-process watchdog.
 Task code reaches it only through `call()`.
@@ -13,6 +14,7 @@ execution's lifecycle on the loop (begin, end, requeue):
     cancel_listener.py    cancel events, over subscription.py (shared with the guardian)
     drain.py              a drain of this worker: the execution stops with reason `shutdown`
     heartbeat.py          the beat: progress row, fallback poll, registry refresh, log lines
+    beat_link.py          beats to the main process, which writes the node's in one statement
     checkpoint_writer.py  chunk results, buffered through a DB outage
     registry_entry.py     the execution's entry in the Redis registry
     time_limit.py         the actor's time limit
@@ -93,6 +95,7 @@ class Sidecar:
         self.thread.start(self._listen)
 
     def _listen(self) -> None:
+        self.heartbeat.start()
         self.thread.spawn(self.listener.run())
         self.thread.spawn(self.drain.run())
 
@@ -109,6 +112,7 @@ class Sidecar:
         self.thread.stop()
 
     async def _close_connections(self) -> None:
+        self.heartbeat.link.close()
         await self.connection.close()
         await self.redis.aclose()
         await self._events.aclose()

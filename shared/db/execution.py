@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.db.base import DbBase, Record
+from shared.db.beats import Beat, BeatState
 from shared.db.rows import Claim
 from shared.states import TaskStatus
 
@@ -41,6 +42,20 @@ class ExecutionQueries(DbBase):
         """Progress, and what the pool process uses (a None reading keeps the last one)."""
         return await self.pool.fetchrow(self.q["heartbeat"], task_id, attempt, done, failed, total,
                                         current, eta_seconds, rss_bytes, cpu_percent)
+
+    async def node_heartbeat(self, beats: Sequence[Beat], watched: Sequence[uuid.UUID] = ()
+                             ) -> list[BeatState]:
+        """Every beat of one worker's pool processes in one statement, and the state of each
+        of its executions: those beats' and the `watched` ones (running, reporting nothing).
+        A beat whose row another transaction holds is not written (`written` is false)."""
+        def column(name: str) -> list[Any]:
+            return [getattr(b, name) for b in beats]
+
+        rows = await self.pool.fetch(
+            self.q["node_heartbeat"], column("task_id"), column("attempt"), column("age"),
+            column("done"), column("failed"), column("total"), column("current"),
+            column("eta_seconds"), column("rss_bytes"), column("cpu_percent"), list(watched))
+        return [BeatState.from_row(r) for r in rows]
 
     async def execution_state(self, task_id: uuid.UUID) -> Record | None:
         return await self.pool.fetchrow(self.q["execution_state"], task_id)
