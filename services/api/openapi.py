@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from services.api import openapi_access, pauses, workers
+from services.api import openapi_access, openapi_trees, pauses, workers
 from services.api.dashboard import asset_names
 from services.api.inputs import NAME_MAX, NAME_PATTERN, QUEUE_MAX, QUEUE_PATTERN, REASON_MAX
 from services.api.serialize import CURSOR_PATTERN
@@ -22,11 +22,11 @@ _ERRORS = {
     403: "Unknown or revoked token or ticket (`forbidden`), or a role below the call's "
          "(`insufficient_role`)",
     404: "No such task",
-    409: "The task's state does not allow this",
+    409: "The task's state, or its parent's in a job tree, does not allow this",
     413: "Request body larger than the configured limit",
     429: "Too many calls or event streams for this token or server; see Retry-After",
-    422: "Schema-valid request the actor catalogue rejects: unknown actor or invalid kwargs "
-         "(`details` names each problem)",
+    422: "Schema-valid request the actor catalogue or the job tree refuses: unknown actor, "
+         "invalid kwargs (`details` names each problem), or one of the tree's codes",
     503: "PostgreSQL, Redis or the broker is unavailable; retry later",
 }
 _NO_NUL = "^[^\\u0000]*$"
@@ -88,7 +88,7 @@ _START_PARAM = {"name": "start", "in": "query", "description": "First chunk of t
                 "schema": {"type": "integer", "minimum": 0, "maximum": CHUNK_MAX}}
 
 
-def _schemas() -> dict[str, Schema]:
+def _schemas(batch_max_tasks: int | None) -> dict[str, Schema]:
     integer, number, string = {"type": "integer"}, {"type": "number"}, {"type": "string"}
     return {
         "Error": _obj({"error": _obj({
@@ -115,10 +115,12 @@ def _schemas() -> dict[str, Schema]:
                 "forced": {"type": "boolean"}, "deadline": _nullable(_TIME),
             }, ["requested_at", "reason", "by", "forced", "deadline"])),
             **pauses.task_fields(),
+            **openapi_trees.task_fields(),
             "resources": _obj({"rss_bytes": _nullable(integer),
                                "cpu_percent": _nullable(number)}),
         }, ["id", "actor", "queue", "kwargs", "status", "attempt", "progress", "heartbeat_at",
-            "created_at", "started_at", "finished_at", "worker", "outcome", "error", "cancel"]),
+            "created_at", "started_at", "finished_at", "worker", "outcome", "error", "cancel",
+            "tree"]),
         "TaskPage": _obj({"items": {"type": "array", "items": _ref("TaskSummary")},
                           "next": _nullable(string)}, ["items", "next"]),
         "Results": _obj({"task_id": {"type": "string", "format": "uuid"}, "items": {
@@ -145,9 +147,10 @@ def _schemas() -> dict[str, Schema]:
             "queue": {**_QUEUE, "description": "Defaults to the actor's queue"},
             "countdown": {"type": "number", "minimum": 0, "maximum": MAX_COUNTDOWN,
                           "description": "Seconds to wait before running; excludes `eta`"},
-            "eta": {**_TIME, "description": "When to run, with a UTC offset; excludes "
-                                            "`countdown`"},
+            "eta": {**_TIME, "description": "When to run, with a UTC offset; excludes `countdown`"},
+            **openapi_trees.submit_fields(),
         }, ["actor"]), "not": {"required": ["countdown", "eta"]}},
+        **openapi_trees.schemas(batch_max_tasks),
         "CancelRequest": _obj({
             "reason": _REASON,
             "force": {"type": "boolean", "description": "Skip the grace period: kill now"},
@@ -192,7 +195,8 @@ def _asset_name() -> Schema:
     return {"type": "string", "enum": list(names)} if names else {"type": "string"}
 
 
-def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schema:
+def document(actors: Sequence[Any] = (), *, public_reads: bool = False,
+             batch_max_tasks: int | None = None) -> Schema:
     task, page = _ref("Task"), _ref("TaskPage")
     anything = {"type": "object", "additionalProperties": True}
     return openapi_access.complete({
@@ -201,18 +205,19 @@ def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schem
             "title": "Taskreaper API", "version": "1.0.0",
             "description": "Submit, inspect and cancel long-running Celery tasks. Errors are "
                            "`{\"error\": {\"code\", \"message\"}}`; 400 means the request breaks "
-                           "this schema, 422 that the actor catalogue refuses it.",
+                           "this schema, 422 that the actor catalogue or the job tree "
+                           "refuses it.",
         },
         "paths": {
             "/api/v1/tasks": {
                 "post": _op("Submit task", {202: _json(task, "Queued")},
-                            errors=(400, 401, 403, 413, 422, 503),
+                            errors=(400, 401, 403, 409, 413, 422, 503),
                             body=_ref("SubmitRequest"), secured=True),
                 "get": _op("List tasks", {200: _json(page, "Newest first")}, errors=(400, 503),
                            params=[
-                    {"name": "status", "in": "query",
-                     "schema": _STATE},
+                    {"name": "status", "in": "query", "schema": _STATE},
                     {"name": "actor", "in": "query", "schema": _NAME},
+                    openapi_trees.ROOTS_PARAM,
                     {"name": "limit", "in": "query", "schema": {
                         "type": "integer", "minimum": 1, "maximum": LIST_MAX,
                         "default": LIST_DEFAULT}},
@@ -227,10 +232,9 @@ def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schem
                             body_required=False, secured=True),
             },
             **pauses.paths(),
-            "/api/v1/tasks/{id}": {
-                "get": _op("Get task", {200: _json(task, "The task")}, errors=(400, 404, 503),
-                           params=[_ID_PARAM]),
-            },
+            **openapi_trees.paths(),
+            "/api/v1/tasks/{id}": {"get": _op("Get task", {200: _json(task, "The task")},
+                                              errors=(400, 404, 503), params=[_ID_PARAM])},
             "/api/v1/tasks/{id}/results": {
                 "get": _op("Get task results", {200: _json(_ref("Results"), "Saved chunks")},
                            errors=(400, 404, 503), params=[_ID_PARAM, _START_PARAM]),
@@ -268,10 +272,8 @@ def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schem
             "/metrics": {"get": _op("Metrics", {200: {
                 "description": "Prometheus text format",
                 "content": {"text/plain": {"schema": {"type": "string"}}}}}, errors=())},
-            "/api/v1/openapi.json": {
-                "get": _op("OpenAPI document", {200: _json(anything, "This document")},
-                           errors=()),
-            },
+            "/api/v1/openapi.json": {"get": _op("OpenAPI document", {200: _json(
+                anything, "This document")}, errors=())},
             "/": {"get": _op("Dashboard", {
                 200: {"description": "The operator dashboard, an HTML page",
                       "content": {"text/html": {"schema": {"type": "string"}}}},
@@ -288,7 +290,7 @@ def document(actors: Sequence[Any] = (), *, public_reads: bool = False) -> Schem
                                    "schema": _asset_name()}])},
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": _schemas(batch_max_tasks),
             "responses": {f"E{status}": _json(_ref("Error"), text)
                           for status, text in _ERRORS.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

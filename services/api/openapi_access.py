@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from services.api import openapi_trees
 from services.api.auth import MUTATING, TICKET_ROUTES, Access, need_of, route_key
 from services.api.errors import UNAVAILABLE
 from services.api.openapi_catalogue import json_value, submit_request
@@ -143,9 +144,11 @@ def _summary(task: Schema) -> Schema:
 
 def complete(document: Schema, actors: Sequence[Record], *, public_reads: bool) -> Schema:
     """The parts of the document that access and the catalogue decide: the submit request
-    per actor, the list's summaries, the token and stream endpoints, each operation's
-    security. Returns the document, changed in place."""
+    and a batch's entry per actor, the list's summaries, the token and stream endpoints, each
+    operation's security. Returns the document, changed in place."""
     schemas = document["components"]["schemas"]
+    schemas["BatchItem"] = submit_request(openapi_trees.batch_item(schemas["SubmitRequest"]),
+                                          actors)
     schemas["SubmitRequest"] = submit_request(schemas["SubmitRequest"], actors)
     schemas["JsonValue"] = json_value()
     schemas["TaskSummary"] = _summary(schemas["Task"])
@@ -173,4 +176,6 @@ async def openapi_json(request: web.Request) -> web.Response:
     from services.api.openapi import document  # it builds on this module
 
     actors = await catalogue(request)
-    return web.json_response(document(actors, public_reads=request.app[SETTINGS].public_reads))
+    settings = request.app[SETTINGS]
+    return web.json_response(document(actors, public_reads=settings.public_reads,
+                                      batch_max_tasks=settings.batch_max_tasks))
