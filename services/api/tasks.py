@@ -82,12 +82,15 @@ async def list_tasks(request: web.Request) -> web.Response:
     if status is not None and status not in _STATUSES:
         raise ApiError(400, "invalid_query", f"status must be one of {', '.join(_STATUSES)}")
     actor = query_name(request, "actor")
+    roots = request.query.get("roots", "false")
+    if roots not in ("true", "false"):
+        raise ApiError(400, "invalid_query", "roots must be true or false")
     limit = query_int(request, "limit", default=LIST_DEFAULT, minimum=1, maximum=LIST_MAX)
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor) if cursor is not None else None
     # One row more than asked tells whether another page exists.
     rows = await request.app[DB].list_task_summaries(status=status, actor=actor, after=after,
-                                                     limit=limit + 1)
+                                                     limit=limit + 1, roots=roots == "true")
     items, cut = fit(rows[:limit], task_summary, request.app[SETTINGS].max_response_bytes)
     following = encode_cursor(rows[len(items) - 1]) if cut or len(rows) > limit else None
     return page_response({"next": following}, items)
