@@ -47,11 +47,14 @@ async def all_children(db: Db, root: uuid.UUID, n: int, predicate: Callable[[Any
     return await wait_for(check, timeout=timeout, what=what, interval=0.1)
 
 
-async def chunk_counts(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
-    """How many times each (task, chunk) was done, as the leaves counted them."""
+async def chunk_counts(redis: aioredis.Redis, settings: Settings, db: Db,
+                       root: uuid.UUID) -> dict[str, int]:
+    """How many times each (child, chunk) of the root's was done, as the leaves counted."""
+    ids = {str(r["id"]) for r in await children_of(db, root)}
     out = {}
     async for key in redis.scan_iter(match=f"{settings.key_prefix}:test:done:*", count=1000):
-        out[key] = int(await redis.get(key))
+        if key.split(":")[-2] in ids:
+            out[key] = int(await redis.get(key))
     return out
 
 
@@ -67,6 +70,7 @@ async def test_a_root_of_200_children_cancelled_and_resumed_does_each_chunk_once
     start_worker(concurrency=4)
     root = (await submit_task(settings, db, "tree_root",
                               {"children": 200, "chunks": 3, "chunk_seconds": 0.1}))["id"]
+    await row_where(db, root, status_is("waiting"), 60, "all 200 spawned")
     await wait_for(lambda: db.pool.fetchval(
         "SELECT count(*) >= 12 FROM tasks WHERE parent_id = $1 AND status = 'succeeded'", root),
         timeout=60, what="a dozen children done")
@@ -107,7 +111,7 @@ async def test_a_root_of_200_children_cancelled_and_resumed_does_each_chunk_once
     merged = await db.pool.fetchval(
         "SELECT result->>'merged' FROM task_results WHERE task_id = $1 AND chunk = 1000000", root)
     assert int(merged) == 600
-    counts = await chunk_counts(redis, settings)
+    counts = await chunk_counts(redis, settings, db, root)
     assert len(counts) == 600 and set(counts.values()) == {1}
 
 
@@ -178,8 +182,13 @@ async def test_a_worker_killed_under_an_auto_resume_tree_the_tree_still_complete
     rows = await children_of(db, root)
     assert {r["status"] for r in rows} == {"succeeded"}
     assert any(r["attempt"] > 1 for r in rows)
-    counts = await chunk_counts(redis, settings)
+    # every chunk done (one the kill cut short, before its save, may have been begun twice)
+    counts = await chunk_counts(redis, settings, db, root)
     assert len(counts) == 50
+    saved = await db.pool.fetchval(
+        "SELECT count(*) FROM task_results r JOIN tasks t ON t.id = r.task_id "
+        "WHERE t.parent_id = $1 AND r.ok", root)
+    assert saved == 50
 
 
 async def test_children_spawned_while_the_root_is_cancelled_never_run(

@@ -1,0 +1,99 @@
+"""Tree writers racing each other on PostgreSQL: a spawn against its parent's cancel, the
+last children of a parent ending together, a subtree cancel against cancel-all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from celery import Celery
+
+from shared.cancellation import Canceller
+from shared.db import Db
+from shared.errors import TreeError
+from shared.settings import Settings
+from shared.states import TaskStatus
+from shared.trees import ChildSpec, add_children, prepare, settle_up
+from tests.fixtures_api import set_status
+
+BY = "race"
+
+
+async def _running_parent(db: Db) -> uuid.UUID:
+    tid = uuid.uuid4()
+    await db.upsert_actor("distill", "default", {}, {})
+    await db.insert_task(tid, "distill", "default", {}, uuid.uuid4(), None)
+    await set_status(db, tid, "running", attempt=1,
+                     started_at=await db.pool.fetchval("SELECT now()"), worker="w@x", pid=1)
+    return tid
+
+
+async def _spawn(db: Db, celery: Celery, settings: Settings, parent: uuid.UUID, n: int) -> int:
+    specs = [ChildSpec("distill", {}, queue="nowhere", spawn_key=f"k{i}") for i in range(n)]
+    try:
+        added = await add_children(db, celery, settings, parent, await prepare(db, specs),
+                                   attempt=1)
+    except TreeError:
+        return 0
+    return len(added.made)
+
+
+@pytest.mark.parametrize("round_", range(12))
+async def test_a_spawn_racing_its_parents_cancel_leaves_no_child_to_run(
+        settings: Settings, db: Db, canceller: Canceller, round_: int) -> None:
+    # given a running parent
+    parent = await _running_parent(db)
+    # when it spawns 40 children while it is cancelled, the two started together
+    spawn = asyncio.create_task(_spawn(db, canceller.celery, settings, parent, 40))
+    await asyncio.sleep(0.0005 * round_)
+    await canceller.cancel(parent, by=BY)
+    made = await spawn
+    # then every child that exists is cancelled: none is left queued to run
+    rows = await db.pool.fetch("SELECT status FROM tasks WHERE parent_id = $1", parent)
+    assert len(rows) == made
+    assert {r["status"] for r in rows} <= {"cancelled"}
+
+
+async def test_the_last_children_ending_together_settle_their_parent(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    # given a waiting parent with 30 children, all running
+    parent = await _running_parent(db)
+    await _spawn(db, canceller.celery, settings, parent, 30)
+    await set_status(db, parent, "waiting")
+    kids = [r["id"] for r in await db.pool.fetch(
+        "SELECT id FROM tasks WHERE parent_id = $1", parent)]
+    for k in kids:
+        await set_status(db, k, "running", attempt=1, worker="w@x", pid=2,
+                         started_at=await db.pool.fetchval("SELECT now()"))
+
+    # when they all end at once, each then looking at the parent
+    async def end(k: uuid.UUID) -> None:
+        await db.finish_task(k, 1, TaskStatus.SUCCEEDED)
+        await settle_up(db, canceller.celery, parent)
+
+    await asyncio.gather(*(end(k) for k in kids))
+
+    # then one of them found its siblings ended and settled the parent: it is not left
+    # waiting with nothing to wake it
+    row = await db.get_task(parent)
+    assert row["status"] == "succeeded"
+
+
+async def test_a_subtree_cancel_and_cancel_all_at_once_never_deadlock(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    # given ten parents, each with ten running children
+    parents = [await _running_parent(db) for _ in range(10)]
+    for p in parents:
+        await _spawn(db, canceller.celery, settings, p, 10)
+        for r in await db.pool.fetch("SELECT id FROM tasks WHERE parent_id = $1", p):
+            await set_status(db, r["id"], "running", attempt=1, worker="w@x", pid=3,
+                             started_at=await db.pool.fetchval("SELECT now()"))
+    # when every parent's cancel and a cancel-all run at the same time
+    await asyncio.wait_for(asyncio.gather(
+        *(canceller.cancel(p, by=BY) for p in parents),
+        canceller.cancel_all(by=BY)), timeout=30)
+    # then everything is being cancelled, and nothing failed with a deadlock
+    left = await db.pool.fetchval(
+        "SELECT count(*) FROM tasks WHERE status IN ('running', 'queued', 'waiting')")
+    assert left == 0
