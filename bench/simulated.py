@@ -7,13 +7,15 @@ pool process does for its delivery (`Runtime.execute` and the sidecar): SUBSCRIB
 task's cancel channel, ZSCORE in the cancelled set, `Db.claim_task`, ZREM from the pending
 set, `Db.saved_chunks`, a `task.changed` event; then, every
 min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), a step of `Heartbeat.run`:
-`RegistryEntry.refresh` of its registry entry and, beside it, `Heartbeat.beat`:
-`Db.heartbeat` (fenced by attempt, with the progress the task reported) and a
-`task.progress` event when the progress changed since the last one. The simulated task
-reports its next chunk every CHUNK_SECONDS. Each worker node's
-guardian is simulated too: `Db.cancelling_among` of its executions every
-CANCEL_POLL_INTERVAL. Executions start at random moments over one interval, as tasks
-arriving one by one would.
+`RegistryEntry.refresh` of its registry entry and its beat (the progress the task reported)
+handed to its worker node's main process, or `Db.heartbeat` of its own when the main process
+has not answered for `takeover_after`. Each worker node's guardian is simulated too: every
+interval, `Db.node_heartbeat` with the beats its pool processes handed it and the state of
+its other executions, then its answer to each (a `task.progress` event when the progress
+changed since the last one, the process's own `Db.heartbeat` when the row has gone). The
+hand-over itself (a datagram on a Unix socket between two processes of one host) is an
+assignment here. The simulated task reports its next chunk every CHUNK_SECONDS. Executions
+start at random moments over one interval, as tasks arriving one by one would.
 
 Connections are pooled where a fleet holds its own in every pool process: every DB call
 goes through PgBouncer in transaction mode (a private one) over a few pooled connections per
@@ -74,16 +76,19 @@ from bench.stack import Servers, delete_prefix
 from bench.stats import percentile
 from bench.watch import claim_arguments
 from devstack.databases import create_database, drop_database
+from services.worker.beat_link import Answer, Heard
 from services.worker.execution import Execution
+from services.worker.heartbeat import beat_interval, takeover_after
 from services.worker.sidecar import DB_CALL_TIMEOUT
 from shared.cancellation import event_matches
 from shared.db import Db, create_pool, queries
+from shared.db.beats import Beat
 from shared.events import encode
 from shared.keys import Keys
 from shared.redis_client import connect
 from shared.registry import Entry, refresh
 from shared.settings import Settings
-from shared.states import TaskStatus
+from shared.states import STOPPING, TaskStatus
 
 # Pooled connections per generator process: to PgBouncer, and to Redis for commands.
 DB_CONNECTIONS = 16
@@ -206,6 +211,11 @@ class _Sim:
     published: tuple[Any, ...] | None = None
     cancelled_via: str | None = None
     chunk_started: float = 0.0
+    # The beat last handed to the node's main process, and when (monotonic).
+    report: Beat | None = None
+    reported_at: float = 0.0
+    # When the main process last answered for this execution (monotonic).
+    heard_at: float = 0.0
 
 
 @dataclass
@@ -236,7 +246,8 @@ class Generator:
         self.rng = random.Random(spec.seed)
         self.sims = [_Sim(*e) for e in spec.executions]
         self.by_channel = {self.keys.task_cancel_channel(s.task_id): s for s in self.sims}
-        self.interval = min(self.settings.heartbeat_interval, self.settings.cancel_poll_interval)
+        self.interval = beat_interval(self.settings)
+        self.patience = takeover_after(self.settings)
         self.pid_started = time.time()
         self.started = 0
         self.refused = 0
@@ -389,9 +400,12 @@ class Generator:
             ex.progress.current = ex.progress.done + 1
 
     async def _monitor(self, sim: _Sim) -> None:
-        """Heartbeat.run: register and beat side by side, then sleep the interval."""
+        """Heartbeat.run: register beside the beat's hand-over to the node's main process
+        (and the process's own `Db.heartbeat` when the main process has not answered for
+        `takeover_after`), then sleep the interval."""
         last = None
         tally = self.tally
+        sim.heard_at = time.monotonic()
         while not self.stopping:
             t = time.time()
             started = time.perf_counter()
@@ -399,13 +413,29 @@ class Generator:
                 tally.sample("period_ms", (started - last) * 1000, t)
             last = started
             self._progress(sim)
-            await asyncio.gather(self._register(sim), self._beat(sim))
+            self._report(sim)
+            if time.monotonic() - sim.heard_at > self.patience:
+                tally.count("own_beats", t)
+                await asyncio.gather(self._register(sim), self._beat(sim))
+            else:
+                await self._register(sim)
             tally.count("beats", t)
             tally.sample("beat_ms", (time.perf_counter() - started) * 1000, t)
             await asyncio.sleep(self.interval)
 
+    def _report(self, sim: _Sim) -> None:
+        """Heartbeat.reading, handed over (PoolLink.report)."""
+        ex = sim.ex
+        assert ex is not None
+        p = ex.progress
+        sim.report = Beat(task_id=ex.task_id, attempt=ex.attempt, done=p.done, failed=p.failed,
+                          total=p.total, current=p.current,
+                          eta_seconds=p.eta_seconds(ex.elapsed(), ex.skipped))
+        sim.reported_at = time.monotonic()
+
     async def _beat(self, sim: _Sim) -> None:
-        """Heartbeat.beat, minus the checkpoint flush (nothing is ever buffered here)."""
+        """Heartbeat.beat, the process's own statement, minus the checkpoint flush (nothing
+        is ever buffered here)."""
         assert self.db is not None
         ex = sim.ex
         assert ex is not None
@@ -428,6 +458,21 @@ class Generator:
         except Exception as exc:
             self.tally.count("heartbeat_failed", t)
             self.tally.error("heartbeat", exc)
+
+    def _answered(self, sim: _Sim, answer: Answer) -> None:
+        """Heartbeat._answered: the main process's answer to one beat."""
+        sim.heard_at = time.monotonic()
+        if answer.heard is Heard.WRITTEN:
+            self._spawn(self._publish_progress(sim))
+            if answer.status in STOPPING:
+                sim.cancelled_via = sim.cancelled_via or "poll"
+        elif answer.heard is Heard.GONE and sim.cancelled_via is None:
+            self._spawn(self._beat(sim))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _publish_progress(self, sim: _Sim) -> None:
         ex = sim.ex
@@ -474,18 +519,36 @@ class Generator:
     # -- each node's guardian ---------------------------------------------------------------
 
     async def guardian(self, members: list[_Sim]) -> None:
-        """Guardian._poll without events: `Db.cancelling_among` of the node's executions
-        every CANCEL_POLL_INTERVAL, when it has any."""
+        """Guardian._beats without events: every interval, `Db.node_heartbeat` with the
+        beats the node's executions handed over in the last three intervals and the state of
+        its other executions, then each beat's answer."""
         assert self.db is not None
-        every = self.settings.cancel_poll_interval
+        every = self.interval
+        tally = self.tally
         await asyncio.sleep(self.rng.uniform(0, every))
         while not self.stopping:
-            active = [s.ex.task_id for s in members if s.ex is not None]
-            if active:
+            now = time.monotonic()
+            reports = [(s, replace(s.report, age=now - s.reported_at)) for s in members
+                       if s.report is not None and now - s.reported_at <= 3 * every]
+            reported = {s.task_id for s, _ in reports}
+            watched = [s.ex.task_id for s in members
+                       if s.ex is not None and s.task_id not in reported]
+            if reports or watched:
+                t = time.time()
+                started = time.perf_counter()
                 try:
-                    await self.db.cancelling_among(active)
+                    states = await asyncio.wait_for(self.db.node_heartbeat(
+                        [b for _, b in reports], watched), DB_CALL_TIMEOUT)
+                    tally.sample("node_beat_ms", (time.perf_counter() - started) * 1000, t)
+                    tally.count("rows_written", t, sum(1 for st in states if st.written))
+                    found = {st.id: st for st in states}
+                    for sim, b in reports:
+                        self._answered(sim, Answer.to(b, found.get(b.task_id)))
                 except Exception as exc:
-                    self.tally.error("guardian", exc)
+                    tally.count("node_beat_failed", t)
+                    tally.error("guardian", exc)
+                    for sim, _ in reports:  # answered `failed`: the main process is there
+                        sim.heard_at = time.monotonic()
             await asyncio.sleep(every)
 
     async def lag(self) -> None:
@@ -904,7 +967,7 @@ async def _one_size(servers: Servers, redis_server: Any, bouncer: Any, n: int, s
         await asyncio.to_thread(_close_server_connections, bouncer, db_name)
         await asyncio.sleep(1.0)
         after_all = await watch.snapshot()
-        interval = min(settings.heartbeat_interval, settings.cancel_poll_interval)
+        interval = beat_interval(settings)
         out.update(_figures(n, interval, results, reaper_tally, first, last, before_all,
                             after_all, own_statements=1))
         out["load_average_1m"] = [round(v, 2) for v in load]
@@ -920,9 +983,10 @@ async def _one_size(servers: Servers, redis_server: Any, bouncer: Any, n: int, s
                            "heartbeat_timeout_s": settings.heartbeat_timeout,
                            "reconcile_interval_s": settings.reconcile_interval}
         if pgbench_seconds > 0 and shutil.which("pgbench"):
-            say(f"{n:,} running: the heartbeat statement alone at {n / interval:,.0f}/s "
+            rate = n / NODE_SIZE / interval
+            say(f"{n:,} running: the node heartbeat statement alone at {rate:,.0f}/s "
                 f"(pgbench), through PgBouncer and direct")
-            out["pgbench"] = await _pgbench_phase(direct, bouncer, watch, n, n / interval,
+            out["pgbench"] = await _pgbench_phase(direct, bouncer, watch, n, rate,
                                                   pgbench_seconds)
         return out
     finally:
@@ -941,14 +1005,28 @@ async def _one_size(servers: Servers, redis_server: Any, bouncer: Any, n: int, s
 
 # -- the heartbeat statement alone -------------------------------------------------------------
 
-# `Db.heartbeat`'s statement on one of N running rows at random. The ids are derived from the
-# row number (md5), so the client needs no list of them.
-_HEARTBEAT_SCRIPT = r"""\set i random(1, :n)
-UPDATE tasks SET heartbeat_at = now(), done = :i % 1000, failed = 0, total = 1000000,
-    current_chunk = :i % 1000 + 1, eta_seconds = 12.5
-WHERE id = md5('hb-' || :i)::uuid AND attempt = 1 AND status IN ('running', 'cancelling')
-RETURNING status, cancel_reason, cancel_forced, cancel_deadline;
-"""
+def _node_script(size: int) -> str:
+    """`Db.node_heartbeat`'s statement for one node of `size` running rows out of N, each
+    beat half an interval old, nothing else watched. The ids are derived from the row number
+    (md5), so the client needs no list of them; the node's rows are consecutive numbers."""
+    def each(expression: str, cast: str) -> str:
+        items = ", ".join(expression.replace("K", f"(:i + {k})") for k in range(size))
+        return f"ARRAY[{items}]::{cast}"
+
+    arguments = {
+        1: each("md5('hb-' || K)::uuid", "uuid[]"), 2: each("1", "int[]"),
+        3: each("0.5", "float8[]"), 4: each("K % 1000", "int[]"), 5: each("0", "int[]"),
+        6: each("1000000", "int[]"), 7: each("K % 1000 + 1", "int[]"),
+        8: each("12.5", "float8[]"), 9: each("123456789", "bigint[]"),
+        10: each("1.5", "real[]"), 11: "'{}'::uuid[]"}
+    sql = queries()["node_heartbeat"]
+    for number in sorted(arguments, reverse=True):  # $11 before $1
+        sql = sql.replace(f"${number}", f"({arguments[number]})")
+    lines = [line.split("--")[0].strip() for line in sql.splitlines()]
+    body = " ".join(line for line in lines if line)
+    return f"\\set i 1 + random(0, :nodes - 1) * {size}\n{body}\n"
+
+
 _RUNNING_ROWS = """
 INSERT INTO tasks (id, actor, queue, kwargs, status, attempt, message_id, started_at,
                    heartbeat_at, worker, pid, total)
@@ -970,9 +1048,9 @@ def _client_encoding() -> str:
 
 async def _pgbench_phase(direct: str, bouncer: Any, watch: ServerCounters, n: int,
                          rate: float, seconds: float) -> dict[str, Any]:
-    """`pgbench` (C, cheap per transaction) sends the heartbeat statement at the rate N
-    executions would, over N running rows of its own: can PostgreSQL, and PgBouncer in front
-    of it, keep up, at what latency and CPU? The client announces client_encoding as the
+    """`pgbench` (C, cheap per transaction) sends the node heartbeat statement at the rate
+    N executions in nodes of NODE_SIZE would, over N running rows of its own: can
+    PostgreSQL, and PgBouncer in front of it, keep up, at what latency and CPU? The client announces client_encoding as the
     services' pool does, so PgBouncer treats it as it treats them. Extended protocol: parsed
     and planned every time, like asyncpg's unnamed statements."""
     conn = await asyncpg.connect(direct)
@@ -984,7 +1062,7 @@ async def _pgbench_phase(direct: str, bouncer: Any, watch: ServerCounters, n: in
     work = Path(tempfile.mkdtemp(prefix="bench-pgbench-"))
     try:
         script = work / "heartbeat.sql"
-        script.write_text(_HEARTBEAT_SCRIPT)
+        script.write_text(_node_script(NODE_SIZE))
         out = {}
         parts = urlsplit(direct)
         for via, host, port in (("pgbouncer", "127.0.0.1", bouncer.port),
@@ -1005,7 +1083,8 @@ async def _pgbench(work: Path, script: Path, via: str, host: str, port: int, use
     before = await watch.snapshot()
     proc = await asyncio.create_subprocess_exec(
         "pgbench", "-n", "-M", "extended", "-c", str(PGBENCH_CLIENTS), "-j", "2",
-        "-R", f"{rate:.0f}", "-T", str(duration), "-D", f"n={n}", "-f", str(script),
+        "-R", f"{rate:.0f}", "-T", str(duration), "-D", f"nodes={max(1, n // NODE_SIZE)}",
+        "-f", str(script),
         "-l", "--log-prefix", str(prefix), "-h", host, "-p", str(port), "-U", user, database,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
     watch.generators = [proc.pid]
@@ -1103,7 +1182,7 @@ def _passes(passes: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any
 _COMMANDS = {"register": ("zadd",), "publish": ("publish",),
              "zscore": ("zscore",), "zrem": ("zrem",), "subscribe": ("subscribe",)}
 _SIDECAR_QUERIES = ("heartbeat", "execution_state", "save_result")
-_GUARDIAN_QUERIES = ("cancelling_among",)
+_GUARDIAN_QUERIES = ("node_heartbeat",)
 _START_QUERIES = ("claim_task", "saved_chunks")
 
 
@@ -1190,6 +1269,9 @@ def _figures(n: int, interval: float, results: list[dict[str, Any]], reaper: Tal
         "beats": {"target_per_s": round(target, 1), "achieved_per_s": round(beats / seconds, 1),
                   "ratio": round(beats / seconds / target, 4) if target else None,
                   "failed": window.get("heartbeat_failed", 0),
+                  "own_per_s": round(window.get("own_beats", 0) / seconds, 1),
+                  "node_beat_failed": window.get("node_beat_failed", 0),
+                  "rows_written_per_s": round(window.get("rows_written", 0) / seconds, 1),
                   "register_failed": window.get("register_failed", 0)},
         "latency_ms": {k: _summary(v) for k, v in sorted(samples.items())},
         "cores": {**cores, "generators_own": round(gen_cpu / seconds, 3)},

@@ -65,11 +65,11 @@ def times_rows(results: Results) -> list[list[str]]:
     for r in _runs(results):
         lat, cores, rec = r["latency_ms"], r["cores"], r.get("reconcile") or {}
         findings = ", ".join(f"{k} {v:,}" for k, v in (rec.get("findings") or {}).items())
-        failed = r["beats"]["failed"]
+        failed = r["beats"].get("node_beat_failed", 0)
         rows.append([
             f"{r['running']:,}",
-            _pp(lat.get("heartbeat_ms")) + (f" ({failed:,} timed out)" if failed else ""),
-            _pp(lat.get("statement_ms:heartbeat")),
+            _pp(lat.get("node_beat_ms")) + (f" ({failed:,} failed)" if failed else ""),
+            _pp(lat.get("statement_ms:node_heartbeat")),
             _pp(lat.get("register_ms")),
             _pp(lat.get("period_ms"), 0),
             number((lat.get("loop_lag_ms") or {}).get("p99"), 1),
@@ -110,11 +110,11 @@ def alone_rows(results: Results) -> list[list[str]]:
 
 TABLES: tuple[tuple[str, list[str], Any], ...] = (
     (LOAD, ["running", "beats/s (of target)",
-            "DB statements per task-s: sidecar / guardian / reaper", "total",
+            "DB statements per task-s: pool processes' own / node beats / reaper", "total",
             "statements counted / PgBouncer's count", "PostgreSQL commits per statement",
             "Redis commands per task-s: sidecar / all", "Redis commands in the window"],
      load_rows),
-    (TIMES, ["running", "heartbeat call p50 / p99 (ms)", "of it the statement p50 / p99",
+    (TIMES, ["running", "node beat call p50 / p99 (ms)", "of it the statement p50 / p99",
              "register() p50 / p99", "beat period p50 / p99", "generator loop lag p99",
              "cores: PostgreSQL / PgBouncer / Redis / generators / others",
              "reconcile pass median / max (ms)", "oldest heartbeat at the end"], times_rows),
@@ -134,12 +134,16 @@ def _load_note(results: Results) -> str:
         f"`Db.claim_task` by N simulated executions spread over {s.get('generators', '?')} "
         f"generator processes (asyncio), which then do, every "
         f"min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL), what `Heartbeat.run` does: "
-        f"`RegistryEntry.refresh` (one ZADD pushing the entry's expiry on) beside "
-        f"`Heartbeat.beat` (`Db.heartbeat`, then a "
-        f"`task.progress` PUBLISH when the progress changed; the simulated task finishes a "
-        f"chunk every {s.get('chunk_s', 1):g} s, so every beat carries new progress). Worker "
-        f"nodes of {s.get('node_size', '?')} pool processes, each with its guardian's "
-        f"`Db.cancelling_among` every CANCEL_POLL_INTERVAL. Every DB call goes through a "
+        f"`RegistryEntry.refresh` (one ZADD pushing the entry's expiry on) and the beat handed "
+        f"to the node's main process (`Db.heartbeat` of the process's own only when the main "
+        f"process has not answered for `takeover_after`). Worker nodes of "
+        f"{s.get('node_size', '?')} pool processes, each with its guardian's "
+        f"`Db.node_heartbeat` every interval: the node's beats written and every execution's "
+        f"state read back in one statement, then its answer to each beat (a `task.progress` "
+        f"PUBLISH when the progress changed; the simulated task finishes a chunk every "
+        f"{s.get('chunk_s', 1):g} s, so every beat carries new progress). The hand-over between "
+        f"a pool process and its main process (a datagram on a Unix socket) is an assignment "
+        f"here. Every DB call goes through a "
         f"PgBouncer in transaction mode ({s.get('db_connections_per_generator', '?')} "
         f"client connections per generator, at most {s.get('pgbouncer_pool_size', '?')} "
         f"server connections); Redis commands over {s.get('redis_connections_per_generator', '?')} "
@@ -158,11 +162,12 @@ def _load_note(results: Results) -> str:
 
 def _times_note(results: Results) -> str:
     return (
-        "The heartbeat call is `Db.heartbeat` as the sidecar awaits it, waiting for a pooled "
-        "connection included (with one DB connection per pool process a real fleet waits in "
-        "PgBouncer instead); the statement is the same call once a connection was had. The "
-        "beat period is the time between two beats of one execution: the interval plus the "
-        "beat's own time, as the sidecar sleeps after each beat. Loop lag: how late each "
+        "The node beat call is `Db.node_heartbeat` as the guardian awaits it, waiting for a "
+        "pooled connection included (with one DB connection per worker's main process a real "
+        "fleet waits in PgBouncer instead); the statement is the same call once a connection "
+        "was had. The beat period is the time between two beats of one execution: the "
+        "interval plus the beat's own time (its registry refresh), as the sidecar sleeps "
+        "after each beat. Loop lag: how late each "
         "generator's event loop woke a 50 ms sleep, its own saturation. Cores: CPU time over "
         "the window (psutil) of the PostgreSQL backends serving the database, PgBouncer, "
         "Redis's main thread (INFO cpu), the generators, and everything else the machine ran. "
@@ -176,9 +181,11 @@ def _times_note(results: Results) -> str:
 def _alone_note(results: Results) -> str:
     return (
         "After the simulated executions stop (and the reaper with them), `pgbench` (C, a few "
-        "tens of µs per statement on the client) sends `Db.heartbeat`'s UPDATE at the rate N "
-        "executions beat, on N running rows of its own (ids derived from the row number), for "
-        "a few seconds, through the same PgBouncer and then straight to PostgreSQL; 16 "
+        "tens of µs per statement on the client) sends `Db.node_heartbeat`'s statement (the "
+        "beats of one node's pool processes, its rows' numbers consecutive) at the rate the "
+        "nodes of N executions beat, on N running rows of its own (ids derived from the row "
+        "number), for a few seconds, through the same PgBouncer and then straight to "
+        "PostgreSQL; 16 "
         "clients, extended protocol (parsed and planned each time, as asyncpg's unnamed "
         "statements are), client_encoding announced as the services' pool announces it. "
         "It answers whether PostgreSQL and PgBouncer keep up at that rate, and at what CPU per "
@@ -291,8 +298,9 @@ def observations(results: Results) -> list[str]:
     if cost:
         out.append(
             f"Per running task, from the {cost['from']:,}-task run ({cost['ratio'] * 100:.0f}% "
-            f"of its beats sent): {cost['per_task_s']:.2f} DB statements a second (heartbeat "
-            f"and guardian) and {cost['redis_commands_per_s'] / cost['running']:.1f} Redis "
+            f"of its beats sent): {cost['per_task_s']:.2f} DB statements a second (its share "
+            f"of its node's heartbeat statement, and any of its own) and "
+            f"{cost['redis_commands_per_s'] / cost['running']:.1f} Redis "
             f"commands a second from the sidecar, plus the reaper's {cost['reaper_per_s']:.0f} "
             f"statements a second whatever the count. At {cost['running']:,} running tasks: "
             f"{cost['statements_per_s']:,.0f} statements ({cost['pg_commits_per_s']:,.0f} "
@@ -313,7 +321,7 @@ def observations(results: Results) -> list[str]:
               f"got it, else every core at the cost above; Redis's connections: two a pool "
               f"process, one more a worker node, Celery's own left out.)"
             + (f" PostgreSQL on this machine's {cores} cores (shared with pgbench and "
-               f"PgBouncer) did {cap['rate_achieved']:,.0f} heartbeat statements a second "
+               f"PgBouncer) did {cap['rate_achieved']:,.0f} node heartbeat statements a second "
                f"through PgBouncer"
                + (f" and {direct['rate_achieved']:,.0f} straight" if direct else "")
                + f" when {cap['rate_target']:,.0f} were asked for: it does not keep up with "
@@ -331,8 +339,14 @@ def observations(results: Results) -> list[str]:
             f"{c['postgres_backends']:.2f}, PgBouncer {c['pgbouncer']:.2f}, Redis "
             f"{c.get('redis_main_thread', c['redis']):.2f}, generators {c['generators']:.2f}, "
             f"others {c['everything_else']:.2f}.")
+        if b.get("node_beat_failed"):
+            text += (f" {b['node_beat_failed']:,} node heartbeats failed (the guardian's 5 s "
+                     f"DB call timeout).")
+        if b.get("own_per_s"):
+            text += (f" Executions whose main process had not answered in time wrote "
+                     f"{b['own_per_s']:,.0f} beats a second of their own.")
         if b["failed"]:
-            text += (f" {b['failed']:,} heartbeats gave up after the sidecar's 5 s DB call "
+            text += (f" {b['failed']:,} of those gave up after the sidecar's 5 s DB call "
                      f"timeout.")
         text += (f" The oldest heartbeat was {big['oldest_heartbeat_s']:,.0f} s old at the "
                  f"end (HEARTBEAT_TIMEOUT {big['settings']['heartbeat_timeout_s']:g} s)")
@@ -353,7 +367,8 @@ def observations(results: Results) -> list[str]:
         b = alone.get(via)
         if b and not b.get("exit_code"):
             out.append(
-                f"The heartbeat statement alone at {b['rate_target']:,.0f}/s ({via}, pgbench): "
+                f"The node heartbeat statement alone at {b['rate_target']:,.0f}/s ({via}, "
+                f"pgbench, {s.get('node_size', 2)} rows each): "
                 f"{b['rate_achieved']:,.0f}/s done ({(b['ratio'] or 0) * 100:.0f}%), latency "
                 f"p50 {b['latency_ms'].get('p50', 0):,.1f} / p99 "
                 f"{b['latency_ms'].get('p99', 0):,.1f} ms, PostgreSQL's backends using "
@@ -388,26 +403,22 @@ def goal(results: Results) -> tuple[str, str, bool | None, str]:
     r = runs[0]
     per = r["statements_per_task_s"]
     ratio = _xacts_per_statement(r)
-    measured = (f"{per['total']:.2f} at {r['running']:,} running: sidecar heartbeats "
-                f"{per['sidecar']:.2f}, guardians {per['guardian']:.2f}, reaper "
+    measured = (f"{per['total']:.2f} at {r['running']:,} running: node heartbeats "
+                f"{per['guardian']:.2f}, pool processes' own {per['sidecar']:.2f}, reaper "
                 f"{per['reaper']:.2f}" + (f"; PostgreSQL committed {ratio:.1f} transactions per "
                                            f"statement behind PgBouncer" if ratio else ""))
     met = per["total"] <= 1.0
     interval = r.get("interval_s", 1.0)
     note = "" if met else (
-        f"The sidecar alone uses the whole budget: one `Db.heartbeat` every "
-        f"min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL) = {interval:g} s, which is also the "
-        f"fallback poll for cancels. On top: each worker's guardian polls `cancelling_among` "
-        f"every CANCEL_POLL_INTERVAL ({r['settings']['cancel_poll_interval_s']:g} s, "
-        f"{per['guardian']:.2f} per task-second with {r.get('node_size', '?')} pool processes "
-        f"a node), and the reaper's loops cost a fixed "
-        f"{r['statements']['reaper'] / r['window_s']:.0f} "
+        f"Each worker node's main process writes its pool processes' beats in one "
+        f"`Db.node_heartbeat` every min(HEARTBEAT_INTERVAL, CANCEL_POLL_INTERVAL) = "
+        f"{interval:g} s ({per['guardian']:.2f} per task-second with "
+        f"{r.get('node_size', '?')} pool processes a node); the pool processes wrote "
+        f"{per['sidecar']:.2f} of their own (a main process that did not answer in time), and "
+        f"the reaper's loops cost a fixed {r['statements']['reaper'] / r['window_s']:.0f} "
         f"statements a second ({per['reaper']:.2f} per task-second at {r['running']:,} "
-        f"running, nothing at 10,000). What would reach it: one statement per worker node "
-        f"instead of per pool process (the guardian, which already polls for its node, writing "
-        f"its pool processes' heartbeats in one UPDATE ... FROM unnest() and answering their "
-        f"cancel polls from the same rows) makes the cost 1/concurrency per task-second; or "
-        f"a heartbeat interval of 2 s with the cancel poll answered from it."
+        f"running, nothing at 10,000). Larger nodes make the node beat's share smaller "
+        f"(1/(concurrency x interval) per task-second)."
         + (f" Behind PgBouncer, PostgreSQL also committed {ratio:.1f} transactions per "
            f"statement (see Observations)." if ratio and ratio > 1.5 else ""))
     return text, measured, met, note
