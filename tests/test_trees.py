@@ -212,3 +212,21 @@ async def test_children_spawned_while_the_root_is_cancelled_never_run(
     assert 5 <= len(rows) < 40
     assert all(r["status"] == "cancelled" and r["attempt"] == 0 for r in rows), rows
     assert (await db.get_task(root))["status"] == "cancelled"
+
+
+async def test_distill_in_batches_spawns_them_and_merges_their_digests(
+        settings: Settings, db: Db, start_worker: Any) -> None:
+    # given the guide's big job split as it advises: 12 chunks in 3 batches
+    start_worker()
+    root = (await submit_task(settings, db, "distill",
+                              {"chunks": 12, "batches": 3, "chunk_seconds": 0.05}))["id"]
+
+    # then three child distills do four chunks each, and the parent merges them
+    done = await row_where(db, root, status_is(*TERMINAL), 40, "distill finished")
+    assert done["status"] == "succeeded" and done["children"] == 3
+    rows = await children_of(db, root)
+    assert [r["status"] for r in rows] == ["succeeded"] * 3
+    assert [r["done"] for r in rows] == [4, 4, 4]
+    merged = await db.pool.fetchval(
+        "SELECT result FROM task_results WHERE task_id = $1 AND chunk = 3", root)
+    assert merged["batches"] == 3 and merged["chunks"] == 12 and merged["terms"]
