@@ -8,12 +8,30 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from shared.db.base import DbBase, Record
 from shared.errors import TaskNotFound
+
+# A row's place in the order the fence sweep walks: (queued_at, id).
+Edge = tuple[datetime, uuid.UUID]
+_NO_ID = uuid.UUID(int=0)
+# Before every row.
+WALK_START: Edge = (datetime(1, 1, 1, tzinfo=UTC), _NO_ID)
+
+
+@dataclass(frozen=True)
+class SweepStep:
+    """One sweep batch: rows written `cancelled`; rows taken (fewer than asked for: the range
+    holds nothing more but rows someone else holds); the last row taken, in the batch's order."""
+
+    swept: int
+    taken: int
+    edge: Edge | None
 
 
 class CancelQueries(DbBase):
@@ -100,19 +118,42 @@ class CancelQueries(DbBase):
 
     async def sweep_fence(self, fence: Record, batch: int,
                           conn: asyncpg.Connection | None = None) -> int:
-        """Up to `batch` covered rows to `cancelled`: queued ones first, then paused ones."""
-        on = conn or self.pool
+        """Up to `batch` covered rows to `cancelled`, oldest first: queued ones, then paused
+        ones; counted on the fence."""
         n = 0
-        for query in ("sweep_fence", "sweep_fence_paused"):
-            status = await on.execute(
-                self.q[query], fence["at"], fence["actor"], fence["queue"], fence["reason"],
-                fence["by"], fence["forced"], batch - n)
-            n += int(status.split()[-1])
+        for paused in (False, True):
+            step = await self.sweep_fence_range(fence, batch - n, paused=paused, conn=conn)
+            n += step.swept
             if n >= batch:
                 break
         if n:
-            await on.execute(self.q["fence_progress"], fence["id"], n)
+            await (conn or self.pool).execute(self.q["fence_progress"], fence["id"], n)
         return n
+
+    async def sweep_fence_range(self, fence: Record, batch: int, *, paused: bool = False,
+                                descending: bool = False, after: Edge | None = None,
+                                before: Edge | None = None,
+                                conn: asyncpg.Connection | None = None) -> SweepStep:
+        """One batch of the covered queued (or paused) rows between `after` and `before`
+        (open ends: the oldest row and the fence), to `cancelled`; oldest first, or newest
+        first if `descending` (queued rows only). Not counted on the fence (see
+        `fence_progress`)."""
+        query = ("sweep_fence_paused" if paused
+                 else "sweep_fence_down" if descending else "sweep_fence")
+        low, high = after or WALK_START, before or (fence["at"], _NO_ID)
+        row = await (conn or self.pool).fetchrow(
+            self.q[query], fence["at"], fence["actor"], fence["queue"], fence["reason"],
+            fence["by"], fence["forced"], batch, *low, *high)
+        edge = None if row["edge_at"] is None else (row["edge_at"], row["edge_id"])
+        return SweepStep(swept=int(row["swept"]), taken=int(row["taken"]), edge=edge)
+
+    async def fence_progress(self, fence_id: int, swept: int) -> None:
+        await self.pool.execute(self.q["fence_progress"], fence_id, swept)
+
+    async def fence_leftovers(self, fence: Record) -> bool:
+        """Whether any row the fence covers is still queued or paused (read only)."""
+        return bool(await self.pool.fetchval(self.q["fence_leftovers"], fence["at"],
+                                             fence["actor"], fence["queue"]))
 
     async def fence_swept(self, fence_id: int) -> None:
         await self.pool.execute(self.q["fence_swept"], fence_id)

@@ -334,36 +334,90 @@ SELECT id, at, extract(epoch FROM at)::float8 AS at_epoch, actor, queue, reason,
 FROM cancel_fences WHERE swept_at IS NULL OR purged_at IS NULL ORDER BY id;
 
 -- name: sweep_fence
--- One short batch of the rows a fence covers, to `cancelled`. SKIP LOCKED: the sweep never
--- waits for a row someone else holds (a later batch takes it, or its claim sees the fence
--- itself). The fence comes as parameters: the sweep holds no lock on cancel_fences, so a
--- new cancel-all never waits for it.
-WITH batch AS (
-    SELECT id FROM tasks
+-- One short batch of the queued rows a fence covers, to `cancelled`: the first $7 of them in
+-- (queued_at, id) order after ($8, $9) and before ($10, $11), so that a walk goes on where
+-- its last batch ended and never reads again what it has written (tasks_queued_walk_idx).
+-- SKIP LOCKED: the sweep never waits for a row someone else holds (a later pass takes it, or
+-- its claim sees the fence itself). The fence comes as parameters: the sweep holds no lock on
+-- cancel_fences, so a new cancel-all never waits for it. Rows are written where they were
+-- locked (ctid), without a second walk down the primary key. Answers how many rows it wrote,
+-- how many it took (fewer than $7: nothing is left in the range but rows someone holds),
+-- and the last one it took.
+WITH batch AS MATERIALIZED (
+    SELECT ctid, queued_at, id FROM tasks
     WHERE status = 'queued' AND queued_at < $1
+      AND (queued_at, id) > ($8, $9) AND (queued_at, id) < ($10, $11)
       AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
-    ORDER BY queued_at LIMIT $7
+    ORDER BY queued_at, id LIMIT $7
     FOR UPDATE SKIP LOCKED
+), swept AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+        cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
+    FROM batch WHERE t.ctid = batch.ctid AND t.status = 'queued'
+    RETURNING 1
 )
-UPDATE tasks t
-SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
-    cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
-FROM batch WHERE t.id = batch.id AND t.status = 'queued';
+SELECT (SELECT count(*) FROM swept) AS swept, (SELECT count(*) FROM batch) AS taken,
+       edge.queued_at AS edge_at, edge.id AS edge_id
+FROM (SELECT) AS one
+LEFT JOIN (SELECT queued_at, id FROM batch ORDER BY queued_at DESC, id DESC LIMIT 1) AS edge
+    ON true;
+
+-- name: sweep_fence_down
+-- sweep_fence from the other end of the range, newest first: a second lane that meets the
+-- first one somewhere in the middle (SKIP LOCKED keeps their batches apart). Its edge is
+-- the oldest row it took.
+WITH batch AS MATERIALIZED (
+    SELECT ctid, queued_at, id FROM tasks
+    WHERE status = 'queued' AND queued_at < $1
+      AND (queued_at, id) > ($8, $9) AND (queued_at, id) < ($10, $11)
+      AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
+    ORDER BY queued_at DESC, id DESC LIMIT $7
+    FOR UPDATE SKIP LOCKED
+), swept AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = 'never_started',
+        cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
+    FROM batch WHERE t.ctid = batch.ctid AND t.status = 'queued'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM swept) AS swept, (SELECT count(*) FROM batch) AS taken,
+       edge.queued_at AS edge_at, edge.id AS edge_id
+FROM (SELECT) AS one
+LEFT JOIN (SELECT queued_at, id FROM batch ORDER BY queued_at, id LIMIT 1) AS edge ON true;
 
 -- name: sweep_fence_paused
 -- The same for the paused tasks a fence covers, once its queued ones are done: they hold no
 -- process and no message, and keep how their last execution stopped, if one ran.
-WITH batch AS (
-    SELECT id FROM tasks
+WITH batch AS MATERIALIZED (
+    SELECT ctid, queued_at, id FROM tasks
     WHERE status = 'paused' AND queued_at < $1
+      AND (queued_at, id) > ($8, $9) AND (queued_at, id) < ($10, $11)
       AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3)
-    ORDER BY queued_at LIMIT $7
+    ORDER BY queued_at, id LIMIT $7
     FOR UPDATE SKIP LOCKED
+), swept AS (
+    UPDATE tasks t
+    SET status = 'cancelled', finished_at = now(), outcome = coalesce(t.outcome, 'never_started'),
+        cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
+    FROM batch WHERE t.ctid = batch.ctid AND t.status = 'paused'
+    RETURNING 1
 )
-UPDATE tasks t
-SET status = 'cancelled', finished_at = now(), outcome = coalesce(t.outcome, 'never_started'),
-    cancel_requested_at = $1, cancel_reason = $4, cancel_by = $5, cancel_forced = $6
-FROM batch WHERE t.id = batch.id AND t.status = 'paused';
+SELECT (SELECT count(*) FROM swept) AS swept, (SELECT count(*) FROM batch) AS taken,
+       edge.queued_at AS edge_at, edge.id AS edge_id
+FROM (SELECT) AS one
+LEFT JOIN (SELECT queued_at, id FROM batch ORDER BY queued_at DESC, id DESC LIMIT 1) AS edge
+    ON true;
+
+-- name: fence_leftovers
+-- Whether a row the fence covers is still queued or paused. Read only: a look over a range
+-- the sweep has written skips its old index entries without holding a lock on `tasks`.
+SELECT EXISTS (SELECT 1 FROM tasks
+               WHERE status = 'queued' AND queued_at < $1
+                 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3))
+    OR EXISTS (SELECT 1 FROM tasks
+               WHERE status = 'paused' AND queued_at < $1
+                 AND ($2::text IS NULL OR actor = $2) AND ($3::text IS NULL OR queue = $3));
 
 -- name: fence_progress
 UPDATE cancel_fences SET swept = swept + $2 WHERE id = $1;
