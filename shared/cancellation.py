@@ -40,6 +40,8 @@ INLINE_SWEEP = 1000
 class CancelOne:
     row: Record
     changed: bool
+    # The node's descendants this cancel moved, by the state each reached (None: no children).
+    subtree: dict[str, int] | None = None
 
 
 @dataclass
@@ -89,10 +91,11 @@ class Canceller:
             subtree = await self.trees.cancel(task_id, by=by, reason=reason, force=force)
         if not row["changed"]:
             if subtree is not None and subtree.rows:
-                return CancelOne(row=row, changed=True)
+                return CancelOne(row=row, changed=True, subtree=subtree.summary)
             if was in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
                 raise CancelConflict(f"task already {was}", row)
-            return CancelOne(row=row, changed=False)
+            return CancelOne(row=row, changed=False,
+                             subtree=subtree.summary if subtree is not None else None)
         if row["parent_id"] is not None and TaskStatus(row["status"]).terminal:
             await settle_up(self.db, self.celery, row["parent_id"])
         await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
@@ -101,7 +104,8 @@ class Canceller:
                                           status=row["status"], by=by, forced=force))
         log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
                  now=row["status"], by=by, forced=force, reason=reason)
-        return CancelOne(row=row, changed=True)
+        return CancelOne(row=row, changed=True,
+                         subtree=subtree.summary if subtree is not None else None)
 
     async def cancel_all(self, *, by: str, reason: str | None = None, force: bool = False,
                          actor: str | None = None, queue: str | None = None) -> CancelAll:
