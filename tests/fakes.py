@@ -69,7 +69,7 @@ class FakeDb:
             "finished_at": None, "worker": None, "pid": None, "cancel_requested_at": None,
             "cancel_reason": None, "cancel_by": None, "cancel_forced": None,
             "cancel_deadline": None, "outcome": None, "error": None, "requeues": 0,
-            "resumes": 0}
+            "resumes": 0, "parent_id": None, "root_id": None, "depth": 0, "children": 0}
         unknown = set(columns) - set(row)
         assert not unknown, f"no such task columns: {unknown}"
         row.update(columns)
@@ -221,6 +221,27 @@ class FakeDb:
 
     async def fold_tallies(self) -> None:
         await self._reach()
+
+    # -- job trees (the reaper's tree rules) ----------------------------------------------
+
+    _OPEN = ("queued", "running", "cancelling", "pausing", "paused", "waiting")
+
+    async def waiting_settled(self, limit: int) -> list[uuid.UUID]:
+        await self._reach()
+        open_parents = {r.get("parent_id") for r in self.tasks.values() if r["status"] in self._OPEN}
+        return [tid for tid, r in self.tasks.items()
+                if r["status"] == "waiting" and tid not in open_parents][:limit]
+
+    async def orphaned_parents(self, limit: int) -> list[uuid.UUID]:
+        await self._reach()
+        found = []
+        for r in self.tasks.values():
+            parent = self.tasks.get(r.get("parent_id"))  # type: ignore[arg-type]
+            if (parent is not None and r["status"] in self._OPEN and r["status"] != "cancelling"
+                    and parent["status"] in ("cancelling", "cancelled")
+                    and parent["id"] not in found):
+                found.append(parent["id"])
+        return found[:limit]
 
     # -- cancel fences -----------------------------------------------------------------------
 

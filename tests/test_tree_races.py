@@ -97,3 +97,33 @@ async def test_a_subtree_cancel_and_cancel_all_at_once_never_deadlock(
     left = await db.pool.fetchval(
         "SELECT count(*) FROM tasks WHERE status IN ('running', 'queued', 'waiting')")
     assert left == 0
+
+
+async def test_the_reaper_settles_a_parent_left_waiting_and_cancels_orphans(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    from types import SimpleNamespace
+
+    from services.reaper.trees import Trees
+
+    # given a parent left waiting after its children ended (nobody looked at it), and a
+    # cancelled parent with a child still queued (its subtree cancel never ran)
+    waiting = await _running_parent(db)
+    await _spawn(db, canceller.celery, settings, waiting, 3)
+    await db.pool.execute("UPDATE tasks SET status = 'succeeded' WHERE parent_id = $1", waiting)
+    await set_status(db, waiting, "waiting")
+    stopped = await _running_parent(db)
+    await _spawn(db, canceller.celery, settings, stopped, 2)
+    await set_status(db, stopped, "cancelled")
+
+    # when the reaper's tree rule runs
+    ctx = SimpleNamespace(settings=settings, db=db, redis=canceller.redis,
+                          celery=SimpleNamespace(celery=canceller.celery))
+    found = await Trees().run(ctx, None)  # type: ignore[arg-type]
+
+    # then the waiting parent is settled and the orphans are cancelled
+    assert found == 3
+    assert (await db.get_task(waiting))["status"] == "succeeded"
+    kids = await db.pool.fetch("SELECT status, cancel_reason FROM tasks WHERE parent_id = $1",
+                               stopped)
+    assert [(k["status"], k["cancel_reason"]) for k in kids] == [
+        ("cancelled", "parent_cancelled")] * 2

@@ -409,8 +409,8 @@ async def test_a_pass_runs_every_rule_and_records_its_findings() -> None:
     ctx = reaper()
     row = ctx.db.add_task(status="running", attempt=1, heartbeat_at=ago(10))
     findings = await Reconciler(ctx).tick()
-    assert findings == {"zombies": 1, "undead": 0, "stale_registry": 0, "retention": 0,
-                        "tallies": 0}
+    assert findings == {"zombies": 1, "undead": 0, "trees": 0, "stale_registry": 0,
+                        "retention": 0, "tallies": 0}
     assert (await ctx.db.get_task(row["id"]))["status"] == "lost"
     status = ctx.redis.hashes[ctx.keys.reaper_status]
     assert (status["leader"], status["found:zombies"]) == ("reaper-1", "1")
@@ -502,3 +502,4 @@ async def test_work_a_worker_holds_without_a_live_row_is_revoked_and_killed() ->
     assert ctx.celery.runs(current["message_id"])
     status = ctx.redis.hashes[ctx.keys.reaper_status]
     assert (status["found:orphans"], status["found:undead_unregistered"]) == ("2", "1")
+

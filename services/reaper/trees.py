@@ -28,9 +28,11 @@ class Trees:
         found = 0
         for parent in await ctx.db.waiting_settled(PAGE):
             found += bool(await settle_up(ctx.db, celery, parent))
-        control = TreeControl(ctx.settings, ctx.db, ctx.redis, celery)
-        for parent in await ctx.db.orphaned_parents(PAGE):
-            changed = await control.cancel(parent, by="reaper", force=False,
-                                           reason=CancelReason.PARENT_CANCELLED)
-            found += len(changed.rows)
+        orphaned = await ctx.db.orphaned_parents(PAGE)
+        if orphaned:
+            control = TreeControl(ctx.settings, ctx.db, ctx.redis, celery)
+            for parent in orphaned:
+                changed = await control.cancel(parent, by="reaper", force=False,
+                                               reason=CancelReason.PARENT_CANCELLED)
+                found += len(changed.rows)
         return found
