@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -30,8 +29,8 @@ from services.api.state import CELERY, DB, METRICS, SETTINGS
 from shared.batch import Item, submit_batch
 from shared.db import Record
 from shared.errors import TaskNotFound
-from shared.states import ACTIVE, TERMINAL, TaskStatus
 from shared.submit import start_time
+from shared.tree_view import aggregate_json
 from shared.trees import ChildSpec, add_children, prepare
 
 log = structlog.get_logger("api.trees")
@@ -127,33 +126,6 @@ async def submit_many(request: web.Request) -> web.Response:
                    "status": "queued", "ref": item.ref,
                    "parent_id": str(r["parent_id"]) if r.get("parent_id") else None}
                   for r, item in zip(made.rows, items, strict=True)]}, status=202)
-
-
-def aggregate_json(rows: list[Record], now: datetime) -> dict[str, Any]:
-    """A subtree's totals: nodes by state, chunks, percent, and an ETA from the pace so far
-    (chunks worked since its first start, over the chunks left; nodes not started yet are
-    counted at the mean size of those that know theirs)."""
-    by_status = {r["status"]: int(r["n"]) for r in rows}
-    nodes = sum(by_status.values())
-    done = sum(int(r["done"]) for r in rows)
-    failed = sum(int(r["failed"]) for r in rows)
-    total = sum(int(r["total"]) for r in rows)
-    unknown = sum(int(r["unknown_total"]) for r in rows)
-    known = nodes - unknown
-    estimate = total + (round(total / known * unknown) if known and unknown else 0)
-    starts = [r["started_at"] for r in rows if r["started_at"] is not None]
-    active = sum(n for s, n in by_status.items() if TaskStatus(s) in ACTIVE)
-    eta = None
-    worked = done + failed
-    if not active:
-        eta = 0.0 if nodes and all(TaskStatus(s) in TERMINAL for s in by_status) else None
-    elif starts and worked and estimate > worked:
-        elapsed = (now - min(starts)).total_seconds()
-        eta = round(elapsed / worked * (estimate - worked), 1) if elapsed > 0 else None
-    return {"nodes": nodes, "by_status": by_status, "active": active, "done": done,
-            "failed": failed, "total": estimate or None, "unknown_totals": unknown,
-            "percent": round(100.0 * worked / estimate, 1) if estimate else None,
-            "eta_seconds": eta, "depth": max((int(r["depth"]) for r in rows), default=0)}
 
 
 async def get_tree(request: web.Request) -> web.Response:
