@@ -69,6 +69,12 @@ async def unchanged(db: Db, redis: aioredis.Redis, keys: Keys,
     (b'{"actor": "echo", "eta": "2030-01-01T00:00:00"}', 400, "invalid_body"),
     (b'{"actor": "echo", "eta": "2024-02-30T00:00:00Z"}', 400, "invalid_body"),
     (b'{"actor": "echo", "countdown": 5, "eta": "2030-01-01T00:00:00Z"}', 400, "invalid_body"),
+    (b'{"actor": "echo", "parent_id": "not-a-uuid"}', 400, "invalid_body"),
+    (b'{"actor": "echo", "parent_id": 7}', 400, "invalid_body"),
+    (b'{"actor": "echo", "parent_id": null}', 400, "invalid_body"),
+    (b'{"actor": "echo", "fail_fast": "yes"}', 400, "invalid_body"),
+    (b'{"actor": "echo", "ref": "a"}', 400, "invalid_body"),
+    (b'{"actor": "echo", "parent_ref": "a"}', 400, "invalid_body"),
     (b'{"actor": "nosuchactor", "kwargs": {}}', 422, "unknown_actor"),
 ])
 async def test_bad_submit_is_rejected_and_creates_nothing(
@@ -114,7 +120,8 @@ async def test_malformed_id_gets_400(api: ApiClient, auth: dict[str, str], uncha
 
 
 @pytest.mark.parametrize(("method", "suffix"), [
-    ("GET", ""), ("GET", "/results"), ("POST", "/cancel"), ("POST", "/resume")])
+    ("GET", ""), ("GET", "/results"), ("GET", "/tree"), ("POST", "/cancel"),
+    ("POST", "/resume")])
 async def test_unknown_id_gets_404(api: ApiClient, auth: dict[str, str], unchanged: None,
                                    method: str, suffix: str) -> None:
     resp = await api.request(method, f"/api/v1/tasks/{uuid.uuid4()}{suffix}", headers=auth)
@@ -125,11 +132,55 @@ async def test_unknown_id_gets_404(api: ApiClient, auth: dict[str, str], unchang
 @pytest.mark.parametrize("query", [
     {"status": "sleeping"}, {"limit": "0"}, {"limit": "501"}, {"limit": "ten"},
     {"cursor": "not-a-cursor!"}, {"cursor": "bm9wZQ"}, {"actor": "a\x00b"}, {"actor": "x y"},
+    {"roots": "yes"}, {"roots": "1"}, {"roots": ""}, {"roots": "True"},
 ])
 async def test_bad_list_query_gets_400(api: ApiClient, query: dict[str, str]) -> None:
     resp = await api.get("/api/v1/tasks", params=query)
 
     assert (await error_of(resp, 400))["code"] in {"invalid_query", "invalid_cursor"}
+
+
+BATCH_ITEM = {"actor": "echo", "kwargs": {"text": "x"}}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "tasks"),
+    ({"tasks": []}, "tasks"),
+    ({"tasks": "echo"}, "tasks"),
+    ({"tasks": [BATCH_ITEM], "extra": 1}, "extra"),
+    ({"tasks": [BATCH_ITEM, 5]}, "tasks[1]"),
+    ({"tasks": [BATCH_ITEM, {"kwargs": {}}]}, "tasks[1].actor"),
+    ({"tasks": [BATCH_ITEM, {**BATCH_ITEM, "queue": "a b"}]}, "tasks[1].queue"),
+    ({"tasks": [{**BATCH_ITEM, "parent_id": "nope"}]}, "tasks[0].parent_id"),
+    ({"tasks": [{**BATCH_ITEM, "fail_fast": 1}]}, "tasks[0].fail_fast"),
+    ({"tasks": [{**BATCH_ITEM, "ref": 5}]}, "tasks[0].ref"),
+    ({"tasks": [{**BATCH_ITEM, "ref": "r" * 201}]}, "tasks[0].ref"),
+    ({"tasks": [{**BATCH_ITEM, "countdown": 1, "eta": "2030-01-01T00:00:00Z"}]}, "tasks[0].eta"),
+    ({"tasks": [{**BATCH_ITEM, "parent_id": str(uuid.UUID(int=1)), "parent_ref": "a"}]},
+     "tasks[0].parent_ref"),
+    ({"tasks": [{**BATCH_ITEM, "kwarg": {}}]}, "tasks[0].kwarg"),
+])
+async def test_a_malformed_batch_gets_400_naming_the_field_and_creates_nothing(
+        api: ApiClient, auth: dict[str, str], unchanged: None, body: dict, field: str) -> None:
+    resp = await api.post("/api/v1/tasks:batch", json=body, headers=auth)
+
+    error = await error_of(resp, 400)
+    assert error["code"] == "invalid_body" and field in error["details"], error
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("?limit=0", "invalid_query"), ("?limit=1001", "invalid_query"),
+    ("?limit=many", "invalid_query"), ("?cursor=x", "invalid_cursor")])
+async def test_a_malformed_tree_query_gets_400(api: ApiClient, auth: dict[str, str],
+                                               actors: dict[str, str], query: str,
+                                               code: str) -> None:
+    task = await (await api.post("/api/v1/tasks", json=ECHO, headers=auth)).json()
+
+    bad_id = await api.get("/api/v1/tasks/not-a-uuid/tree")
+    bad_query = await api.get(f"/api/v1/tasks/{task['id']}/tree{query}")
+
+    assert (await error_of(bad_id, 400))["code"] == "invalid_id"
+    assert (await error_of(bad_query, 400))["code"] == code
 
 
 async def test_unknown_route_and_method_answer_json(api: ApiClient, auth: dict[str, str],
@@ -179,6 +230,7 @@ async def test_resume_takes_no_fields(api: ApiClient, auth: dict[str, str],
 
 MUTATIONS = [
     ("/api/v1/tasks", ECHO),
+    ("/api/v1/tasks:batch", {"tasks": [ECHO]}),
     ("/api/v1/tasks/cancel-all", {}),
     (f"/api/v1/tasks/{uuid.UUID(int=3)}/cancel", {}),
     (f"/api/v1/tasks/{uuid.UUID(int=4)}/resume", {}),
