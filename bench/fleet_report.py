@@ -163,7 +163,7 @@ def steady_rows(results: Results) -> list[list[str]]:
             db.get("heartbeat_statements_per_task_s", 0.0),
             f"one per worker and beat; {number(db['heartbeat_updates_per_task_s'], 3)} rows "
             f"written per task-second"),
-        row("  ↳ the rest (reaper, the guardians' reads)", db["other_per_task_s"],
+        row("  ↳ the rest (the reaper's loops, all else)", db["other_per_task_s"],
             "fixed per worker and reaper, spread over the running tasks"),
         row("Redis commands", rd["commands_per_task_s"]),
     ]

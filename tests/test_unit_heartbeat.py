@@ -87,6 +87,30 @@ async def test_a_report_nobody_takes_says_so() -> None:
         main.remove()
 
 
+async def test_the_socket_of_a_pool_process_that_is_gone_is_removed() -> None:
+    # given a pool process that reported once and then ended without closing its end
+    loop, node = asyncio.get_running_loop(), _node()
+    main = NodeLink(node, pid=4242)
+    pool = PoolLink(node, lambda _: None, main_pid=4242, pid=4343)
+    assert main.open(loop) and pool.open(loop)
+    try:
+        pool.report(_beat())
+        await _until(lambda: main.reports(within=5.0))
+        endpoint = pool._endpoint
+        assert endpoint is not None and endpoint._sock is not None
+        loop.remove_reader(endpoint._sock.fileno())
+        endpoint._sock.close()  # as a process's end leaves it: the file stays
+        assert endpoint.path.exists()
+        # when the main process answers it
+        main.answer(4343, Answer(str(uuid.uuid4()), 1, Heard.WRITTEN, "running"))
+        # then its socket file is gone and so is its report
+        assert not endpoint.path.exists()
+        assert main.reports(within=5.0) == []
+    finally:
+        main.close()
+        main.remove()
+
+
 async def test_a_process_silent_for_longer_than_asked_is_dropped() -> None:
     loop, node = asyncio.get_running_loop(), _node()
     main = NodeLink(node, pid=4242)

@@ -141,13 +141,18 @@ class Endpoint:
     def send(self, message: dict[str, Any], to: Path) -> bool:
         """False when it did not go: nobody listens at `to` (not yet, or no more), or its
         reader is so far behind that its queue is full."""
+        return self.deliver(message, to) is None
+
+    def deliver(self, message: dict[str, Any], to: Path) -> OSError | None:
+        """None once sent, else why not: ConnectionRefusedError when a socket is left at
+        `to` with nobody behind it."""
         if self._sock is None:
-            return False
+            return OSError("closed")
         try:
             self._sock.sendto(json.dumps(message).encode(), str(to))
-        except OSError:
-            return False
-        return True
+        except OSError as exc:
+            return exc
+        return None
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -242,8 +247,15 @@ class NodeLink:
     def answer(self, pid: int, answer: Answer) -> None:
         if self._endpoint is None or self._folder is None:
             return
-        if not self._endpoint.send(answer.to_wire(), self._folder / str(pid)):
-            self._latest.pop(pid, None)  # nobody there any more
+        path = self._folder / str(pid)
+        failed = self._endpoint.deliver(answer.to_wire(), path)
+        if failed is None:
+            return
+        self._latest.pop(pid, None)  # it reports again if it is still there
+        if isinstance(failed, ConnectionRefusedError):
+            # The process is gone (pool processes never close theirs): its socket goes too.
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def close(self) -> None:
         if self._endpoint is not None:

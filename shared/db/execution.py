@@ -76,6 +76,3 @@ class ExecutionQueries(DbBase):
     async def request_time_limit(self, task_id: uuid.UUID, attempt: int, grace: float
                                  ) -> datetime | None:
         return await self.pool.fetchval(self.q["request_time_limit"], task_id, attempt, grace)
-
-    async def cancelling_among(self, ids: Sequence[uuid.UUID]) -> list[Record]:
-        return await self.pool.fetch(self.q["cancelling_among"], list(ids))

@@ -646,13 +646,6 @@ WITH old AS (
 )
 DELETE FROM tasks t USING old WHERE t.id = old.id;
 
--- name: cancelling_among
--- The guardian's view of its own executions: which are being stopped (cancelled or paused),
--- and by when.
-SELECT id, attempt, message_id, status, cancel_deadline,
-       extract(epoch FROM cancel_deadline - now())::float8 AS due_in
-FROM tasks WHERE id = ANY($1::uuid[]) AND status IN ('cancelling', 'pausing');
-
 -- name: request_memory_limit
 -- The resource guard's cancel: the pool process outgrew the actor's memory limit.
 UPDATE tasks
