@@ -93,6 +93,10 @@ class Settings:
     tree_max_children: int = 100_000
     # A batch submit takes at most this many tasks in one call.
     batch_max_tasks: int = 10_000
+    # How task messages reach the broker: `direct` writes Celery's message to Redis from
+    # asyncio (many in one round trip); `kombu` sends it through Celery's blocking client
+    # in a thread.
+    publish_mode: str = "direct"
 
     @property
     def hostname(self) -> str:
@@ -133,6 +137,8 @@ class Settings:
         if self.tree_max_depth < 1 or self.tree_max_children < 1 or self.batch_max_tasks < 1:
             raise SettingsError("TREE_MAX_DEPTH, TREE_MAX_CHILDREN and BATCH_MAX_TASKS must be "
                                 "positive")
+        if self.publish_mode not in ("direct", "kombu"):
+            raise SettingsError("PUBLISH_MODE must be direct or kombu")
         if not 0 < self.port < 65536:
             raise SettingsError("PORT must be between 1 and 65535")
         try:
