@@ -46,6 +46,13 @@ class Plan:
     simulated_seconds: float = 30.0
     simulated_procs: int = 2
     simulated_pgbench_seconds: float = 15.0
+    # The trees section: children under one root, pool processes per simulated host (the
+    # children running at the cancel), cancel rounds through the API (a new tree each, then
+    # one more in-process with its steps timed), and how long a round watches at most.
+    trees_children: int = 10_000
+    trees_concurrency: tuple[int, ...] = (33, 33, 34)
+    trees_rounds: int = 3
+    trees_wait_s: float = 90.0
 
 
 FULL = Plan("full")
@@ -56,4 +63,5 @@ QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
              scale_reconcile_passes=3, scale_scan_passes=2, scale_wait_s=45.0,
              fleet_concurrency=(10, 10, 10), fleet_queued=10, fleet_steady_s=8.0,
              fleet_singles=3, fleet_burst=30, simulated=(100, 1_000), simulated_seconds=8.0,
-             simulated_pgbench_seconds=5.0)
+             simulated_pgbench_seconds=5.0, trees_children=1_000,
+             trees_concurrency=(10, 10, 10), trees_rounds=1, trees_wait_s=45.0)

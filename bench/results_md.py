@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import fleet_report, report, scale_report, simulated_report
+from bench import fleet_report, report, scale_report, simulated_report, trees_report
 from bench.figures import Results
 from bench.machine import one_line
 
@@ -43,6 +43,7 @@ _SECTIONS: tuple[tuple[str, Callable[[Results], str]], ...] = (
         "processes are listed one by one.")),
     *fleet_report.SECTIONS,
     *simulated_report.SECTIONS,
+    *trees_report.SECTIONS,
     *scale_report.SECTIONS,
 )
 
@@ -155,7 +156,7 @@ def _observations(results: Results) -> list[str]:
             f"publishes the Celery message through kombu's blocking client in a thread "
             f"(`loop.run_in_executor`), then publishes an event.")
     return (out + fleet_report.observations(results) + simulated_report.observations(results)
-            + scale_report.observations(results))
+            + trees_report.observations(results) + scale_report.observations(results))
 
 
 def _caveats(results: Results) -> list[str]:

@@ -28,6 +28,7 @@ from bench import (
     round_trips,
     scale,
     simulated,
+    trees,
 )
 from bench.logtail import count
 from bench.ours import Ours
@@ -37,7 +38,7 @@ from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
 SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
-            "drain", "reconcile", "fleet", "simulated", "scale")
+            "drain", "reconcile", "fleet", "simulated", "trees", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -116,6 +117,14 @@ class Suite:
                     "simulated", f"8. steady state with {sizes} simulated executions behind "
                                  f"PgBouncer: DB statements and Redis commands per task-second",
                     lambda: simulated.run(servers, self.plan, say=self._say))
+            if self.wants("trees"):
+                plan = self.plan
+                self.data["trees"] = await self._phase(
+                    "trees", f"10. cancel a tree of 1 root + {plan.trees_children:,} children, "
+                             f"{sum(plan.trees_concurrency)} running: ours through the API, "
+                             f"then Celery's group and chord revoke",
+                    lambda: trees.run(servers, self.out_dir / "trees", plan,
+                                      cancel_grace=CANCEL_GRACE, say=self._say))
             if self.wants("scale"):
                 self.data["scale"] = await self._phase(
                     "scale", f"6. {self.plan.scale:,} queued tasks: load, reaper passes, "

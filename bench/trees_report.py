@@ -1,0 +1,211 @@
+"""The trees section's tables, goals and notes, for the terminal and RESULTS.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.figures import Results, number
+
+SIDE = "10. Job tree: cancel the root, ours beside Celery's"
+ROUNDS = "10. Job tree: our rounds (ms from the call)"
+SPANS = "10. Job tree: where our answer's time goes (in-process round)"
+
+
+def trees(results: Results) -> dict[str, Any]:
+    return results.get("trees") or {}
+
+
+def rounds_of(t: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((t.get("ours") or {}).get("rounds") or [])
+
+
+def ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f} ms"
+
+
+def worst(rounds: list[dict[str, Any]], fn: Any) -> float | None:
+    values = [v for r in rounds if (v := fn(r)) is not None]
+    return max(values) if values else None
+
+
+def stopped(r: dict[str, Any]) -> float | None:
+    return r["running_ends"]["stopped_ms"].get("max")
+
+
+def _ends(after: dict[str, Any]) -> str:
+    return ", ".join(f"{e['n']:,} {e['status']}/{e['outcome'] or '—'}" for e in after["ends"])
+
+
+# -- tables --------------------------------------------------------------------------------
+
+def side_rows(results: Results) -> list[list[str]]:
+    t = trees(results)
+    if not t:
+        return []
+    ours, celery = t.get("ours") or {}, t.get("celery") or {}
+    rounds = rounds_of(t)
+    g, c = celery.get("group") or {}, celery.get("chord") or {}
+    why = ours.get("skipped") or ours.get("error")
+
+    def o(fn: Any) -> str:
+        if not rounds:
+            return f"not measured ({why})" if why else "not measured"
+        return " / ".join(fn(r) for r in rounds)
+
+    def cel(fn: Any, case: dict[str, Any]) -> str:
+        return fn(case) if case else celery.get("error", "not measured")
+
+    def row(label: str, mine: Any, theirs: Any) -> list[str]:
+        return [label, o(mine), cel(theirs, g), cel(theirs, c)]
+
+    return [
+        ["tree", f"1 root + {t['children']:,} children; {t['running_target']} pool processes "
+                 f"on {len(ours.get('concurrency') or [])} simulated hosts",
+         f"group of {celery.get('members', t['children']):,} members, "
+         f"{celery.get('concurrency', '?')} pool processes",
+         f"chord, header of {celery.get('members', t['children']):,}, same worker"],
+        row("make the tree (one call)", lambda r: ms(r["submit_ms"]),
+            lambda d: ms(d["enqueue_ms"])),
+        row("running at the cancel", lambda r: str(r["running"]),
+            lambda d: str(d["started_before_revoke"])),
+        row("cancel call answered", lambda r: f"{r['answer_ms']:,.1f} ms",
+            lambda d: f"{d['revoke_call_ms']:,.1f} ms (a broadcast sent, nothing waited for)"),
+        row("started after the answer", lambda r: str(r["after"]["started_after_answer"]),
+            lambda d: str(d["started_after_revoke"])),
+        row("→ every running one stopped", lambda r: ms(stopped(r)),
+            lambda d: ms(d["no_member_running_ms"])),
+        row("→ every child's state recorded", lambda r: ms(
+                r["timeline"]["all_children_terminal_ms"]),
+            lambda d: "not recorded by the revoke; result backend at the end: " + ", ".join(
+                f"{k} {v:,}" for k, v in sorted(d["backend_states"].items()))),
+        row("→ queue empty", lambda r: ms(r["timeline"]["queue_empty_ms"]),
+            lambda d: ms(d["queue_empty_ms"])),
+        row("ran to completion anyway", lambda r: str(sum(
+                e["n"] for e in r["after"]["ends"] if e["status"] == "succeeded")),
+            lambda d: str(d["ran_to_completion"])),
+        row("left unfinished", lambda r: str(r["after"]["left_non_terminal"]),
+            lambda d: str(d["unacked_left"]) + " unacknowledged"),
+        row("work of the running ones", lambda r: (
+                f"{r['running_ends']['chunks_saved']:,} of "
+                f"{r['running_ends']['chunks_done']:,} chunks saved"),
+            lambda d: f"lost: {d['killed']} killed mid-task"),
+        row("the tree's own end", lambda r: f"root {r['after']['root']['status']}",
+            lambda d: (f"callback {d['callback']} after {ms(d['callback_ms'])}"
+                       if "callback" in d else "—")),
+        row("what remembers the cancel", lambda r: (
+                "one audit row ({cancelled:,} cancelled, {cancelling} cancelling); "
+                "every row".format(**r["after"]["audit"]) if r["after"]["audit"] else "rows"),
+            lambda d: f"{number(d['revoked_ids_held'], 0)} revoked ids in the worker's memory"),
+    ]
+
+
+def round_rows(results: Results) -> list[list[str]]:
+    t = trees(results)
+    ours = t.get("ours") or {}
+    rounds = [*(("HTTP", r) for r in rounds_of(t))]
+    if ours.get("breakdown"):
+        rounds.append(("in-process", ours["breakdown"]))
+    out = []
+    for i, (how, r) in enumerate(rounds, 1):
+        e, tl, a = r["running_ends"], r["timeline"], r["after"]
+        out.append([
+            f"{i} ({how})", f"{r['running']} / {r['queued']:,}", number(r["answer_ms"]),
+            number(e["observed_ms"].get("max")), number(e["row_terminal_ms"].get("max")),
+            number(e["finished_ms"].get("max")), number(tl["all_children_terminal_ms"]),
+            number(tl["no_live_execution_ms"]), number(tl["queue_empty_ms"]),
+            f"{a['started_after_answer']} / {a['left_non_terminal']}",
+            ", ".join(f"{n}× {k}" for k, n in e["via"].items())])
+    return out
+
+
+def span_rows(results: Results) -> list[list[str]]:
+    b = (trees(results).get("ours") or {}).get("breakdown")
+    if not b:
+        return []
+    a = b["answer"]
+    rows = [[s["step"], number(s["at_ms"]), number(s["ms"])] for s in a["spans"]]
+    rows.append(["Python between the steps", "", number(a["between_steps_ms"])])
+    rows.append(["`Canceller.cancel()` in all", "0.0", number(a["took_ms"])])
+    return rows
+
+
+TABLES: tuple[tuple[str, list[str], Any], ...] = (
+    (SIDE, ["", "ours: POST /api/v1/tasks/{root}/cancel (each round)",
+            "Celery group: revoke(terminate, SIGKILL)",
+            "Celery chord header: revoke(terminate)"], side_rows),
+    (ROUNDS, ["round", "running / queued", "answered", "last token observed",
+              "last running row terminal", "last process free", "every child terminal",
+              "no execution registered", "queue empty", "started after answer / unfinished",
+              "heard via"], round_rows),
+    (SPANS, ["step", "began at (ms)", "took (ms)"], span_rows),
+)
+
+
+# -- notes ---------------------------------------------------------------------------------
+
+def _side_note(results: Results) -> str:
+    t = trees(results)
+    return (
+        f"Both sides in one run, one after the other, on the same machine and the same number "
+        f"of pool processes ({t.get('running_target')}). Ours: the root is a queued row in a "
+        f"queue no worker reads and the children `distill`s "
+        f"({(t.get('ours') or {}).get('settings', {}).get('kwargs')}), all made by one "
+        f"`submit_batch` call; every running child's pool process runs on one of three "
+        f"simulated hosts and reaches PostgreSQL through PgBouncer, as the API does. "
+        f"CANCEL_GRACE is {t.get('cancel_grace_s')} s. Our times run from `time.time()` just "
+        f"before the call: a running child is stopped when its row is terminal and its "
+        f"worker logged `task.finished` (the pool process free again); every child's state "
+        f"is recorded when the bench's 20 ms poll finds none unfinished. Celery's times run "
+        f"from before the revoke call (bench/trees_celery.py, polled every 10 ms); its members "
+        f"sleep in 50 ms steps and save nothing.")
+
+
+def _rounds_note(results: Results) -> str:
+    return ("`heard via`: how each running child's token was set (`event`: its cancel "
+            "channel; `poll`: the worker's heartbeat reading the row). `queue empty`: the "
+            "workers' queue in Redis, where the never-started children's messages wait until "
+            "a worker takes each and drops it. The in-process round is the same cancel run by "
+            "`Canceller.cancel()` in the bench's process, to time its steps.")
+
+
+def _spans_note(results: Results) -> str:
+    return ("The steps `Canceller.cancel()` takes for a tree root, timed by wrapping the "
+            "methods of its own `Db`, `TreeControl` and `Canceller` instances (the product's "
+            "code unchanged), through PgBouncer as the API runs it.")
+
+
+SECTIONS: tuple[tuple[str, Any], ...] = ((SIDE, _side_note), (ROUNDS, _rounds_note),
+                                         (SPANS, _spans_note))
+
+
+def observations(results: Results) -> list[str]:
+    t = trees(results)
+    out = []
+    for name, part in (("ours", t.get("ours") or {}), ("Celery", t.get("celery") or {})):
+        if part.get("skipped"):
+            out.append(f"The trees section's {name} side was skipped: {part['skipped']}")
+        if part.get("error"):
+            out.append(f"The trees section's {name} side stopped early: {part['error']}")
+    left = ((t.get("ours") or {}).get("cleanup") or {}).get("left_behind")
+    if left:
+        out.append("The trees section could not remove everything: " + "; ".join(left))
+    rounds = rounds_of(t)
+    if rounds:
+        logged = [r["after"].get("worker_log") or {} for r in rounds]
+
+        def total(key: str) -> int:
+            return sum(int(x.get(key, 0)) for x in logged)
+
+        out.append(
+            f"How the never-started children's messages left the workers' queue "
+            f"({sum(r['queued'] for r in rounds):,} over {len(rounds)} HTTP round(s)): "
+            f"{total('discarded_as_revoked'):,} discarded by Celery's consumer because the "
+            f"reaper revoked their ids after the cancel, {total('dropped_by_guard'):,} taken by "
+            f"a pool process and dropped by our guard before any user code; the queue was empty "
+            f"{ms(worst(rounds, lambda r: r['timeline']['queue_empty_ms']))} after the call "
+            f"at worst. Each worker's main process handled the reaper's revoke by trying to "
+            f"mark every id revoked in a result backend, which the product does not configure, "
+            f"and logged a warning for each: {total('revoke_backend_warnings'):,} lines "
+            f"(`Failed to mark task … as revoked in backend`) across "
+            f"{len((t.get('ours') or {}).get('concurrency') or [])} workers.")
+    return out
