@@ -6,7 +6,7 @@ import { $, setText, toast } from "./dom.js";
 import { label } from "./format.js";
 import { ACTIVE, CANCEL_PENDING, HELD, INITIAL } from "./states.js";
 import { bulkPlan, store } from "./store.js";
-import { renderTasks, taskRow } from "./views.js";
+import { showTask } from "./views.js";
 import { refreshSoon } from "./sync.js";
 
 let confirmAction = null;   // what the open confirmation dialog will do on OK
@@ -48,11 +48,14 @@ export function dropConfirm() {
 
 export function confirmCancelOne(task) {
   const pending = CANCEL_PENDING.has(task.status);
+  const n = task.tree ? task.tree.children : 0;
+  // The server cancels a node's whole subtree in one step: the dialog says so.
+  const below = n ? ` Its ${n} ${n === 1 ? "child" : "children"} and everything below them are cancelled with it.` : "";
   askConfirm({
-    title: pending ? `Force-stop ${label(task)}?` : `Cancel ${label(task)}?`,
-    text: task.status === INITIAL
+    title: pending ? `Force-stop ${label(task)}?` : `Cancel ${label(task)}${n ? " and its tree" : ""}?`,
+    text: (task.status === INITIAL
       ? "It has not started, so it will never run."
-      : "The task stops at its next check; one that does not stop within the grace period is killed. Saved chunks are kept and it can be resumed later.",
+      : "The task stops at its next check; one that does not stop within the grace period is killed. Saved chunks are kept and it can be resumed later.") + below,
     ok: pending ? "Force stop" : "Cancel task",
     force: pending,
     action: (body) => cancelOne(task, body),
@@ -62,9 +65,7 @@ export function confirmCancelOne(task) {
 async function cancelOne(task, body) {
   try {
     const { status, data } = await call("POST", taskPath(task, "cancel"), body);
-    store.tasks.set(data.id, data);
-    taskRow(data);
-    renderTasks();
+    showTask(data);
     toast(status === 202 ? `${label(data)} is ${data.status}` : `${label(data)} was already ${data.status}`, "ok");
   } catch (err) {
     if (err.code !== "no_token") toast(`Cancel failed: ${err.message}`, "bad");
@@ -143,9 +144,7 @@ export async function resume(task, button) {
   button.disabled = true;
   try {
     const { data } = await call("POST", taskPath(task, "resume"), {});
-    store.tasks.set(data.id, data);
-    taskRow(data);
-    renderTasks();
+    showTask(data);
     toast(`${label(data)} resumed from its checkpoint`, "ok");
   } catch (err) {
     if (err.code !== "no_token") toast(`Resume failed: ${err.message}`, "bad");

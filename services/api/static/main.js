@@ -14,7 +14,10 @@ import { store } from "./store.js";
 import {
   connectEvents, maybeRefreshSystem, refreshActors, refreshSoon, refreshTasks, schedule, setFilter,
 } from "./sync.js";
-import { renderCounts, renderParams, renderStateFilter, rowTask, tick, toggleDetail } from "./views.js";
+import { isOpen, parentOf } from "./trees.js";
+import {
+  renderCounts, renderParams, renderStateFilter, rowTask, tick, toggleDetail, toggleTree, turnPage,
+} from "./views.js";
 
 async function loadStates() {
   // Everything else reads the states; the table never changes while the server runs.
@@ -51,13 +54,51 @@ function wireSession() {
 
 function onRowClick(event) {
   const button = event.target.closest("button[data-action]");
+  const pager = button && button.closest("tr.tree-pager");
+  if (pager) {
+    turnPage(pager.dataset.node, button.dataset.action, pager);
+    return;
+  }
   const row = button && button.closest("tr.task-row");
-  const task = row && rowTask(row.dataset.id);
+  const task = row && rowTask(row);
   if (!task) return;
+  // On a tree's node these act on its whole subtree: the server does, in one step.
   if (button.dataset.action === "cancel") confirmCancelOne(task);
   else if (button.dataset.action === "resume") resume(task, button);
   else if (button.dataset.action === "pause") pause(task, button);
   else if (button.dataset.action === "details") toggleDetail(task.id);
+  else if (button.dataset.action === "tree") toggleTree(task);
+}
+
+// The first thing to focus in a row: its tree toggle if it has one, else its first button.
+function focusIn(tr) {
+  const target = [...tr.querySelectorAll("button")]
+    .find((b) => !b.hidden && !b.disabled && !b.classList.contains("leaf"));
+  if (target) target.focus();
+}
+
+// The tree keys on a toggle: right opens (or goes to the first child), left closes (or goes
+// to the parent).
+function onRowKey(event) {
+  if (event.key !== "ArrowRight" && event.key !== "ArrowLeft") return;
+  const toggle = event.target.closest("button.tree-toggle");
+  const tr = toggle && toggle.closest("tr.task-row");
+  const task = tr && rowTask(tr);
+  if (!task) return;
+  event.preventDefault();
+  const open = isOpen(task.id);
+  if (event.key === "ArrowRight") {
+    let below = tr.nextElementSibling;
+    while (below && below.classList.contains("detail")) below = below.nextElementSibling;
+    if (!open) toggleTree(task);
+    else if (below && below.classList.contains("tree-child")) focusIn(below);
+  } else if (open) {
+    toggleTree(task);
+  } else if (parentOf(task.id) && tr.classList.contains("tree-child")) {
+    let above = tr.previousElementSibling;
+    while (above && above.dataset.id !== parentOf(task.id)) above = above.previousElementSibling;
+    if (above) focusIn(above);
+  }
 }
 
 function onCountClick(event) {
@@ -70,6 +111,7 @@ function onCountClick(event) {
 function wireTasks() {
   $("counts").addEventListener("click", onCountClick);
   $("task-rows").addEventListener("click", onRowClick);
+  $("task-rows").addEventListener("keydown", onRowKey);
   $("filter-status").addEventListener("change", (e) => setFilter({ status: e.target.value }));
   $("filter-actor").addEventListener("change", (e) => setFilter({ actor: e.target.value }));
   $("cancel-filtered").addEventListener("click", confirmCancelFiltered);

@@ -7,16 +7,14 @@ import { label } from "./format.js";
 import { askConfirm } from "./actions.js";
 import { HELD, PAUSABLE } from "./states.js";
 import { store } from "./store.js";
-import { renderTasks, taskRow } from "./views.js";
+import { showTask } from "./views.js";
 import { refreshSoon } from "./sync.js";
 
 export async function pause(task, button) {
   button.disabled = true;
   try {
     const { status, data } = await call("POST", taskPath(task, "pause"), {});
-    store.tasks.set(data.id, data);
-    taskRow(data);
-    renderTasks();
+    showTask(data);
     toast(status === 202 ? `${label(data)} is ${data.status}` : `${label(data)} was already ${data.status}`, "ok");
   } catch (err) {
     if (err.code !== "no_token") toast(`Pause failed: ${err.message}`, "bad");

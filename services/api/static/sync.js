@@ -1,16 +1,25 @@
 // Keeping the page current: loads through the API, server-sent events for news, and a
-// poll (faster while anything is active) for whatever an event did not say.
+// poll (faster while anything is active) for whatever an event did not say. The list holds
+// tree roots (and tasks of no tree); an open tree's pages and totals follow each load.
 
 import { API, call, eventsUrl, listTasks } from "./api.js";
 import { $, setText } from "./dom.js";
 import { renderSystem, renderSystemError } from "./panel.js";
 import { ACTIVE, HELD, STATES } from "./states.js";
 import { store } from "./store.js";
-import { renderActors, renderCounts, renderTasks, showFilter, updateRow } from "./views.js";
+import { busy, childTask, invalidate, refresh } from "./trees.js";
+import {
+  renderActors, renderCounts, renderTasks, showFilter, treesShown, updateRow,
+} from "./views.js";
 
 const EVENT_TYPES = ["task.submitted", "task.cancel_requested", "tasks.cancel_all",
   "task.resumed", "task.changed", "task.progress", "task.pause_requested", "tasks.pause_all",
-  "tasks.resume_all", "task.preempted", "message"];
+  "tasks.resume_all", "task.preempted", "tree.cancel_requested", "tree.pause_requested",
+  "tree.resumed", "tasks.submitted", "message"];
+// What changes a tree's totals: these are read again (at most once a second per tree).
+const TREE_EVENTS = new Set(["tree.cancel_requested", "tree.pause_requested", "tree.resumed",
+  "tasks.submitted", "task.submitted", "task.resumed", "tasks.cancel_all", "tasks.pause_all",
+  "tasks.resume_all"]);
 const POLL_ACTIVE_MS = 2000;
 const POLL_IDLE_MS = 6000;
 const SYSTEM_MS = 5000;
@@ -24,12 +33,15 @@ let systemAt = 0;
 
 async function fetchTasks() {
   const { status, actor } = store.filter;
+  // A chosen state finds its tasks wherever they sit in a tree: the tile counted them all.
   if (status) return listTasks({ status, actor, limit: ACTIVE_LIMIT });
-  // Active and paused tasks are fetched by state so a long history never pushes them off
+  // Otherwise roots only: a tree's children are read a page at a time below its row.
+  // Active and paused roots are fetched by state so a long history never pushes them off
   // the page.
   const lists = await Promise.all([
-    ...[...ACTIVE, ...HELD].map((s) => listTasks({ status: s, actor, limit: ACTIVE_LIMIT })),
-    listTasks({ actor, limit: HISTORY_LIMIT }),
+    ...[...ACTIVE, ...HELD].map((s) => listTasks({ status: s, actor, roots: true,
+      limit: ACTIVE_LIMIT })),
+    listTasks({ actor, roots: true, limit: HISTORY_LIMIT }),
   ]);
   return lists.flat();
 }
@@ -48,6 +60,8 @@ export async function refreshTasks() {
       store.tasks = new Map(items.map((t) => [t.id, t]));
       renderTasks();
       setText($("updated"), `Updated ${new Date().toLocaleTimeString()}`);
+      await refresh(treesShown());
+      if (generation === store.generation) renderTasks();
     } catch (err) {
       if (err.code !== "no_token") setText($("updated"), `Refresh failed: ${err.message}`);
     }
@@ -94,11 +108,11 @@ export async function maybeRefreshSystem(force) {
 export function schedule() {
   clearTimeout(timers.poll);
   if (document.hidden) return;
-  const busy = [...store.tasks.values()].some((t) => ACTIVE.has(t.status));
+  const active = busy() || [...store.tasks.values()].some((t) => ACTIVE.has(t.status));
   timers.poll = setTimeout(async () => {
     await Promise.all([refreshTasks(), maybeRefreshSystem()]);
     schedule();
-  }, busy ? POLL_ACTIVE_MS : POLL_IDLE_MS);
+  }, active ? POLL_ACTIVE_MS : POLL_IDLE_MS);
 }
 
 export function refreshSoon() {
@@ -178,23 +192,36 @@ function onEvent(type, raw) {
   } catch (_) {
     return;
   }
-  const task = event && typeof event.task_id === "string" ? store.tasks.get(event.task_id) : null;
+  const id = event && typeof event.task_id === "string" ? event.task_id : null;
+  // A task may be on the page twice: in the list (a state filter finds children) and in
+  // its open tree.
+  const tasks = id ? [...new Set([store.tasks.get(id), childTask(id)])].filter(Boolean) : [];
   if (type === "task.progress") {
     // Progress needs no round trip: patch the row, unless it is from an older attempt.
-    // A task not on the page comes in with the next poll or state change.
-    if (!task || (typeof event.attempt === "number" && event.attempt < task.attempt)) return;
-    const p = task.progress;
-    for (const key of ["done", "failed", "total", "current_chunk", "eta_seconds"]) {
-      if (key in event) p[key] = event[key];
+    // A task not on the page comes in with the next poll or state change; a tree's totals
+    // with the next refresh.
+    for (const task of tasks) {
+      if (typeof event.attempt === "number" && event.attempt < task.attempt) continue;
+      const p = task.progress;
+      for (const key of ["done", "failed", "total", "current_chunk", "eta_seconds"]) {
+        if (key in event) p[key] = event[key];
+      }
+      p.percent = p.total ? Math.round((1000 * (p.done + p.failed)) / p.total) / 10 : null;
+      if (typeof event.at === "number") task.heartbeat_at = new Date(event.at * 1000).toISOString();
+      updateRow(task);
     }
-    p.percent = p.total ? Math.round((1000 * (p.done + p.failed)) / p.total) / 10 : null;
-    if (typeof event.at === "number") task.heartbeat_at = new Date(event.at * 1000).toISOString();
-    updateRow(task);
     return;
   }
-  if (task && typeof event.status === "string" && STATES.includes(event.status)) {
-    task.status = event.status;
-    updateRow(task);
+  for (const task of tasks) {
+    if (typeof event.status === "string" && STATES.includes(event.status)) {
+      task.status = event.status;
+      updateRow(task);
+    }
   }
+  // A change inside a tree: what is known of its place is marked; an unknown task may be
+  // deep in any tree shown, whose live totals then follow at their own pace.
+  if (TREE_EVENTS.has(type)) invalidate(null);
+  else if (id && tasks.length) invalidate(id);
+  else if (type === "task.changed") invalidate(null, true);
   refreshSoon();
 }

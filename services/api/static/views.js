@@ -1,20 +1,17 @@
-// The counts, the filters, the submit form's actor list and the task table. Rows are built
-// once per task and updated in place, so progress bars keep animating.
+// The counts, the filters, the submit form's actor list and the task table: the list's
+// tasks grouped by state, an open tree's children below their node. Rows are built once per
+// task and updated in place, so progress bars keep animating.
 
-import { $, el, setClass, setText } from "./dom.js";
-import { ago, clip, clock, duration, secondsSince, shortId } from "./format.js";
-import {
-  ACTIVE, ATTENTION, CANCELLABLE, CANCEL_PENDING, EXECUTING, HELD, INITIAL, PAUSABLE, RESUMABLE,
-  STATES, complete, working,
-} from "./states.js";
+import { branch, nestedRow, nestedRows, sweep } from "./branches.js";
+import { $, el, setText } from "./dom.js";
+import { buildRow, details, fillDetail, rowOf, updateCells } from "./rows.js";
+import { ACTIVE, ATTENTION, STATES } from "./states.js";
 import { bulkPlan, store, visibleTasks } from "./store.js";
+import { hasChildren, invalidate, isOpen, prune, replaceChild, toggle, turn } from "./trees.js";
 
-const BEAT_LATE_S = 10;
-const BEAT_DEAD_S = 30;
-
-const rows = new Map();      // task id -> { main, detail, cells, task }
+const rows = new Map();      // task id -> its row in the list itself
 const groups = new Map();    // state -> its group header row
-const expanded = new Set();  // ids whose details are open
+let shownTrees = [];         // the tree nodes the table shows, open or not
 
 // --- counts and filters -----------------------------------------------------------------
 
@@ -97,6 +94,8 @@ export function renderTasks() {
     byState.get(t.status).push(t);
   }
   const nodes = [];
+  const seen = new Set();
+  const trees = [];
   for (const [status, list] of byState) {
     if (!list.length) continue;
     list.sort((a, b) => (b.created_at || "").localeCompare(a.created_at || ""));
@@ -104,15 +103,22 @@ export function renderTasks() {
     for (const task of list) {
       const row = taskRow(task);
       nodes.push(row.main);
-      if (expanded.has(task.id)) {
+      if (details.has(task.id)) {
         fillDetail(row, task);
         nodes.push(row.detail);
+      }
+      if (hasChildren(task)) {
+        trees.push(task);
+        if (isOpen(task.id)) nodes.push(...branch(task, 1, seen, trees));
       }
     }
   }
   for (const id of rows.keys()) {
     if (!store.tasks.has(id)) rows.delete(id);
   }
+  sweep(seen);
+  shownTrees = trees;
+  prune(new Set(trees.map((t) => t.id)));
   place($("task-rows"), nodes);
   $("empty").hidden = tasks.length > 0;
   const active = tasks.filter((t) => ACTIVE.has(t.status)).length;
@@ -120,8 +126,21 @@ export function renderTasks() {
   renderBulk();
 }
 
-// Moves only the rows whose position changed, so progress bars keep animating.
+// The tree nodes on the page, whose totals and open pages the refresh keeps current.
+export function treesShown() {
+  return shownTrees;
+}
+
+// Moves only the rows whose position changed, so progress bars keep animating and a focused
+// button (a tree's toggle, its pager) keeps the focus. What goes is taken out first: a new
+// page of children then slides in without moving the rows around it.
 function place(parent, nodes) {
+  const keep = new Set(nodes);
+  for (let node = parent.firstChild; node;) {
+    const next = node.nextSibling;
+    if (!keep.has(node)) node.remove();
+    node = next;
+  }
   let cursor = parent.firstChild;
   for (const node of nodes) {
     if (node === cursor) {
@@ -129,11 +148,6 @@ function place(parent, nodes) {
     } else {
       parent.insertBefore(node, cursor);
     }
-  }
-  while (cursor) {
-    const next = cursor.nextSibling;
-    cursor.remove();
-    cursor = next;
   }
 }
 
@@ -149,9 +163,10 @@ function groupRow(status, n) {
   return row;
 }
 
-// The task a row shows right now (the row's buttons act on it).
-export function rowTask(id) {
-  const row = rows.get(id);
+// The task a row shows right now (the row's buttons act on it): a row of the list or one
+// inside an open tree.
+export function rowTask(tr) {
+  const row = rowOf(tr);
   return row ? row.task : null;
 }
 
@@ -166,190 +181,56 @@ export function taskRow(task) {
   return row;
 }
 
-function buildRow(task) {
-  const cells = {
-    badge: el("span", { class: "badge" }),
-    actor: el("span", { class: "task-actor" }),
-    id: el("span", { class: "task-id mono", title: task.id, text: shortId(task.id) }),
-    sub: el("div", { class: "task-sub" }),
-    done: el("div", { class: "progress-done" }),
-    failedBar: el("div", { class: "progress-failed" }),
-    count: el("span"),
-    failed: el("span", { class: "failed" }),
-    beat: el("span"),
-    eta: el("span"),
-    attempt: el("span"),
-    worker: el("span", { class: "worker mono" }),
-    cancel: el("button", { type: "button", class: "btn btn-sm btn-danger", dataset: { action: "cancel" }, text: "Cancel" }),
-    pause: el("button", { type: "button", class: "btn btn-sm", dataset: { action: "pause" }, text: "Pause", title: "Save its work, stop, and wait for a resume" }),
-    resume: el("button", { type: "button", class: "btn btn-sm", dataset: { action: "resume" }, text: "Resume" }),
-    more: el("button", { type: "button", class: "btn btn-sm btn-ghost btn-icon", dataset: { action: "details" }, "aria-expanded": "false", "aria-label": "Details", title: "Details", text: "▸" }),
-  };
-  cells.bar = el("div", { class: "progress", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100 },
-    cells.done, cells.failedBar);
-  const main = el("tr", { class: "task-row", dataset: { id: task.id } },
-    el("td", { class: "c-status" }, cells.badge),
-    el("td", { class: "c-task" }, el("div", {}, cells.actor, cells.id), cells.sub),
-    el("td", { class: "c-progress" }, cells.bar, el("div", { class: "progress-label" }, cells.count, cells.failed)),
-    el("td", { class: "c-beat" }, cells.beat),
-    el("td", { class: "c-eta" }, cells.eta),
-    el("td", { class: "c-attempt" }, cells.attempt),
-    el("td", { class: "c-worker" }, cells.worker),
-    el("td", { class: "c-actions" }, cells.pause, cells.cancel, cells.resume, cells.more));
-  return { main, cells, task, detail: el("tr", { class: "detail" }, el("td", { colspan: 8 })) };
+// A task as an action's answer has it: wherever the page shows it, it shows this copy. An
+// action on a tree's node changed its subtree too: the totals above and below it are due.
+export function showTask(task) {
+  if (!replaceChild(task) || store.tasks.has(task.id)) store.tasks.set(task.id, task);
+  invalidate(task.id);
+  renderTasks();
 }
 
+// A task changed by an event: its rows are updated in place.
 export function updateRow(task) {
+  const inner = nestedRow(task.id);
+  if (inner && inner.task === task) updateCells(inner, task);
   const row = rows.get(task.id);
-  if (!row) return;
+  if (!row || store.tasks.get(task.id) !== task) return;
   row.task = task;
   updateCells(row, task);
   if (!visibleTasks().includes(task)) renderTasks();
   else renderBulk();
 }
 
-function updateCells(row, task) {
-  const c = row.cells;
-  const p = task.progress || {};
-  const status = task.status;
-  row.main.dataset.status = status;
-  setClass(row.main, `task-row s-${status}`);
-  setClass(c.badge, `badge s-${status}`);
-  setText(c.badge, status);
-  setText(c.actor, task.actor);
-  setText(c.sub, subline(task));
-
-  const total = p.total || 0;
-  const known = total > 0;
-  // A task can end before its first heartbeat recorded a total: full, if it completed.
-  const donePct = known ? Math.min(100, (100 * p.done) / total) : complete(status) ? 100 : 0;
-  const failedPct = known ? Math.min(100 - donePct, (100 * p.failed) / total) : 0;
-  const percent = known ? Math.round(donePct + failedPct) : null;
-  c.done.style.width = `${donePct}%`;
-  c.failedBar.style.width = `${failedPct}%`;
-  c.bar.classList.toggle("unknown", !known && working(status));
-  c.bar.dataset.percent = percent === null ? "" : String(percent);
-  c.bar.dataset.done = String(p.done || 0);
-  if (percent === null) c.bar.removeAttribute("aria-valuenow");
-  else c.bar.setAttribute("aria-valuenow", String(percent));
-  setText(c.count, known ? `${p.done + p.failed} / ${total} · ${percent}%` : progressHint(task));
-  setText(c.failed, p.failed ? `${p.failed} failed` : "");
-
-  const beat = EXECUTING.has(status) ? secondsSince(task.heartbeat_at) : null;
-  setText(c.beat, beat === null ? "—" : `${duration(beat)} ago`);
-  setClass(c.beat, beat === null ? "muted" : beat >= BEAT_DEAD_S ? "age-dead" : beat >= BEAT_LATE_S ? "age-late" : "age-ok");
-  c.beat.title = task.heartbeat_at ? `Last heartbeat ${clock(task.heartbeat_at)}` : "No heartbeat yet";
-  setText(c.eta, etaText(task, beat));
-
-  setText(c.attempt, task.attempt ? `#${task.attempt}` : "—");
-  c.attempt.title = task.resumes ? `Resumed ${task.resumes} time(s)` : "";
-  setText(c.worker, task.worker || "—");
-  c.worker.title = task.worker || "";
-  setClass(c.worker, task.worker ? "worker mono" : "worker muted");
-
-  const pending = CANCEL_PENDING.has(status);
-  c.cancel.hidden = !CANCELLABLE.has(status);
-  setText(c.cancel, pending ? "Force" : "Cancel");
-  c.cancel.title = pending ? "Kill now instead of waiting for the grace period" : "Cancel this task";
-  c.pause.hidden = !PAUSABLE.has(status);
-  c.resume.hidden = !RESUMABLE.has(status);
-  c.resume.title = HELD.has(status) ? "Queue it again: it goes on from its checkpoint" : "Start a new attempt from its checkpoint";
-  const open = expanded.has(task.id);
-  c.more.setAttribute("aria-expanded", String(open));
-  setText(c.more, open ? "▾" : "▸");
-  if (open) fillDetail(row, task);
-}
-
-function subline(task) {
-  const parts = [task.queue];
-  if (ACTIVE.has(task.status)) {
-    parts.push(task.started_at && task.status !== INITIAL ? `started ${ago(task.started_at)}` : `submitted ${ago(task.created_at)}`);
-    if (EXECUTING.has(task.status)) parts.push(usage(task));
-  } else if (HELD.has(task.status) && task.pause) {
-    parts.push(`paused ${ago(task.pause.requested_at)}`);
-  } else if (task.finished_at) {
-    parts.push(`ended ${ago(task.finished_at)}`);
-  }
-  if (task.outcome && task.outcome !== "never_started" && !ACTIVE.has(task.status)) {
-    parts.push(task.outcome.replace(/_/g, " "));
-  }
-  return parts.filter(Boolean).join(" · ");
-}
-
-// What the task's pool process used at its last heartbeat: RSS and CPU (100% = one core).
-function usage(task) {
-  const r = task.resources || {};
-  const parts = [];
-  if (r.rss_bytes != null) parts.push(mebibytes(r.rss_bytes));
-  if (r.cpu_percent != null) parts.push(`CPU ${Math.round(r.cpu_percent)}%`);
-  return parts.join(" · ");
-}
-
-function mebibytes(n) {
-  return n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : `${Math.round(n / (1 << 20))} MiB`;
-}
-
-function progressHint(task) {
-  const p = task.progress || {};
-  if (task.status === INITIAL) {
-    if (task.eta && Date.parse(task.eta) > Date.now()) {
-      return `starts in ${duration((Date.parse(task.eta) - Date.now()) / 1000)}`;
-    }
-    return "waiting for a worker";
-  }
-  if (p.done || p.failed) return `${p.done + p.failed} chunks`;
-  if (working(task.status)) return "starting";
-  if (task.outcome === "never_started") return "never started";
-  return "—";
-}
-
-function etaText(task, beat) {
-  const eta = task.progress && task.progress.eta_seconds;
-  if (!working(task.status) || eta === null || eta === undefined) return "—";
-  // The estimate was made at the last heartbeat; count down from there.
-  return duration(Math.max(0, eta - (beat || 0))) || "—";
-}
-
-export function toggleDetail(id) {
-  if (expanded.has(id)) expanded.delete(id);
-  else expanded.add(id);
+// Opens or closes a tree node: its row says so at once, its children follow when loaded.
+export async function toggleTree(task) {
+  const loaded = toggle(task.id);
+  renderTasks();
+  await loaded;
   renderTasks();
 }
 
-function fillDetail(row, task) {
-  const entries = [
-    ["Id", task.id],
-    ["Queue", task.queue],
-    ["Arguments", clip(JSON.stringify(task.kwargs), 2000)],
-    ["Created", clock(task.created_at)],
-    ["Started", task.started_at ? clock(task.started_at) : "—"],
-    ["Finished", task.finished_at ? clock(task.finished_at) : "—"],
-    ["Current chunk", task.progress && task.progress.current_chunk != null ? task.progress.current_chunk : "—"],
-    ["Outcome", task.outcome || "—"],
-    ["Resumes", task.resumes || 0],
-    ["Memory (RSS), CPU", usage(task) || "—"],
-  ];
-  if (task.error) entries.push(["Error", clip(task.error, 2000)]);
-  if (task.pause) {
-    const p = task.pause;
-    entries.push(["Pause", `${clock(p.requested_at)} by ${p.by || "?"}${p.reason ? ` — ${p.reason}` : ""}`]);
+// Another page of a node's children ("more", "back", "first", "retry").
+export async function turnPage(id, where, pager) {
+  const loaded = turn(id, where);
+  renderTasks();
+  await loaded;
+  renderTasks();
+  // The button pressed may be gone (no page after the last): the pager keeps the focus.
+  const lost = !document.activeElement || document.activeElement === document.body;
+  if (lost && pager.isConnected) {
+    const next = [...pager.querySelectorAll("button")].find((b) => !b.hidden);
+    if (next) next.focus();
   }
-  if (task.cancel) {
-    const c = task.cancel;
-    entries.push(["Cancel", `${clock(c.requested_at)} by ${c.by || "?"}${c.forced ? ", forced" : ""}` +
-      `${c.reason ? ` — ${c.reason}` : ""}`]);
-  }
-  const key = JSON.stringify(entries);
-  if (row.detailKey === key) return;
-  row.detailKey = key;
-  const grid = el("dl", { class: "detail-grid" });
-  for (const [name, value] of entries) {
-    grid.append(el("dt", { text: name }), el("dd", {}, name === "Arguments" ? el("pre", { text: value }) : String(value)));
-  }
-  row.detail.firstChild.replaceChildren(grid);
+}
+
+export function toggleDetail(id) {
+  if (details.has(id)) details.delete(id);
+  else details.add(id);
+  renderTasks();
 }
 
 // Ages and countdowns move with the clock, between loads.
 export function tick() {
   for (const row of rows.values()) updateCells(row, row.task);
+  for (const row of nestedRows()) updateCells(row, row.task);
 }
