@@ -90,7 +90,7 @@ async def submit_batch(db: Db, celery: Celery, settings: Settings, items: list[I
             item = items[i]
             key = (("task", item.parent_id) if item.parent_id is not None
                    else ("ref", item.parent_ref) if item.parent_ref is not None else ("root", None))
-            if key[0] == "ref" and ref_index[key[1]] not in nodes and groups:
+            if key[0] == "ref" and ref_index[str(key[1])] not in nodes and groups:
                 await _flush(db, conn, groups, parents, nodes, ref_index, prepared, rows)
             groups[key].append(i)
         await _flush(db, conn, groups, parents, nodes, ref_index, prepared, rows)

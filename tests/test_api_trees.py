@@ -157,9 +157,6 @@ async def test_a_batch_under_a_default_parent(
         "fail_fast": False}
 
 
-@pytest.mark.xfail(strict=True, reason="the rows shared/batch.py gets back from "
-                   "tree_insert_children (shared/sql/trees.sql) carry no parent_id, so "
-                   "services/api/trees.py submit_many answers null for every entry")
 async def test_the_batch_answer_names_each_new_tasks_parent(
         api: ApiClient, auth: dict[str, str], actors: dict[str, str]) -> None:
     parent = await submitted(api, auth)
@@ -325,8 +322,6 @@ async def test_a_batch_over_the_limit_is_a_400_and_makes_nothing(
     assert "tasks" in error["details"] and "BATCH_MAX_TASKS" in error["details"]["tasks"]
 
 
-@pytest.mark.xfail(strict=True, reason="services/api/trees.py submit_many reads the batch's "
-                   "default parent_id without checking it: null is taken as no parent")
 async def test_a_null_default_parent_is_a_400(
         api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db,
         redis: aioredis.Redis, keys: Keys) -> None:
@@ -341,9 +336,6 @@ async def test_a_null_default_parent_is_a_400(
 
 # -- the tree view ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="tree_children_page (shared/sql/trees.sql) reads fewer "
-                   "columns than a task summary needs (eta, resumes, cancel_requested_at, ...): "
-                   "the view of a task with children is a 500 (KeyError 'eta')")
 async def test_the_tree_view_pages_children_and_counts_the_subtree(
         api: ApiClient, auth: dict[str, str], actors: dict[str, str], db: Db) -> None:
     # given a root with five children, one of which has two of its own, in several states

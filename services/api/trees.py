@@ -95,8 +95,14 @@ async def submit_many(request: web.Request) -> web.Response:
         top.problem("tasks", "must be a non-empty list of tasks")
     elif len(raw) > limit:
         top.problem("tasks", f"at most {limit} tasks in one batch (BATCH_MAX_TASKS)")
-    default_parent = top.data.get("parent_id")
+    default_parent = top.string("parent_id", max_length=36)
+    if default_parent is not None:
+        try:
+            uuid.UUID(default_parent)
+        except ValueError:
+            top.problem("parent_id", "must be a task id (a UUID)")
     top.done()
+    assert isinstance(raw, list)
     items: list[Item] = []
     problems: dict[str, str] = {}
     for i, entry in enumerate(raw):

@@ -67,15 +67,17 @@ class TaskContext:
 
     # -- job trees ----------------------------------------------------------------------
 
-    def spawn(self, actor: Actor[Any, Any] | str, *, chunk: int | None = None,
-              checkpoint: Any = None, fail_fast: bool | None = None, queue: str | None = None,
-              **kwargs: Any) -> str:
-        """Makes a child task and enqueues it; returns its id. With `chunk`, that chunk's
-        checkpoint (`checkpoint`, by default the child's id) is saved in the same step, so a
-        resumed parent skips it; without, a resumed parent spawning again in the same order
-        gets the same children back. Raises Cancelled if this task is being stopped."""
-        ids = self._spawn().spawn(actor, kwargs, chunk=chunk, checkpoint=checkpoint,
-                                  fail_fast=fail_fast, queue=queue)
+    def spawn(self, actor: Actor[Any, Any] | str, arguments: Mapping[str, Any] | None = None,
+              /, *, chunk: int | None = None, checkpoint: Any = None,
+              fail_fast: bool | None = None, queue: str | None = None, **kwargs: Any) -> str:
+        """Makes a child task and enqueues it; returns its id. Its arguments are `arguments`
+        and the other keywords (a dict for names that clash with these options). With
+        `chunk`, that chunk's checkpoint (`checkpoint`, by default the child's id) is saved in
+        the same step, so a resumed parent skips it; without, a resumed parent spawning again
+        in the same order gets the same children back. Raises Cancelled if this task is
+        being stopped."""
+        ids = self._spawn().spawn(actor, {**(arguments or {}), **kwargs}, chunk=chunk,
+                                  checkpoint=checkpoint, fail_fast=fail_fast, queue=queue)
         if chunk is not None:
             self.checkpoint.saved.add(chunk)
         return ids

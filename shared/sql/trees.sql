@@ -26,7 +26,7 @@ FROM unnest($4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::uuid[], $9::tim
             $10::text[], $11::boolean[])
      AS u(id, actor, queue, kwargs, message_id, eta, spawn_key, fail_fast)
 ON CONFLICT (parent_id, spawn_key) WHERE spawn_key IS NOT NULL DO NOTHING
-RETURNING id, actor, queue, message_id, eta, queued_at, spawn_key;
+RETURNING id, actor, queue, message_id, eta, queued_at, spawn_key, parent_id;
 
 -- name: tree_existing_children
 -- The children a parent made earlier under these spawn keys.
@@ -220,9 +220,12 @@ GROUP BY t.status;
 -- name: tree_children_page
 -- One page of a node's children, oldest first after the cursor ($2, $3), each with how many
 -- children it has of its own.
-SELECT id, actor, queue, status, attempt, done, failed, total, current_chunk, eta_seconds,
-       heartbeat_at, created_at, started_at, finished_at, worker, outcome, left(error, 500) AS error,
-       cancel_reason, pause_reason, parent_id, root_id, depth, children, fail_fast
+-- The columns are the list view's (list_task_summaries).
+SELECT id, actor, queue, status, attempt, eta, done, failed, total, current_chunk,
+       eta_seconds, heartbeat_at, created_at, started_at, finished_at, worker, outcome,
+       left(error, 500) AS error, resumes, cancel_requested_at, cancel_reason, cancel_by,
+       cancel_forced, cancel_deadline, pause_requested_at, pause_reason, pause_by, rss_bytes,
+       cpu_percent, parent_id, root_id, depth, children, fail_fast
 FROM tasks
 WHERE parent_id = $1
   AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))

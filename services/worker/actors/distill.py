@@ -9,7 +9,7 @@ next. A cancel stops it at once (the wait wakes); a resume skips saved chunks. W
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated
+from typing import Annotated, Any
 
 from services.worker.actor import actor
 from services.worker.actors.text import digest, generated_chunk, split_document
@@ -38,7 +38,7 @@ def merge_batches(ctx: TaskContext, **_: object) -> None:
 
 
 def _spawn_batches(ctx: TaskContext, pieces: list[str] | None, total: int, batches: int,
-                   options: dict[str, float | int]) -> dict[str, int]:
+                   options: dict[str, Any]) -> dict[str, int]:
     """Splits the work into `batches` children of about equal size, one per chunk of this
     task's own checkpoint (a resumed parent skips the batches it already made)."""
     n = min(batches, total)
@@ -49,9 +49,9 @@ def _spawn_batches(ctx: TaskContext, pieces: list[str] | None, total: int, batch
         if i in ctx.checkpoint:
             continue
         start, end = bounds[i], bounds[i + 1]
-        part: dict[str, object] = ({"text": " ".join(pieces[start:end])} if pieces is not None
-                                   else {"chunks": end - start, "first_chunk": start})
-        ctx.spawn(distill, chunk=i, **part, **options)
+        part: dict[str, Any] = ({"text": " ".join(pieces[start:end])} if pieces is not None
+                                else {"chunks": end - start, "first_chunk": start})
+        ctx.spawn(distill, {**part, **options}, chunk=i)
         made += 1
         ctx.heartbeat(done=made)
     return {"done": made, "failed": 0, "total": n}
