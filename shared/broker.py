@@ -11,6 +11,7 @@ from typing import Any
 from celery import Celery
 
 from shared.keys import Keys
+from shared.publish import close_publishers
 from shared.settings import Settings
 
 # A revoke the reaper broadcasts for messages whose rows are already settled carries this
@@ -53,8 +54,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class BrokerApp(Celery):
+    """A Celery app that also lets go of the direct publish path's connections on close."""
+
+    def close(self) -> None:
+        super().close()
+        close_publishers(self)
+
+
 def make_celery(settings: Settings, main: str = "taskreaper") -> Celery:
-    app = Celery(main, set_as_current=False)
+    app = BrokerApp(main, set_as_current=False)
     app.conf.update(celery_config(settings))
     app.taskreaper_pending_key = Keys(settings.key_prefix).pending
+    # shared.submit publishes through shared.publish (direct) or kombu's client.
+    app.taskreaper_publish_mode = settings.publish_mode
     return app

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,6 +14,7 @@ from celery import Celery
 from shared.db import Db, Record
 from shared.errors import BrokerUnavailable, InvalidKwargs, SubmitError, UnknownActor
 from shared.params import KwargsError, validate
+from shared.publish import QUEUED_AT_HEADER, Message, direct_capable, publisher_for
 
 # The errors a submission raises live with the others in shared.errors; named here too for
 # callers that think of them as submit's.
@@ -22,38 +22,27 @@ __all__ = ["BrokerUnavailable", "InvalidKwargs", "Message", "QUEUED_AT_HEADER", 
            "UnknownActor", "check_kwargs", "pending_set", "publish", "publish_many", "start_time",
            "submit"]
 
-# The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
-# reaper removes from Redis the messages a cancel fence covers without asking the DB.
-QUEUED_AT_HEADER = "taskreaper_queued_at"
-
-
-def _publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uuid.UUID, queue: str,
-             eta: datetime | None, queued_at: datetime | None) -> None:
-    pending = pending_set(celery)
-    if pending is not None:
-        # Before the message exists: the lost-message rule never sees a published message
-        # missing from the set.
-        client, key = pending
-        client.zadd(key, {str(message_id): time.time()})
-    headers = {QUEUED_AT_HEADER: queued_at.timestamp()} if queued_at is not None else None
-    celery.send_task(actor, kwargs={"task_id": str(task_id)}, task_id=str(message_id),
-                     queue=queue, eta=eta, retry=True, headers=headers)
-
 
 def _publish_many(celery: Celery, messages: list[Message]) -> None:
+    """Through kombu's blocking client: for a thread."""
     pending = pending_set(celery)
     if pending is not None and messages:
+        # Before the messages exist: the lost-message rule never sees a published message
+        # missing from the set.
         client, key = pending
         now = time.time()
         client.zadd(key, {str(m.message_id): now for m in messages})
+    if len(messages) == 1:
+        m = messages[0]
+        celery.send_task(m.actor, kwargs={"task_id": str(m.task_id)}, task_id=str(m.message_id),
+                         queue=m.queue, eta=m.eta, retry=True, headers=m.headers())
+        return
     # One producer (one connection) for all of them, not one round of acquiring per message.
     with celery.producer_or_acquire() as producer:
         for m in messages:
-            headers = ({QUEUED_AT_HEADER: m.queued_at.timestamp()} if m.queued_at is not None
-                       else None)
             celery.send_task(m.actor, kwargs={"task_id": str(m.task_id)},
                              task_id=str(m.message_id), queue=m.queue, eta=m.eta, retry=True,
-                             headers=headers, producer=producer)
+                             headers=m.headers(), producer=producer)
 
 
 def pending_set(celery: Celery) -> tuple[redis.Redis, str] | None:
@@ -73,33 +62,22 @@ def pending_set(celery: Celery) -> tuple[redis.Redis, str] | None:
 async def publish(celery: Celery, actor: str, task_id: uuid.UUID, message_id: uuid.UUID,
                   queue: str, eta: datetime | None = None, *,
                   queued_at: datetime | None = None) -> None:
-    """Sends the Celery message off the event loop: kombu's client is blocking."""
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, _publish, celery, actor, task_id, message_id, queue, eta,
-                                   queued_at)
-    except Exception as exc:  # kombu and redis raise many kinds on a broken connection
-        raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Message:
-    """One task's message, as `publish` sends it."""
-
-    actor: str
-    task_id: uuid.UUID
-    message_id: uuid.UUID
-    queue: str
-    eta: datetime | None = None
-    queued_at: datetime | None = None
+    """Sends one task's Celery message (PUBLISH_MODE: direct, or kombu's client in a thread)."""
+    await publish_many(celery, [Message(actor, task_id, message_id, queue, eta, queued_at)])
 
 
 async def publish_many(celery: Celery, messages: list[Message]) -> None:
-    """Many tasks' messages at once (a resume-all's batch), off the event loop: one Redis
-    round trip for the set of pending ids and one producer for every message."""
-    loop = asyncio.get_running_loop()
+    """Many tasks' messages at once (a batch, a resume-all's chunk): direct, in one round
+    trip per shared.publish.CHUNK messages; through kombu, one Redis round trip for the set
+    of pending ids and one producer for every message, off the event loop."""
+    if not messages:
+        return
     try:
-        await loop.run_in_executor(None, _publish_many, celery, messages)
+        if direct_capable(celery):
+            await publisher_for(celery).send(messages)
+        else:
+            await asyncio.get_running_loop().run_in_executor(None, _publish_many, celery,
+                                                             messages)
     except Exception as exc:  # kombu and redis raise many kinds on a broken connection
         raise BrokerUnavailable(f"could not enqueue: {exc}") from exc
 
