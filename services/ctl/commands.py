@@ -57,10 +57,24 @@ async def cancel(ctx: CtlContext, console: Console, ident: str, *, force: bool,
     result = await ctx.canceller().cancel(task_id, by=ctx.actor, reason=reason, force=force)
     row = result.row
     verb = "cancel requested" if result.changed else "nothing to do, already"
-    emit(console, as_json, {**row_json(row), "changed": result.changed},
-          f"{task_id}: {verb} {row['status']}"
-          f"{' (forced)' if force and result.changed else ''}")
+    data = {**row_json(row), "changed": result.changed}
+    if result.subtree is not None:
+        data["descendants"] = {"total": sum(result.subtree.values()), **result.subtree}
+    emit(console, as_json, data,
+         f"{task_id}: {verb} {row['status']}"
+         f"{' (forced)' if force and result.changed else ''}{descendants(result.subtree)}")
     return 0
+
+
+def descendants(subtree: dict[str, int] | None) -> str:
+    """What a cancel of a parent did below it, as the tail of its line."""
+    if subtree is None:
+        return ""
+    n = sum(subtree.values())
+    if not n:
+        return "; no unfinished descendant left to cancel"
+    states = ", ".join(f"{v} {k}" for k, v in sorted(subtree.items()))
+    return f"; {n} unfinished descendant{'s' if n != 1 else ''} too: {states}"
 
 
 async def cancel_all(ctx: CtlContext, console: Console, *, force: bool, reason: str | None,

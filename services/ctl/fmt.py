@@ -1,6 +1,20 @@
-"""Short human forms for durations and sizes in taskctl's tables."""
+"""Short human forms for durations, sizes and task states in taskctl's tables."""
 
 from __future__ import annotations
+
+from rich.text import Text
+
+# One colour per state wherever taskctl prints one: green runs, yellow is stopping, blue
+# waits on children, red ended badly, dim ended as asked.
+STATE_STYLE = {
+    "queued": "cyan", "running": "green", "cancelling": "yellow", "pausing": "yellow",
+    "paused": "magenta", "waiting": "blue", "succeeded": "bold green", "failed": "bold red",
+    "lost": "bold red", "cancelled": "dim",
+}
+
+
+def state(status: str) -> Text:
+    return Text(status, style=STATE_STYLE.get(status, ""))
 
 
 def duration(seconds: float | None) -> str:

@@ -4,6 +4,7 @@
     taskctl force-kill [--force|--status]   cancel everything, kill this host's workers, purge
     taskctl monitor [--once]                live progress of running tasks
     taskctl monitor kill <id>               end one running task now
+    taskctl tree <id> [--depth N]           a task's ancestors and the job tree below it
     taskctl cancel <id> [--force]           cancel one task
     taskctl cancel-all [--force]            cancel everything (or one actor's, one queue's)
     taskctl resume <id>                     start a new attempt from the checkpoint
@@ -32,7 +33,7 @@ import redis
 import structlog
 from rich.console import Console
 
-from services.ctl import commands, drain, force_kill, monitor, pauses, status, token
+from services.ctl import commands, drain, force_kill, monitor, pauses, status, token, tree
 from services.ctl.context import open_context
 from services.ctl.errors import FAILED, USAGE, CtlError, bad_input, failed
 from shared import runfile
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=_positive, default=0.5, help="seconds between frames")
     p.add_argument("--reason", default="monitor kill", help="recorded with the cancel")
 
+    tree.add_parser(sub)
+
     p = sub.add_parser("cancel", help="cancel one task")
     p.add_argument("task_id")
     p.add_argument("--force", action="store_true", help="no grace period")
@@ -124,6 +127,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings, console: Conso
                                              reason=args.reason)
             case "monitor":
                 return await monitor.run(ctx, console, once=args.once, interval=args.interval)
+            case "tree":
+                return await tree.run(ctx, console, args)
             case "cancel":
                 return await commands.cancel(ctx, console, args.task_id, force=args.force,
                                              reason=args.reason, as_json=args.json)
@@ -151,7 +156,7 @@ def _changes_things(args: argparse.Namespace) -> bool:
         return not args.status
     if args.command == "monitor":
         return args.action == "kill"
-    return args.command not in ("status",)
+    return args.command not in ("status", "tree")
 
 
 def _setup_logging(settings: Settings, args: argparse.Namespace) -> None:
