@@ -13,6 +13,7 @@ from celery import Celery
 from services.ctl import procs, queues
 from services.ctl.context import CtlContext
 from shared.registry import lapsed_workers
+from shared.states import ACTIVE
 
 _INSPECT = ("active", "reserved", "scheduled")
 
@@ -35,6 +36,9 @@ class Snapshot:
     notes: list[str] = field(default_factory=list)
     # Running and cancelling tasks, with what their pool processes used at the last beat.
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    # Tasks not finished and not held (paused): queued, running, stopping, or waiting for
+    # their children.
+    active: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,4 +153,5 @@ async def take(ctx: CtlContext, *, inspect_timeout: float = 1.0, inspect: bool =
         processes=[procs.snapshot(p, now) for p in host.processes], celery=celery_view,
         queues=lengths.ready, unacked=lengths.unacked, unacked_index=lengths.unacked_index,
         counts=counts, executions={"live": live, "expired": expired}, reaper=reaper,
-        inconsistencies=found, notes=notes, tasks=[_task(r, now) for r in running])
+        inconsistencies=found, notes=notes, tasks=[_task(r, now) for r in running],
+        active=sum(counts.get(s.value, 0) for s in ACTIVE))

@@ -82,6 +82,8 @@ def _counts(s: snapshot.Snapshot) -> Table:
         n = s.counts.get(state.value, 0)
         style = "" if state in TERMINAL or n == 0 else "bold"
         t.add_row(Text(state.value, style=style), str(n))
+    # Waiting parents hold no process, yet their trees are not done: they count.
+    t.add_row(Text("active (all but paused and ended)", style="italic"), str(s.active))
     t.add_row(Text("live executions (registry)", style="italic"), str(s.executions["live"]))
     return t
 
