@@ -230,3 +230,42 @@ async def test_distill_in_batches_spawns_them_and_merges_their_digests(
     merged = await db.pool.fetchval(
         "SELECT result FROM task_results WHERE task_id = $1 AND chunk = 3", root)
     assert merged["batches"] == 3 and merged["chunks"] == 12 and merged["terms"]
+
+
+@pytest.mark.slow
+async def test_a_paused_tree_holds_every_child_and_its_resume_finishes_each_chunk_once(
+        settings: Settings, db: Db, redis: aioredis.Redis, start_worker: Any,
+        canceller: Canceller) -> None:
+    from shared.pausing import Pauser
+
+    # given a root waiting for twelve children, two of them running
+    start_worker()
+    root = (await submit_task(settings, db, "tree_root",
+                              {"children": 12, "chunks": 4, "chunk_seconds": 0.4}))["id"]
+    await row_where(db, root, status_is("waiting"), 20, "root waiting")
+    await wait_for(lambda: db.pool.fetchval(
+        "SELECT count(*) >= 2 FROM tasks WHERE parent_id = $1 AND status = 'running' "
+        "AND done >= 1", root), timeout=20, what="children running")
+
+    # when the root is paused
+    pauser = Pauser(settings, db, canceller.redis, canceller.celery)
+    out = await pauser.pause(root, by=BY, reason="maintenance")
+
+    # then every unfinished child is paused (the running ones within their grace), the root
+    # still waits, and nothing runs
+    assert out.changed
+    rows = await all_children(db, root, 12, status_is("paused", "succeeded"),
+                              2 * settings.cancel_grace + 5, "children paused")
+    paused = [r for r in rows if r["status"] == "paused"]
+    assert any(r["done"] > 0 for r in paused), "a running child paused with its chunks"
+    assert any(r["attempt"] == 0 for r in paused), "a queued child paused before it ran"
+    await asyncio.sleep(1.0)
+    assert {r["status"] for r in await children_of(db, root)} <= {"paused", "succeeded"}
+    assert (await db.get_task(root))["status"] == "waiting"
+
+    # when it is resumed, the tree completes and no chunk was done twice
+    await canceller.resume(root, by=BY)
+    done = await row_where(db, root, status_is(*TERMINAL), 60, "root finished")
+    assert done["status"] == "succeeded"
+    counts = await chunk_counts(redis, settings, db, root)
+    assert len(counts) == 48 and set(counts.values()) == {1}
