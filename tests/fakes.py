@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.db.cancels import WALK_START, Edge, SweepStep
 from shared.db.rows import DueCancel, StaleExecution
 from shared.states import EXECUTING, STOPPING
 
@@ -232,6 +233,13 @@ class FakeDb:
         return [tid for tid, r in self.tasks.items()
                 if r["status"] == "waiting" and tid not in open_parents][:limit]
 
+    async def active_roots(self, limit: int) -> list[uuid.UUID]:
+        await self._reach()
+        roots = {r.get("root_id") or r["id"] for r in self.tasks.values()
+                 if r["status"] in ("running", "cancelling", "pausing")
+                 and (r.get("root_id") or r.get("children"))}
+        return list(roots)[:limit]
+
     async def orphaned_parents(self, limit: int) -> list[uuid.UUID]:
         await self._reach()
         found = []
@@ -262,6 +270,34 @@ class FakeDb:
         if covered:
             self.fences[fence["id"]]["swept"] += len(covered)
         return len(covered)
+
+    async def sweep_fence_range(self, fence: dict[str, Any], batch: int, *,
+                                paused: bool = False, descending: bool = False,
+                                after: Edge | None = None, before: Edge | None = None,
+                                conn: Any = None) -> SweepStep:
+        await self._reach()
+        status = "paused" if paused else "queued"
+        low, high = after or WALK_START, before or (fence["at"], uuid.UUID(int=0))
+        taken = sorted((r for r in self.tasks.values()
+                        if _covers(fence, {**r, "status": "queued"}) and r["status"] == status
+                        and low < (r["queued_at"], r["id"]) < high),
+                       key=lambda r: (r["queued_at"], r["id"]), reverse=descending)[:batch]
+        for row in taken:
+            row.update(status="cancelled", finished_at=now(),
+                       outcome=(row["outcome"] if paused else None) or "never_started",
+                       cancel_requested_at=fence["at"], cancel_reason=fence["reason"],
+                       cancel_by=fence["by"], cancel_forced=fence["forced"])
+        edge = (taken[-1]["queued_at"], taken[-1]["id"]) if taken else None
+        return SweepStep(swept=len(taken), taken=len(taken), edge=edge)
+
+    async def fence_progress(self, fence_id: int, swept: int) -> None:
+        await self._reach()
+        self.fences[fence_id]["swept"] += swept
+
+    async def fence_leftovers(self, fence: dict[str, Any]) -> bool:
+        await self._reach()
+        return any(_covers(fence, {**r, "status": "queued"}) for r in self.tasks.values()
+                   if r["status"] in ("queued", "paused"))
 
     async def fence_swept(self, fence_id: int) -> None:
         await self._reach()

@@ -127,3 +127,36 @@ async def test_the_reaper_settles_a_parent_left_waiting_and_cancels_orphans(
                                stopped)
     assert [(k["status"], k["cancel_reason"]) for k in kids] == [
         ("cancelled", "parent_cancelled")] * 2
+
+
+async def test_a_busy_tree_logs_its_heartbeat_counted_over_every_node(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from services.reaper.trees import Trees
+
+    # given a root waiting for three children that saved 2 of 4 chunks each, one running
+    root = await _running_parent(db)
+    await _spawn(db, canceller.celery, settings, root, 3)
+    await set_status(db, root, "waiting", done=3, total=3)
+    await db.pool.execute("UPDATE tasks SET done = 2, total = 4, started_at = now() - "
+                          "interval '10 seconds' WHERE parent_id = $1", root)
+    child = await db.pool.fetchval("SELECT id FROM tasks WHERE parent_id = $1 LIMIT 1", root)
+    await set_status(db, child, "running", attempt=1, worker="w@x", pid=5)
+
+    # when the reaper passes twice, one log interval apart
+    ctx = SimpleNamespace(settings=settings.with_(heartbeat_log_interval=0.05), db=db,
+                          redis=canceller.redis, celery=SimpleNamespace(celery=canceller.celery))
+    rule = Trees()
+    with capture_logs() as logs:
+        await rule.run(ctx, None)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        await rule.run(ctx, None)  # type: ignore[arg-type]
+
+    # then the root's line counts the chunks of the whole tree
+    lines = [e for e in logs if e["event"] == "tree.heartbeat"]
+    assert len(lines) == 1 and lines[0]["task_id"] == str(root)
+    assert (lines[0]["done"], lines[0]["total"], lines[0]["nodes"]) == (9, 15, 4)
+    assert "💓 heartbeat - tree of 4 tasks" in lines[0]["summary"]

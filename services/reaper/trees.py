@@ -7,11 +7,14 @@
   with their subtree (a subtree cancel cut short between its two transactions, or a child
   spawned while its parent's cancel committed). Their claims refuse them anyway; this
   makes the rows say so.
+
+It also writes each busy tree's heartbeat log line (see tree_log.py).
 """
 
 from __future__ import annotations
 
 from services.reaper.context import ReaperContext
+from services.reaper.tree_log import TreeHeartbeats
 from shared.states import CancelReason
 from shared.tree_control import TreeControl
 from shared.trees import settle_up
@@ -23,8 +26,12 @@ PAGE = 200
 class Trees:
     name = "trees"
 
+    def __init__(self) -> None:
+        self.beats = TreeHeartbeats()
+
     async def run(self, ctx: ReaperContext, p: object) -> int:
         celery = ctx.celery.celery
+        await self.beats.run(ctx)
         found = 0
         for parent in await ctx.db.waiting_settled(PAGE):
             found += bool(await settle_up(ctx.db, celery, parent))

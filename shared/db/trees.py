@@ -131,5 +131,8 @@ class TreeQueries(DbBase):
         at, last = after if after is not None else (None, None)
         return await self.pool.fetch(self.q["tree_children_page"], node, at, last, limit)
 
+    async def active_roots(self, limit: int) -> list[uuid.UUID]:
+        return [r["root"] for r in await self.pool.fetch(self.q["tree_active_roots"], limit)]
+
     async def ancestors(self, node: uuid.UUID) -> list[Record]:
         return await self.pool.fetch(self.q["tree_ancestors"], node)

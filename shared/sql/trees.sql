@@ -277,3 +277,9 @@ DELETE FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'queued' AND attempt =
 
 -- name: tree_uncount_children
 UPDATE tasks SET children = greatest(children - $2, 0) WHERE id = $1;
+
+-- name: tree_active_roots
+-- Roots of trees with an execution under way (running rows are few: the pool's size).
+SELECT DISTINCT coalesce(root_id, id) AS root FROM tasks
+WHERE status IN ('running', 'cancelling', 'pausing') AND (root_id IS NOT NULL OR children > 0)
+LIMIT $1;
