@@ -67,8 +67,12 @@ WITH RECURSIVE locked AS (
     SELECT t.parent_id, up.hops + 1 FROM up JOIN tasks t ON t.id = up.id
     WHERE t.parent_id IS NOT NULL
 ), held AS (
+    -- Each ancestor read by its id (the LIMIT keeps the planner from walking the rows in
+    -- those states instead, which a cancel-all makes a million of before statistics know).
     SELECT t.status AS ancestor_status, t.cancel_by, t.cancel_forced, t.pause_by
-    FROM up JOIN tasks t ON t.id = up.id
+    FROM up CROSS JOIN LATERAL (
+        SELECT status, cancel_by, cancel_forced, pause_by FROM tasks WHERE id = up.id LIMIT 1
+    ) AS t
     WHERE t.status IN ('cancelling', 'cancelled', 'failed', 'lost', 'pausing', 'paused')
     ORDER BY up.hops LIMIT 1
 ), tree_cancelled AS (
