@@ -4,82 +4,67 @@ A cancel-all answers after writing one fence row; from then on no covered task c
 start (the claim refuses it). This loop does the rest at its own pace, in short steps
 that hold no lock for long: covered rows go to `cancelled` a batch at a time (SKIP
 LOCKED, so no writer waits for the sweep and the sweep waits for no writer), and the
-covered messages leave the broker's queues a window at a time.
+covered messages leave the broker's queues a window at a time (`purge`), both at once:
+one is PostgreSQL's work, the other Redis'.
+
+The rows are walked in (queued_at, id) order, each batch going on after the last row the
+one before took, by two lanes: one from the oldest covered row up, one from the fence down,
+until they meet. A batch is sized by how long the last one took, so that none holds its rows
+for much longer than `BATCH_SECONDS` however busy the machine is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
 from services.reaper.context import ReaperContext
+from services.reaper.purge import PURGE_SCRIPT as _PURGE
+from services.reaper.purge import PURGE_WINDOW, FencePurge
 from shared.db import Record
-from shared.queues import queue_lists
+from shared.db.cancels import Edge, SweepStep
 from shared.states import TaskStatus
-from shared.submit import QUEUED_AT_HEADER
 
 log = structlog.get_logger("reaper.sweeper")
 
-# Rows written per statement, and messages looked at per Redis call: each step stays around
-# a hundred milliseconds at any backlog (see `make bench`, section scale). Two batches run
-# at once (SKIP LOCKED keeps them apart): the work is the database's, on every core it has.
-SWEEP_BATCH = 2500
-SWEEP_LANES = 2
-PURGE_WINDOW = 500
+# Rows a batch statement writes: the first batch's, and the bounds of the later ones, whose
+# size follows the time the last one took toward BATCH_SECONDS (see `make bench`, section
+# scale: a statement's transaction holds its rows locked for that long).
+SWEEP_BATCH = 2000
+MIN_BATCH, MAX_BATCH = 100, 20_000
+BATCH_SECONDS = 0.08
 # How long one tick may work before yielding to the other loops.
 TICK_BUDGET = 0.5
-# A task inserted just before a fence may commit a moment after it: a fence is called swept
-# only once a batch finds nothing this long after the fence was set.
+# A task inserted just before a fence may commit a moment after it: until a fence is this
+# old, each tick walks again the rows queued this long before it; then one look over the
+# whole range, without a lock, decides whether it is swept.
 SETTLE_SECONDS = 30.0
 
-# One window of a queue, from its oldest end (kombu pushes on the left and pops on the
-# right), `offset` messages in: the covered ones are marked and removed in one LREM that
-# stops at the window. Covered means: our header says the task was queued before the
-# fence, and the actor is in the fence's scope.
-_PURGE = """
-local len = redis.call('LLEN', KEYS[1])
-local offset = tonumber(ARGV[1])
-if offset >= len then return {0, 0, 1} end
-local items = redis.call('LRANGE', KEYS[1], -(offset + tonumber(ARGV[2])), -(offset + 1))
-local fence, actor, header = tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local marker = '\\0taskreaper:purged'
-local removed, kept = 0, 0
-for i = #items, 1, -1 do
-  local ok, msg = pcall(cjson.decode, items[i])
-  local covered = false
-  if ok and type(msg) == 'table' and type(msg['headers']) == 'table' then
-    local h = msg['headers']
-    local queued = tonumber(h[header])
-    if queued and queued < fence and (actor == '' or h['task'] == actor) then
-      covered = true
-      if type(h['id']) == 'string' then redis.call('ZREM', KEYS[2], h['id']) end
-    end
-  end
-  if covered then
-    redis.call('LSET', KEYS[1], -(offset + (#items - i) + 1), marker)
-    removed = removed + 1
-  else
-    kept = kept + 1
-  end
-end
-if removed > 0 then redis.call('LREM', KEYS[1], -removed, marker) end
-local done = 0
-if offset + #items >= len then done = 1 end
-return {removed, kept, done}
-"""
+_Batch = Callable[[int], Awaitable[SweepStep]]
 
 
 @dataclass
-class _Purge:
-    """Where the walk over one fence's queues stands (kept in memory: a new leader walks
-    again from the start, which only costs time)."""
+class _Walk:
+    """One walk over a fence's covered range (kept in memory: a new leader walks again from
+    the start, which only costs time). `after` is the last row the ascending lane took,
+    `before` the last one the descending lane took: every row between is still to do."""
 
-    lists: list[str]
-    offsets: dict[str, int] = field(default_factory=dict)
-    removed: int = 0
+    after: Edge | None = None
+    before: Edge | None = None
+    up_done: bool = False
+    down_done: bool = False
+    paused_after: Edge | None = None
+    paused_done: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.up_done and self.down_done and self.paused_done
 
 
 class FenceSweeper:
@@ -88,9 +73,10 @@ class FenceSweeper:
     def __init__(self, ctx: ReaperContext, *, batch: int = SWEEP_BATCH,
                  window: int = PURGE_WINDOW) -> None:
         self.ctx = ctx
-        self.batch = batch
+        self.batch = float(batch)
         self.window = window
-        self._purges: dict[int, _Purge] = {}
+        self._walks: dict[int, _Walk] = {}
+        self._purges: dict[int, FencePurge] = {}
         self._script = ctx.redis.register_script(_PURGE)
 
     async def tick(self) -> None:
@@ -98,11 +84,11 @@ class FenceSweeper:
             return
         fences = await self.ctx.db.open_fences()
         if not fences:
+            self._walks.clear()
             self._purges.clear()
             return
         until = time.monotonic() + TICK_BUDGET
         for fence in fences:
-            # The rows and the messages at once: one is PostgreSQL's work, the other Redis'.
             steps = []
             if fence["swept_at"] is None:
                 steps.append(self._sweep(fence, until))
@@ -112,52 +98,103 @@ class FenceSweeper:
             if time.monotonic() > until:
                 return
 
-    async def _sweep(self, fence: Record, until: float) -> None:
-        lanes = await asyncio.gather(*(self._lane(fence, until) for _ in range(SWEEP_LANES)))
-        swept = sum(n for n, _ in lanes)
-        if all(finished for _, finished in lanes) and fence["age"] >= SETTLE_SECONDS:
-            await self.ctx.db.fence_swept(fence["id"])
-            log.info("reaper.fence_swept", fence=fence["id"], swept=fence["swept"] + swept,
-                     covered=fence["covered"])
+    # -- the rows ---------------------------------------------------------------------------
 
-    async def _lane(self, fence: Record, until: float) -> tuple[int, bool]:
-        """Batches until one comes back short (True: nothing left) or the tick is over."""
+    async def _sweep(self, fence: Record, until: float) -> None:
         ctx = self.ctx
+        walk = self._walks.setdefault(fence["id"], _Walk())
+        if not walk.done:
+            lanes = await asyncio.gather(self._lane(fence, walk, False, until),
+                                         self._lane(fence, walk, True, until))
+            swept = sum(lanes)
+            if not (walk.up_done and walk.down_done) or time.monotonic() > until:
+                await self._counted(fence, swept)
+                return
+            swept += await self._paused(fence, walk, until)
+            await self._counted(fence, swept)
+            if not walk.done:
+                return
+        if fence["age"] < SETTLE_SECONDS:
+            # The next tick walks the last moments before the fence again: a row queued then
+            # may have committed after this walk passed it.
+            recent: Edge = (fence["at"] - timedelta(seconds=SETTLE_SECONDS), uuid.UUID(int=0))
+            self._walks[fence["id"]] = _Walk(after=recent, paused_after=recent)
+        elif await ctx.db.fence_leftovers(fence):
+            self._walks[fence["id"]] = _Walk()
+        else:
+            self._walks.pop(fence["id"], None)
+            await ctx.db.fence_swept(fence["id"])
+            log.info("reaper.fence_swept", fence=fence["id"], covered=fence["covered"])
+
+    async def _lane(self, fence: Record, walk: _Walk, down: bool, until: float) -> int:
+        """Batches of queued rows from one end of what is left, until the lane meets the
+        other one or the tick is over."""
         total = 0
-        while True:
-            started = time.perf_counter()
-            n = await ctx.db.sweep_fence(fence, self.batch)
-            ctx.metrics.sweep_seconds.observe(time.perf_counter() - started)
-            total += n
-            if n:
-                ctx.metrics.swept.inc(n)
-                await ctx.publish_event("tasks.swept", fence=fence["id"], status=TaskStatus.CANCELLED,
-                                        swept=n)
-            if n < self.batch:
-                return total, True
+        while not (walk.down_done if down else walk.up_done):
+            step, asked = await self._step(fence, lambda n: self.ctx.db.sweep_fence_range(
+                fence, n, descending=down, after=walk.after, before=walk.before))
+            total += step.swept
+            if step.edge is not None:
+                if down:
+                    walk.before = step.edge
+                else:
+                    walk.after = step.edge
+            if step.taken < asked:
+                if down:
+                    walk.down_done = True
+                else:
+                    walk.up_done = True
             if time.monotonic() > until:
-                return total, False
+                break
+        return total
+
+    async def _paused(self, fence: Record, walk: _Walk, until: float) -> int:
+        """The covered paused rows, oldest first, once the queued ones are done."""
+        total = 0
+        while not walk.paused_done:
+            step, asked = await self._step(fence, lambda n: self.ctx.db.sweep_fence_range(
+                fence, n, paused=True, after=walk.paused_after))
+            total += step.swept
+            walk.paused_after = step.edge or walk.paused_after
+            walk.paused_done = step.taken < asked
+            if time.monotonic() > until:
+                break
+        return total
+
+    async def _step(self, fence: Record, run: _Batch) -> tuple[SweepStep, int]:
+        """One batch statement, sized by the last one's time; with the size it was asked."""
+        ctx = self.ctx
+        asked = int(self.batch)
+        started = time.perf_counter()
+        step = await run(asked)
+        took = time.perf_counter() - started
+        ctx.metrics.sweep_seconds.observe(took)
+        # Toward BATCH_SECONDS, at most doubling or halving at a time: one slow statement
+        # (the machine was busy) shrinks the next ones at once, a quick one grows them slowly.
+        factor = min(2.0, max(0.5, BATCH_SECONDS / max(took, 1e-3)))
+        self.batch = min(float(MAX_BATCH), max(float(MIN_BATCH), self.batch * factor))
+        if step.swept:
+            ctx.metrics.swept.inc(step.swept)
+            await ctx.publish_event("tasks.swept", fence=fence["id"],
+                                    status=TaskStatus.CANCELLED, swept=step.swept)
+        return step, asked
+
+    async def _counted(self, fence: Record, swept: int) -> None:
+        """A tick's rows counted on the fence in one write, not one per batch: the lanes'
+        batches then share no row."""
+        if swept:
+            await self.ctx.db.fence_progress(fence["id"], swept)
+
+    # -- the messages -------------------------------------------------------------------------
 
     async def _purge(self, fence: Record, until: float) -> None:
         ctx = self.ctx
         state = self._purges.get(fence["id"])
         if state is None:
-            queues = [fence["queue"]] if fence["queue"] else list(fence["queues"])
-            state = self._purges[fence["id"]] = _Purge(
-                [key for q in queues for key in queue_lists(ctx.keys, q)])
-        actor = fence["actor"] or ""
-        while state.lists:
-            key = state.lists[0]
-            offset = state.offsets.get(key, 0)
-            removed, kept, done = await self._script(
-                keys=[key, ctx.keys.pending],
-                args=[offset, self.window, repr(fence["at_epoch"]), actor, QUEUED_AT_HEADER])
-            state.removed += int(removed)
-            state.offsets[key] = offset + int(kept)
-            if done:
-                state.lists.pop(0)
-            if time.monotonic() > until:
-                return
+            state = self._purges[fence["id"]] = FencePurge.of(fence, ctx.keys)
+        if not await state.walk(self._script, fence, ctx.keys.pending, window=self.window,
+                                until=until):
+            return
         await ctx.db.fence_purged(fence["id"])
         self._purges.pop(fence["id"], None)
         ctx.metrics.purged.inc(state.removed)
