@@ -55,7 +55,7 @@ export function renderSystem(s) {
   const inc = s.inconsistencies || {};
   const bad = Object.entries(inc).filter(([, ids]) => ids && ids.length);
   const incItems = bad.length
-    ? bad.map(([kind, ids]) => el("li", { class: "inc" },
+    ? bad.map(([kind, ids]) => el("li", {},
       el("div", { class: "warn", text: `${kind.replace(/_/g, " ")} · ${ids.length}` }),
       el("div", { class: "mono small muted", text: ids.slice(0, 5).map(shortId).join(" ") + (ids.length > 5 ? " …" : "") })))
     : [el("li", { class: "ok", text: "None: the database agrees with the workers" })];

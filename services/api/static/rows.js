@@ -28,7 +28,7 @@ export function buildRow(task, level = 0) {
     actor: el("span", { class: "task-actor" }),
     id: el("span", { class: "task-id mono", title: task.id, text: shortId(task.id) }),
     sub: el("div", { class: "task-sub" }),
-    tree: el("div", { class: "tree-sub" }),
+    treeLine: el("div", { class: "tree-sub" }),
     done: el("div", { class: "progress-done" }),
     failedBar: el("div", { class: "progress-failed" }),
     count: el("span"),
@@ -47,7 +47,7 @@ export function buildRow(task, level = 0) {
   const main = el("tr", { class: "task-row", dataset: { id: task.id } },
     el("td", { class: "c-status" }, cells.badge),
     el("td", { class: "c-task" }, el("div", { class: "task-line" }, cells.toggle, cells.actor, cells.id),
-      cells.sub, cells.tree),
+      cells.sub, cells.treeLine),
     el("td", { class: "c-progress" }, cells.bar, el("div", { class: "progress-label" }, cells.count, cells.failed)),
     el("td", { class: "c-beat" }, cells.beat),
     el("td", { class: "c-eta" }, cells.eta),
@@ -137,9 +137,9 @@ function updateTreeLine(row, task, sum) {
   const key = JSON.stringify(parts);
   if (row.treeKey === key) return;
   row.treeKey = key;
-  row.cells.tree.hidden = parts.length === 0;
-  row.cells.tree.title = sum ? `The whole tree below ${label(task)}, itself included: ${sum.aggregate.nodes} tasks` : "";
-  row.cells.tree.replaceChildren(...parts.map(([s, text]) =>
+  row.cells.treeLine.hidden = parts.length === 0;
+  row.cells.treeLine.title = sum ? `The whole tree below ${label(task)}, itself included: ${sum.aggregate.nodes} tasks` : "";
+  row.cells.treeLine.replaceChildren(...parts.map(([s, text]) =>
     el("span", { class: s ? `tree-count s-${s}` : "tree-count" }, s ? el("span", { class: "tree-dot" }) : null, text)));
 }
 
@@ -156,7 +156,7 @@ function paint(c, status, p, active) {
   c.bar.dataset.done = String(p.done || 0);
   if (percent === null) c.bar.removeAttribute("aria-valuenow");
   else c.bar.setAttribute("aria-valuenow", String(percent));
-  setText(c.failed, p.failed ? `${p.failed} failed` : "");
+  setText(c.failed, p.failed ? `${compact(p.failed)} failed` : "");
   return { known, percent, total };
 }
 
@@ -170,21 +170,23 @@ function updateProgress(c, task) {
 
 // The subtree's chunks: what every task below the node, and the node itself, got through.
 function updateTreeProgress(c, task, sum) {
-  const a = sum.aggregate;
-  const { known, percent, total } = paint(c, task.status, a, a.active > 0);
-  c.bar.classList.toggle("unknown", !known && a.active > 0);
+  const agg = sum.aggregate;
+  const { known, percent, total } = paint(c, task.status, agg, agg.active > 0);
+  const executing = Object.keys(agg.by_status || {}).some((s) => EXECUTING.has(s));
+  c.bar.classList.toggle("unknown", !known && executing);
   // Tasks that have not reported a size yet are counted at the mean size of the others.
-  const about = a.unknown_totals > 0 && known ? "≈ " : "";
-  c.bar.title = `Chunks of the whole tree (${a.nodes} tasks${about ? `, ${a.unknown_totals} of unknown size` : ""})`;
-  setText(c.count, known ? `${about}${a.done + a.failed} / ${total} · ${percent}%`
-    : a.active ? "starting" : "—");
+  const about = agg.unknown_totals > 0 && known ? "≈ " : "";
+  c.bar.title = `Chunks of the whole tree: ${agg.done + agg.failed} of ${total || "?"} ` +
+    `(${agg.nodes} tasks${about ? `, ${agg.unknown_totals} of unknown size` : ""})`;
+  setText(c.count, known ? `${about}${compact(agg.done + agg.failed)} / ${compact(total)} · ${percent}%`
+    : executing ? "starting" : agg.active ? "not started" : "—");
 }
 
 function treeEta(sum) {
-  const a = sum.aggregate;
-  if (!a.active || a.eta_seconds === null || a.eta_seconds === undefined) return "—";
+  const agg = sum.aggregate;
+  if (!agg.active || agg.eta_seconds === null || agg.eta_seconds === undefined) return "—";
   // The estimate was made when the totals were read; count down from there.
-  return duration(Math.max(0, a.eta_seconds - (Date.now() - sum.at) / 1000)) || "—";
+  return duration(Math.max(0, agg.eta_seconds - (Date.now() - sum.at) / 1000)) || "—";
 }
 
 function subline(task) {
