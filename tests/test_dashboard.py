@@ -20,6 +20,7 @@ from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 
@@ -365,4 +366,142 @@ def test_pause_and_resume_one_task_or_all_of_them(settings: Settings, api_url: s
 
     # and all of it happened in the same page, without a reload
     assert browser.execute_script("return window.__sameDocument") == "kept"
+    assert browser_errors(browser) == []
+
+
+# -- job trees -------------------------------------------------------------------------------
+
+def submit_tree(api_url: str, token: str, children: int) -> tuple[str, list[str]]:
+    """A root and its children in one batch, scheduled an hour ahead: they stay queued."""
+    task = {"actor": "distill", "kwargs": {"chunks": 3}, "countdown": 3600}
+    status, made = http("POST", f"{api_url}/api/v1/tasks:batch", {"tasks": [
+        {**task, "ref": "root"}, *({**task, "parent_ref": "root"} for _ in range(children))]},
+        token)
+    assert status == 202, made
+    ids = [t["id"] for t in made["tasks"]]
+    return ids[0], ids[1:]
+
+
+def table_ids(driver: WebDriver) -> list[str]:
+    """The task rows' ids in the order the table shows them (a tree's children below it)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#task-rows tr.task-row')].map(r => r.dataset.id)")
+
+
+def tree_toggle(driver: WebDriver, task_id: str) -> Any:
+    return row_button(driver, task_id, "tree")
+
+
+def tree_line(driver: WebDriver, task_id: str) -> str:
+    return row_attr(driver, task_id, ".tree-sub", "textContent") or ""
+
+
+def test_a_tree_is_one_row_that_opens_to_its_children(settings: Settings, api_url: str,
+                                                      browser: WebDriver) -> None:
+    # given a root with three children submitted through the API, and the dashboard open
+    register_actor(settings, distill)
+    token = settings.api_token
+    root, children = submit_tree(api_url, token, 3)
+    browser.get(api_url + "/")
+    browser.execute_script("sessionStorage.setItem('taskreaper.token', arguments[0]);", token)
+    browser.execute_script("window.__sameDocument = 'kept';")
+
+    # then the list shows the root alone, collapsed, with its subtree's totals
+    eventually(lambda: row_status(browser, root) == "queued", timeout=10, what="the root's row")
+    eventually(lambda: "4 queued" in tree_line(browser, root), timeout=10,
+               what="the subtree's tasks by state")
+    assert "3 children" in tree_line(browser, root)
+    toggle = tree_toggle(browser, root)
+    assert toggle.get_attribute("aria-expanded") == "false"
+    assert "Show the 3 children" in (toggle.get_attribute("aria-label") or "")
+    assert not set(children) & set(table_ids(browser))
+    # No task has started: no size is known yet.
+    assert row_attr(browser, root, ".progress-label span", "textContent") == "not started"
+
+    # when it is opened
+    toggle.click()
+
+    # then its three children show right below it, one level in, and nothing else moved in
+    def opened() -> bool:
+        ids = table_ids(browser)
+        at = ids.index(root)
+        return sorted(ids[at + 1:at + 4]) == sorted(children)
+
+    eventually(opened, timeout=10, what="the three children below the root")
+    assert tree_toggle(browser, root).get_attribute("aria-expanded") == "true"
+    nested = browser.find_elements(By.CSS_SELECTOR, "#task-rows tr.task-row.tree-child")
+    assert sorted(r.get_attribute("data-id") or "" for r in nested) == sorted(children)
+    assert all(r.get_attribute("data-status") == "queued" for r in nested)
+    assert browser.find_elements(By.CSS_SELECTOR, "#task-rows tr.tree-pager") == []
+    # A leaf has no toggle to reach: its slot only keeps the names in line.
+    assert not tree_toggle(browser, children[0]).is_displayed()
+
+    # when it is closed from the keyboard, and opened again
+    browser.execute_script("arguments[0].focus();", tree_toggle(browser, root))
+    browser.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    eventually(lambda: not set(children) & set(table_ids(browser)), timeout=5,
+               what="the children hidden")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    eventually(opened, timeout=10, what="the children shown again")
+
+    # when the root is cancelled from its row, the whole tree is, and the open rows say so
+    row_button(browser, root, "cancel").click()
+    assert "3 children" in browser.find_element(By.ID, "confirm-text").text
+    confirm(browser)
+    eventually(lambda: all(row_status(browser, i) == "cancelled" for i in (root, *children)),
+               timeout=10, what="the tree's rows cancelled")
+    eventually(lambda: "4 cancelled" in tree_line(browser, root), timeout=10,
+               what="the totals cancelled")
+    for tid in children:
+        assert http("GET", f"{api_url}/api/v1/tasks/{tid}")[1]["status"] == "cancelled"
+    assert browser.execute_script("return window.__sameDocument") == "kept"
+    assert browser_errors(browser) == []
+
+
+def test_ten_thousand_children_show_a_page_at_a_time(settings: Settings, api_url: str,
+                                                     browser: WebDriver) -> None:
+    # given a root with 10,000 queued children (one batch under its id), and the dashboard
+    register_actor(settings, distill)
+    token = settings.api_token
+    task = {"actor": "distill", "kwargs": {"chunks": 3}, "countdown": 3600}
+    status, root = http("POST", f"{api_url}/api/v1/tasks", task, token)
+    assert status == 202, root
+    status, made = http("POST", f"{api_url}/api/v1/tasks:batch",
+                        {"parent_id": root["id"], "tasks": [task] * 10_000}, token)
+    assert status == 202 and made["count"] == 10_000, made
+    browser.get(api_url + "/")
+    browser.execute_script("sessionStorage.setItem('taskreaper.token', arguments[0]);", token)
+    eventually(lambda: "10k children" in tree_line(browser, root["id"]), timeout=15,
+               what="the root's tree row")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#task-rows tr.tree-child")
+
+    # when it is opened from the keyboard
+    browser.execute_script("arguments[0].focus();", tree_toggle(browser, root["id"]))
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+
+    # then one page of children shows, with a pager that says where it is
+    def page() -> tuple[str, list[str]]:
+        pager = browser.find_element(By.CSS_SELECTOR, f'tr.tree-pager[data-node="{root["id"]}"]')
+        rows = browser.find_elements(By.CSS_SELECTOR, "#task-rows tr.tree-child")
+        return pager.text.splitlines()[0], [r.get_attribute("data-id") or "" for r in rows]
+
+    eventually(lambda: page()[0] == "Children 1–50 of 10,000", timeout=15, what="the first page")
+    first = page()[1]
+    assert len(first) == len(set(first)) == 50
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#task-rows tr")) < 60
+
+    # when "More" is pressed from the keyboard, the next page replaces it, and keeps the focus
+    more = browser.find_element(By.CSS_SELECTOR, '[data-node] [data-action="more"]')
+    browser.execute_script("arguments[0].focus();", more)
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    eventually(lambda: page()[0] == "Children 51–100 of 10,000", timeout=15,
+               what="the second page")
+    second = page()[1]
+    assert len(second) == 50 and not set(first) & set(second)
+    assert browser.switch_to.active_element.get_attribute("data-action") == "more"
+
+    # and "Previous" goes back to the first page
+    browser.find_element(By.CSS_SELECTOR, '[data-node] [data-action="back"]').click()
+    eventually(lambda: page() == ("Children 1–50 of 10,000", first), timeout=15,
+               what="the first page again")
     assert browser_errors(browser) == []

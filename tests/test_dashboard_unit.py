@@ -165,3 +165,102 @@ async def test_without_its_files_the_api_still_runs_and_says_so(
 
     assert resp.status == 404
     assert "not installed" in (await resp.json())["error"]["message"]
+
+
+# -- job trees and the modules' shape ---------------------------------------------------------
+
+ROOT = Path(dashboard.__file__).resolve().parents[2]
+# A change published with its kind as a literal: encode("tree.resumed", ...),
+# publish_event(app, "tasks.submitted", ...), sidecar.publish("task.changed", ex, ...).
+PUBLISHED = re.compile(r'\b(?:encode|publish_event|publish|_publish|publish_change)\(\s*'
+                       r'(?:[\w.\[\]]+,\s*)?"([a-z]+\.[a-z_]+)"', re.S)
+
+
+def module_list(name: str, constant: str) -> set[str]:
+    found = re.search(rf"const {constant} = (?:new Set\()?\[(.*?)\]", SCRIPTS[name], re.S)
+    assert found, (name, constant)
+    return set(re.findall(r'"([^"]+)"', found.group(1)))
+
+
+@pytest.mark.unit
+def test_every_module_stays_under_300_lines() -> None:
+    for name, text in SCRIPTS.items():
+        assert len(text.splitlines()) < 300, name
+
+
+@pytest.mark.unit
+def test_the_page_listens_for_every_change_the_services_publish() -> None:
+    # An EventSource drops an event whose name it has no listener for: a kind missing here
+    # (a subtree's cancel, a batch submit) would reach the page only with the next poll.
+    published = {kind for folder in ("services", "shared")
+                 for path in (ROOT / folder).rglob("*.py")
+                 for kind in PUBLISHED.findall(path.read_text())}
+    assert {"tree.cancel_requested", "tree.pause_requested", "tree.resumed",
+            "tasks.submitted", "task.changed"} <= published
+    listened = module_list("sync.js", "EVENT_TYPES")
+    assert published <= listened, sorted(published - listened)
+    # Those that change a tree's totals are a subset of what the stream listens for.
+    assert module_list("sync.js", "TREE_EVENTS") <= listened
+
+
+@pytest.mark.unit
+def test_the_page_asks_the_list_and_the_tree_only_what_the_api_documents() -> None:
+    paths = document()["paths"]
+    list_params = {p["name"] for p in paths["/api/v1/tasks"]["get"]["parameters"]}
+    calls = re.findall(r"listTasks\(\{(.*?)\}\)", SCRIPTS["sync.js"], re.S)
+    assert calls
+    for call in calls:
+        assert {e.split(":")[0].strip() for e in call.split(",") if e.strip()} <= list_params
+    # Without a state filter the list holds roots only: each unfiltered load says so.
+    assert sum("roots: true" in call for call in calls) == len(calls) - 1
+
+    tree = {p["name"]: p for p in paths["/api/v1/tasks/{id}/tree"]["get"]["parameters"]}
+    text = SCRIPTS["trees.js"]
+    asked = set(re.findall(r'q\.set\("(\w+)"', text)) | set(
+        re.findall(r"URLSearchParams\(\{ (\w+):", text))
+    assert asked == {"limit", "cursor"} and asked <= set(tree)
+    # One page per open node is all a level ever renders: it must be one the API serves.
+    page = re.search(r"export const PAGE_SIZE = (\d+);", text)
+    assert page, "trees.js names its page size"
+    limit = tree["limit"]["schema"]
+    assert limit["minimum"] <= int(page.group(1)) <= min(limit["maximum"], 100)
+
+
+@pytest.mark.unit
+def test_the_tree_fields_the_page_reads_are_the_documented_ones() -> None:
+    schemas = document()["components"]["schemas"]
+    placement = set(schemas["Task"]["properties"]["tree"]["properties"])
+    totals = set(schemas["TreeAggregate"]["properties"])
+    read_tree: set[str] = set()
+    read_totals: set[str] = set()
+    for text in SCRIPTS.values():
+        # (Not an event's name: "tree.resumed" is no field.)
+        read_tree |= set(re.findall(r'(?<!")\btree\??\.(\w+)', text))
+        read_totals |= set(re.findall(r"\b(?:aggregate|agg)\??\.(\w+)", text))
+    assert {"children", "parent_id"} <= read_tree <= placement, read_tree - placement
+    assert {"active", "by_status", "done", "eta_seconds"} <= read_totals <= totals, \
+        read_totals - totals
+
+
+@pytest.mark.unit
+def test_every_class_a_script_gives_is_styled() -> None:
+    styled = set(re.findall(r"\.([a-zA-Z][\w-]*)", STYLE))
+    for name, text in SCRIPTS.items():
+        given = set(re.findall(r'classList\.(?:toggle|add|remove|contains)\("([\w-]+)"', text))
+        for _, value in re.findall(r'\bclass(?:Name)?\s*[:=]\s*(["`])(.*?)\1', text):
+            # A template's fixed words count; `s-${status}` is one of the state classes.
+            given |= {w for w in re.sub(r"\$\{[^}]*\}", " ", value).split()
+                      if not w.endswith("-")}
+        assert given <= styled, (name, sorted(given - styled))
+
+
+@pytest.mark.unit
+def test_tree_controls_are_buttons_named_for_what_they_do() -> None:
+    # A toggle and a pager are reached with Tab and pressed with Enter or Space: buttons,
+    # each saying what it does to which task (an arrow alone says nothing to a screen reader).
+    rows, branches = SCRIPTS["rows.js"], SCRIPTS["branches.js"]
+    assert re.search(r'el\("button", \{[^}]*class: "[^"]*tree-toggle', rows)
+    assert 'setAttribute("aria-expanded"' in rows and 'setAttribute("aria-label"' in rows
+    for action in ("first", "back", "more", "retry"):
+        assert re.search(rf'button\("{action}", "[^"]+"\)', branches), action
+    assert "ArrowRight" in SCRIPTS["main.js"] and "ArrowLeft" in SCRIPTS["main.js"]
