@@ -29,6 +29,7 @@ from bench.fleet_stack import Fleet, Unavailable, why_unavailable
 from bench.plan import Plan
 from bench.poll import until
 from bench.procs import Child
+from bench.trees_explain import subtree_statement, zadd_alone
 from bench.trees_spans import Spans
 from bench.trees_watch import Logs, Settle, children_after, running_ends
 from shared.batch import Item, submit_batch
@@ -119,6 +120,14 @@ async def _rounds(fleet: Fleet, plan: Plan, result: dict[str, Any], say: Say) ->
             say(f"  in-process round: {_line(r)}; "
                 + ", ".join(f"{x['step'][:40]} {x['ms']:.1f}" for x in r["answer"]["spans"]
                             if not x["nested"]))
+            root, _ = await tree.submit(children_queue=ROOT_QUEUE)
+            st = result["statement"] = await subtree_statement(
+                pool, db, root, s.cancel_grace, plan.trees_children)
+            result["zadd"] = await zadd_alone(redis, s.key_prefix, r["queued"])
+            say("  the subtree statement alone: " + ", ".join(
+                f"{m} {v['client_ms']} ms (JIT {v['jit_ms']} ms)"
+                for m, v in st["summary"].items()) + f"; ZADD of {r['queued']:,} ids "
+                f"{result['zadd']['median_ms']} ms")
     finally:
         celery.close()
         await canceller.redis.aclose()
@@ -154,10 +163,11 @@ class Tree:
         self.db, self.celery, self.logs = db, celery, logs
         self.target = sum(plan.trees_concurrency)
 
-    async def _submit(self) -> tuple[uuid.UUID, float]:
+    async def submit(self, children_queue: str | None = None) -> tuple[uuid.UUID, float]:
+        """A root in ROOT_QUEUE and its children, in the workers' queue unless told."""
         items = [Item(ChildSpec("distill", dict(KWARGS), queue=ROOT_QUEUE), ref="root")]
-        items += [Item(ChildSpec("distill", dict(KWARGS)), parent_ref="root")
-                  for _ in range(self.plan.trees_children)]
+        items += [Item(ChildSpec("distill", dict(KWARGS), queue=children_queue),
+                       parent_ref="root") for _ in range(self.plan.trees_children)]
         p = time.perf_counter()
         made = await submit_batch(self.db, self.celery, self.fleet.s, items)
         return made.rows[0]["id"], (time.perf_counter() - p) * 1000
@@ -168,7 +178,7 @@ class Tree:
             "AND heartbeat_at IS NOT NULL", root)]
 
     async def round(self, cancel: Callable[[uuid.UUID], Any]) -> dict[str, Any]:
-        root, submit_ms = await self._submit()
+        root, submit_ms = await self.submit()
         p = time.perf_counter()
 
         async def all_running() -> bool:
@@ -192,7 +202,9 @@ class Tree:
         ends = await running_ends(self.pool, self.logs, t0, running)
         after = await children_after(self.pool, root, t0, answered_at)
         after["worker_log"] = {k: v - logged_before[k] for k, v in self.logs.counts().items()}
-        return {"root": str(root), "children": self.plan.trees_children,
+        # Each worker's main process handling the reaper's revoke of the queued children.
+        after["revoke_handling"] = self.logs.spans("Failed to mark task", t0)
+        return {"root": str(root), "t0_epoch": round(t0, 3), "children": self.plan.trees_children,
                 "submit_ms": round(submit_ms, 1), "ramp_s": round(ramp_s, 1),
                 "running": len(running), "queued": queued, "answer_ms": round(answer_ms, 1),
                 "answer": answer, "answered_after_ms": round((answered_at - t0) * 1000, 1),

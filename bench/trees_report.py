@@ -9,6 +9,7 @@ from bench.figures import Results, number
 SIDE = "10. Job tree: cancel the root, ours beside Celery's"
 ROUNDS = "10. Job tree: our rounds (ms from the call)"
 SPANS = "10. Job tree: where our answer's time goes (in-process round)"
+ALONE = "10. Job tree: the subtree statement and the ZADD on their own"
 
 
 def trees(results: Results) -> dict[str, Any]:
@@ -111,7 +112,10 @@ def round_rows(results: Results) -> list[list[str]]:
         out.append([
             f"{i} ({how})", f"{r['running']} / {r['queued']:,}", number(r["answer_ms"]),
             number(e["observed_ms"].get("max")), number(e["row_terminal_ms"].get("max")),
-            number(e["finished_ms"].get("max")), number(tl["all_children_terminal_ms"]),
+            number(e["finished_ms"].get("max"))
+            + (f" ({e['stopped_after_deadline']} past deadline)"
+               if e.get("stopped_after_deadline") else ""),
+            number(tl["all_children_terminal_ms"]),
             number(tl["no_live_execution_ms"]), number(tl["queue_empty_ms"]),
             f"{a['started_after_answer']} / {a['left_non_terminal']}",
             ", ".join(f"{n}× {k}" for k, n in e["via"].items())])
@@ -129,6 +133,24 @@ def span_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+def alone_rows(results: Results) -> list[list[str]]:
+    ours = trees(results).get("ours") or {}
+    st, zadd = ours.get("statement"), ours.get("zadd")
+    rows = []
+    if st:
+        for mode, v in st["summary"].items():
+            rows.append([f"`tree_subtree_cancel` over {st['children']:,} children, {mode}",
+                         number(v["client_ms"]), number(v["execution_ms"]),
+                         number(v["jit_ms"]), number(v["planning_ms"]),
+                         number(v["triggers_ms"]),
+                         f"{number(v['estimated_rows'], 0)} (returned {number(v['rows'], 0)})",
+                         number(v["estimated_cost"], 0)])
+    if zadd:
+        rows.append([f"ZADD of {zadd['members']:,} message ids (one command)",
+                     number(zadd["median_ms"]), "", "", "", "", "", ""])
+    return rows
+
+
 TABLES: tuple[tuple[str, list[str], Any], ...] = (
     (SIDE, ["", "ours: POST /api/v1/tasks/{root}/cancel (each round)",
             "Celery group: revoke(terminate, SIGKILL)",
@@ -138,6 +160,8 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
               "no execution registered", "queue empty", "started after answer / unfinished",
               "heard via"], round_rows),
     (SPANS, ["step", "began at (ms)", "took (ms)"], span_rows),
+    (ALONE, ["what", "client (ms)", "server execution", "of it JIT compilation", "planning",
+             "triggers", "rows estimated", "estimated cost"], alone_rows),
 )
 
 
@@ -174,8 +198,32 @@ def _spans_note(results: Results) -> str:
             "code unchanged), through PgBouncer as the API runs it.")
 
 
+def _alone_note(results: Results) -> str:
+    st = (trees(results).get("ours") or {}).get("statement") or {}
+    cfg = st.get("settings") or {}
+    return (f"After the rounds, a tree of the same size whose children wait in a queue no "
+            f"worker reads: its subtree statement run {st.get('repeats', '?')} times in each "
+            f"mode (medians), each in a transaction rolled back, through a direct connection: "
+            f"`client` is the call from asyncpg (rows decoded), the rest PostgreSQL's own "
+            f"account (`EXPLAIN (ANALYZE, FORMAT JSON)`, run apart). The server's JIT settings: "
+            + ", ".join(f"{k} = {v}" for k, v in cfg.items())
+            + ". The ZADD goes to a key of its own on the fleet's Redis (deleted after), as "
+              "redis-py sends it.")
+
+
 SECTIONS: tuple[tuple[str, Any], ...] = ((SIDE, _side_note), (ROUNDS, _rounds_note),
-                                         (SPANS, _spans_note))
+                                         (SPANS, _spans_note), (ALONE, _alone_note))
+
+
+def _revoke_handling(rounds: list[dict[str, Any]]) -> str:
+    spans = [(h, x) for r in rounds for h, x in (r["after"].get("revoke_handling") or {}).items()]
+    if not spans:
+        return ""
+    took = [x["last_ms"] - x["first_ms"] for _, x in spans]
+    first = [x["first_ms"] for _, x in spans]
+    return (f"; a worker's main process began {min(first):,.0f} to {max(first):,.0f} ms after "
+            f"the call and was busy with it {min(took):,.0f} to {max(took):,.0f} ms (its first "
+            f"to last such line, per worker and round)")
 
 
 def observations(results: Results) -> list[str]:
@@ -207,5 +255,6 @@ def observations(results: Results) -> list[str]:
             f"mark every id revoked in a result backend, which the product does not configure, "
             f"and logged a warning for each: {total('revoke_backend_warnings'):,} lines "
             f"(`Failed to mark task … as revoked in backend`) across "
-            f"{len((t.get('ours') or {}).get('concurrency') or [])} workers.")
+            f"{len((t.get('ours') or {}).get('concurrency') or [])} workers"
+            + _revoke_handling(rounds) + ".")
     return out

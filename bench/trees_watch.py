@@ -8,9 +8,11 @@ times (`started_at`, `finished_at`) and log lines' timestamps are the same host 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,27 @@ class Logs:
             except FileNotFoundError:
                 continue
         return total
+
+    def spans(self, start: str, t0: float) -> dict[str, dict[str, float]]:
+        """Per host, the first and the last line since t0 whose event starts with `start`
+        (ms from t0), and how many."""
+        needle = f'"event": "{start}'
+        out: dict[str, dict[str, float]] = {}
+        for path in self.paths:
+            times = []
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    for line in fh:
+                        if needle in line:
+                            at = datetime.fromisoformat(json.loads(line)["timestamp"])
+                            if at.timestamp() >= t0:
+                                times.append((at.timestamp() - t0) * 1000)
+            except (FileNotFoundError, ValueError, KeyError):
+                continue
+            if times:
+                out[path.parent.name] = {"first_ms": round(min(times), 1),
+                                         "last_ms": round(max(times), 1), "lines": len(times)}
+        return out
 
     def counts(self) -> dict[str, int]:
         """How queued messages of cancelled tasks leave, and what that logs: our guard in
@@ -124,7 +147,8 @@ async def running_ends(pool: Any, logs: Logs, t0: float, running: list[uuid.UUID
         await asyncio.sleep(0.05)
     rows = await pool.fetch(
         "SELECT t.id, t.status, t.outcome, t.done, extract(epoch FROM t.finished_at)::float8 "
-        "AS finished, (SELECT count(*) FROM task_results r WHERE r.task_id = t.id) AS saved "
+        "AS finished, extract(epoch FROM t.cancel_deadline)::float8 AS deadline, "
+        "(SELECT count(*) FROM task_results r WHERE r.task_id = t.id) AS saved "
         "FROM tasks t WHERE t.id = ANY($1::uuid[])", running)
     obs, fin, term, stopped = Dist(), Dist(), Dist(), Dist()
     via: dict[str, int] = {}
@@ -137,12 +161,17 @@ async def running_ends(pool: Any, logs: Logs, t0: float, running: list[uuid.UUID
             fin.add((f["epoch"] - t0) * 1000)
             hosts[str(f.get("host"))] = hosts.get(str(f.get("host")), 0) + 1
     by_id = {str(r["id"]): r for r in rows}
+    # Against each row's own deadline (the subtree cancel's DB time + CANCEL_GRACE): > 0 late.
+    past = Dist()
     for i in ids:
         r, f = by_id.get(i), finished[i]
         if r is not None and r["finished"] is not None:
             term.add((r["finished"] - t0) * 1000)
         if r is not None and r["finished"] is not None and f is not None:
-            stopped.add((max(r["finished"], f["epoch"]) - t0) * 1000)
+            end = max(r["finished"], f["epoch"])
+            stopped.add((end - t0) * 1000)
+            if r["deadline"] is not None:
+                past.add((end - r["deadline"]) * 1000)
     ends: dict[str, int] = {}
     for r in rows:
         key = f"{r['status']}/{r['outcome']}"
@@ -150,6 +179,8 @@ async def running_ends(pool: Any, logs: Logs, t0: float, running: list[uuid.UUID
     return {
         "observed_ms": obs.to_json(), "finished_ms": fin.to_json(),
         "row_terminal_ms": term.to_json(), "stopped_ms": stopped.to_json(),
+        "stopped_vs_deadline_ms": past.to_json(),
+        "stopped_after_deadline": sum(1 for v in past.samples if v > 0),
         "not_observed": sum(1 for v in observed.values() if v is None),
         "not_finished": sum(1 for v in finished.values() if v is None),
         "via": via, "finished_by_host": dict(sorted(hosts.items())), "ends": ends,
