@@ -68,7 +68,7 @@ function pagerRow(task, node, level) {
   if (node.error) text = `Children could not be loaded: ${node.error.message}`;
   else if (!node.items) text = "Loading children…";
   else if (!node.items.length) text = "No children yet";
-  else text = `Children ${span(node)}`;
+  else text = `Children of ${label(task)}: ${span(node)}`;
   setText(c.text, text);
   c.text.className = node.error ? "tree-span bad" : "tree-span";
   row.main.setAttribute("aria-busy", String(Boolean(node.loading)));

@@ -14,7 +14,7 @@ import { store } from "./store.js";
 import {
   connectEvents, maybeRefreshSystem, refreshActors, refreshSoon, refreshTasks, schedule, setFilter,
 } from "./sync.js";
-import { isOpen, parentOf } from "./trees.js";
+import { hasChildren, isOpen, parentOf } from "./trees.js";
 import {
   renderCounts, renderParams, renderStateFilter, rowTask, tick, toggleDetail, toggleTree, turnPage,
 } from "./views.js";
@@ -77,17 +77,17 @@ function focusIn(tr) {
   if (target) target.focus();
 }
 
-// The tree keys on a toggle: right opens (or goes to the first child), left closes (or goes
-// to the parent).
+// The tree keys, on any button of a row: right opens a node (or, open, goes to its first
+// child), left closes it (or, closed, goes to its parent).
 function onRowKey(event) {
   if (event.key !== "ArrowRight" && event.key !== "ArrowLeft") return;
-  const toggle = event.target.closest("button.tree-toggle");
-  const tr = toggle && toggle.closest("tr.task-row");
+  const tr = event.target.closest("button") && event.target.closest("tr.task-row");
   const task = tr && rowTask(tr);
   if (!task) return;
-  event.preventDefault();
-  const open = isOpen(task.id);
+  const tree = hasChildren(task);
+  const open = tree && isOpen(task.id);
   if (event.key === "ArrowRight") {
+    if (!tree) return;
     let below = tr.nextElementSibling;
     while (below && below.classList.contains("detail")) below = below.nextElementSibling;
     if (!open) toggleTree(task);
@@ -98,7 +98,10 @@ function onRowKey(event) {
     let above = tr.previousElementSibling;
     while (above && above.dataset.id !== parentOf(task.id)) above = above.previousElementSibling;
     if (above) focusIn(above);
+  } else {
+    return;
   }
+  event.preventDefault();
 }
 
 function onCountClick(event) {
