@@ -444,6 +444,18 @@ def test_a_tree_is_one_row_that_opens_to_its_children(settings: Settings, api_ur
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     eventually(opened, timeout=10, what="the children shown again")
 
+    # and the arrows walk the tree: right into the first child's row, left back to the root
+    def focused_row() -> str | None:
+        return browser.execute_script(
+            "const tr = document.activeElement.closest('tr'); return tr && tr.dataset.id")
+
+    browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+    eventually(lambda: focused_row() == table_ids(browser)[table_ids(browser).index(root) + 1],
+               timeout=5, what="the focus on the first child")
+    browser.switch_to.active_element.send_keys(Keys.ARROW_LEFT)
+    eventually(lambda: focused_row() == root, timeout=5, what="the focus back on the root")
+    assert browser.switch_to.active_element.get_attribute("data-action") == "tree"
+
     # when the root is cancelled from its row, the whole tree is, and the open rows say so
     row_button(browser, root, "cancel").click()
     assert "3 children" in browser.find_element(By.ID, "confirm-text").text
@@ -480,13 +492,15 @@ def test_ten_thousand_children_show_a_page_at_a_time(settings: Settings, api_url
     browser.execute_script("arguments[0].focus();", tree_toggle(browser, root["id"]))
     browser.switch_to.active_element.send_keys(Keys.ENTER)
 
-    # then one page of children shows, with a pager that says where it is
+    # then one page of children shows, with a pager that says whose they are and where
+    heading = f"Children of distill {root['id'][:8]}: "
+
     def page() -> tuple[str, list[str]]:
         pager = browser.find_element(By.CSS_SELECTOR, f'tr.tree-pager[data-node="{root["id"]}"]')
         rows = browser.find_elements(By.CSS_SELECTOR, "#task-rows tr.tree-child")
         return pager.text.splitlines()[0], [r.get_attribute("data-id") or "" for r in rows]
 
-    eventually(lambda: page()[0] == "Children 1–50 of 10,000", timeout=15, what="the first page")
+    eventually(lambda: page()[0] == f"{heading}1–50 of 10,000", timeout=15, what="the first page")
     first = page()[1]
     assert len(first) == len(set(first)) == 50
     # Fifty children and the pager: the table grew by one page, not by 10,000 rows.
@@ -496,7 +510,7 @@ def test_ten_thousand_children_show_a_page_at_a_time(settings: Settings, api_url
     more = browser.find_element(By.CSS_SELECTOR, '[data-node] [data-action="more"]')
     browser.execute_script("arguments[0].focus();", more)
     browser.switch_to.active_element.send_keys(Keys.ENTER)
-    eventually(lambda: page()[0] == "Children 51–100 of 10,000", timeout=15,
+    eventually(lambda: page()[0] == f"{heading}51–100 of 10,000", timeout=15,
                what="the second page")
     second = page()[1]
     assert len(second) == 50 and not set(first) & set(second)
@@ -504,6 +518,6 @@ def test_ten_thousand_children_show_a_page_at_a_time(settings: Settings, api_url
 
     # and "Previous" goes back to the first page
     browser.find_element(By.CSS_SELECTOR, '[data-node] [data-action="back"]').click()
-    eventually(lambda: page() == ("Children 1–50 of 10,000", first), timeout=15,
+    eventually(lambda: page() == (f"{heading}1–50 of 10,000", first), timeout=15,
                what="the first page again")
     assert browser_errors(browser) == []
