@@ -116,7 +116,9 @@ def cancel_rows(results: Results) -> list[list[str]]:
     rows.append(["longest lock wait (any session)",
                  f"{number(locks.get('longest_lock_wait_ms'))} ms, at most "
                  f"{locks.get('max_sessions_waiting', 0)} sessions waiting"
-                 + (f" (`{locks['longest_lock_wait_query'][:60]}`)"
+                 + (f" (`{locks['longest_lock_wait_query'][:60]}`"
+                    + (f", waiting for a `{locks['longest_lock_wait_event']}` lock"
+                       if locks.get("longest_lock_wait_event") else "") + ")"
                     if locks.get("longest_lock_wait_query") else "")])
     probe = c.get("probe") or {}
     for step in ("claim", "insert", "cycle"):
@@ -198,7 +200,9 @@ def _cancel_note(results: Results) -> str:
         "10 s. Locks: every "
         "20 ms the bench database's sessions; a transaction's age (`now() - xact_start`) "
         "while it holds a RowExclusiveLock on `tasks` bounds how long it has held the rows "
-        "it wrote, and a session waiting on a lock shows how long its statement has waited. "
+        "it wrote, and a session seen waiting for a lock shows how long its statement had run "
+        "by then (its wait was at most that long) and the kind of lock (`extend`: adding a page "
+        "to a table or index). "
         "Other work: every 50 ms one new row in another queue, INSERTed, claimed with "
         "`Db.claim_task` (the worker's claim) and finished, each step timed; the 2 s before "
         "the call are the comparison. A step that waits holds the next ones back, so a "

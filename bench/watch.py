@@ -27,7 +27,7 @@ _SESSIONS = """
 SELECT a.pid, a.xact_start,
        left(regexp_replace(regexp_replace(a.query, '^(\\s*--[^\\n]*\\n)+', ''), '\\s+', ' ', 'g'),
             160) AS query,
-       a.wait_event_type = 'Lock' AS waiting,
+       a.wait_event_type = 'Lock' AS waiting, a.wait_event,
        extract(epoch FROM clock_timestamp() - a.xact_start)::float8 AS xact_s,
        extract(epoch FROM clock_timestamp() - a.query_start)::float8 AS query_s,
        EXISTS (SELECT 1 FROM pg_locks l
@@ -128,7 +128,8 @@ class LockWatch(Loop):
             if r["waiting"]:
                 waiting += 1
                 if (r["query_s"] or 0) > self.longest_wait["s"]:
-                    self.longest_wait = {"s": r["query_s"], "query": r["query"], "at_ms": at}
+                    self.longest_wait = {"s": r["query_s"], "query": r["query"], "at_ms": at,
+                                         "event": r["wait_event"]}
         self.max_waiting = max(self.max_waiting, waiting)
         self.samples_with_waiters += bool(waiting)
 
@@ -147,6 +148,8 @@ class LockWatch(Loop):
                                  "first_seen_ms": h["first_seen_ms"]} for h in top],
             "longest_lock_wait_ms": round(self.longest_wait["s"] * 1000, 1),
             "longest_lock_wait_query": self.longest_wait.get("query"),
+            "longest_lock_wait_event": self.longest_wait.get("event"),
+            "longest_lock_wait_at_ms": self.longest_wait.get("at_ms"),
             "max_sessions_waiting": self.max_waiting,
             "samples_with_waiters": self.samples_with_waiters, "errors": self.errors,
         }

@@ -37,6 +37,7 @@ log = structlog.get_logger("reaper.sweeper")
 # size follows the time the last one took toward BATCH_SECONDS (see `make bench`, section
 # scale: a statement's transaction holds its rows locked for that long).
 SWEEP_BATCH = 2000
+SWEEP_LANES = 2
 MIN_BATCH, MAX_BATCH = 100, 20_000
 BATCH_SECONDS = 0.08
 # How long one tick may work before yielding to the other loops.
@@ -70,10 +71,11 @@ class _Walk:
 class FenceSweeper:
     name = "sweeper"
 
-    def __init__(self, ctx: ReaperContext, *, batch: int = SWEEP_BATCH,
+    def __init__(self, ctx: ReaperContext, *, batch: int = SWEEP_BATCH, lanes: int = SWEEP_LANES,
                  window: int = PURGE_WINDOW) -> None:
         self.ctx = ctx
         self.batch = float(batch)
+        self.lanes = lanes
         self.window = window
         self._walks: dict[int, _Walk] = {}
         self._purges: dict[int, FencePurge] = {}
@@ -102,10 +104,10 @@ class FenceSweeper:
 
     async def _sweep(self, fence: Record, until: float) -> None:
         ctx = self.ctx
-        walk = self._walks.setdefault(fence["id"], _Walk())
+        walk = self._walks.get(fence["id"]) or self._walk(fence["id"])
         if not walk.done:
-            lanes = await asyncio.gather(self._lane(fence, walk, False, until),
-                                         self._lane(fence, walk, True, until))
+            lanes = await asyncio.gather(*(self._lane(fence, walk, down, until)
+                                           for down in (False, True)[:self.lanes]))
             swept = sum(lanes)
             if not (walk.up_done and walk.down_done) or time.monotonic() > until:
                 await self._counted(fence, swept)
@@ -117,14 +119,20 @@ class FenceSweeper:
         if fence["age"] < SETTLE_SECONDS:
             # The next tick walks the last moments before the fence again: a row queued then
             # may have committed after this walk passed it.
-            recent: Edge = (fence["at"] - timedelta(seconds=SETTLE_SECONDS), uuid.UUID(int=0))
-            self._walks[fence["id"]] = _Walk(after=recent, paused_after=recent)
+            self._walk(fence["id"], (fence["at"] - timedelta(seconds=SETTLE_SECONDS),
+                                     uuid.UUID(int=0)))
         elif await ctx.db.fence_leftovers(fence):
-            self._walks[fence["id"]] = _Walk()
+            self._walk(fence["id"])
         else:
             self._walks.pop(fence["id"], None)
             await ctx.db.fence_swept(fence["id"])
             log.info("reaper.fence_swept", fence=fence["id"], covered=fence["covered"])
+
+    def _walk(self, fence_id: int, after: Edge | None = None) -> _Walk:
+        """A new walk over the fence's range, or over its part after `after`."""
+        walk = self._walks[fence_id] = _Walk(after=after, paused_after=after,
+                                             down_done=self.lanes < 2)
+        return walk
 
     async def _lane(self, fence: Record, walk: _Walk, down: bool, until: float) -> int:
         """Batches of queued rows from one end of what is left, until the lane meets the
