@@ -2,11 +2,12 @@
 kombu's Redis transport writes them, many in one round trip.
 
 kombu's client is blocking, so the other path (`PUBLISH_MODE=kombu`) sends each message
-from a thread; here one MULTI ... EXEC carries, for up to CHUNK messages: the ZADD to the
-set of pending message ids (before any message exists, as the lost-message rule needs),
+from a thread; here one script call carries, for up to CHUNK messages: the ZADD to the set
+of pending message ids (before any message exists, as the lost-message rule needs),
 kombu's queue bindings the first time this process names a queue, one LPUSH per message
-and, when Celery's task events are on, its `task-sent` event. A transaction: a chunk is
-in the broker whole or not at all.
+and, when Celery's task events are on, its `task-sent` event. A script runs whole or not
+at all, so a chunk is in the broker whole or not at all, and answers once (a MULTI would
+answer every command twice).
 
 A redis.asyncio client belongs to the event loop it was made on, so each loop (the API's,
 each pool process's sidecar loop, the reaper's) gets a publisher of its own, kept on the
@@ -31,7 +32,7 @@ from celery import Celery
 from celery.utils.nodenames import anon_nodename
 from kombu.transport.redis import Channel
 
-from shared.publish_wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, dumps, sent_event, task_message
+from shared.publish_wire import EVENT_EXCHANGE, SENT_ROUTING_KEY, Writer
 from shared.redis_client import connect
 
 # The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
@@ -89,17 +90,48 @@ class Route:
         return f"{self.keyprefix}{self.fanout_prefix}{EVENT_EXCHANGE}{tail}"
 
 
+# One call writes a chunk, atomically (a script runs whole or not at all) and with one reply
+# to read: KEYS[1] the set of pending ids, then the queues' lists and binding tables named by
+# index. ARGV: the score of the pending ids, the events' topic ('' when events are off), the
+# number of binding entries and that many (table, member) pairs, then per message its id,
+# its list, its text and its event.
+_SEND = """
+local now, topic = ARGV[1], ARGV[2]
+local i = 4
+for _ = 1, tonumber(ARGV[3]) do
+  redis.call('sadd', KEYS[tonumber(ARGV[i])], ARGV[i + 1])
+  i = i + 2
+end
+local ids = {}
+for j = i, #ARGV, 4 do
+  ids[#ids + 1] = now
+  ids[#ids + 1] = ARGV[j]
+end
+if #ids > 0 then
+  redis.call('zadd', KEYS[1], unpack(ids))
+end
+for j = i, #ARGV, 4 do
+  redis.call('lpush', KEYS[tonumber(ARGV[j + 1])], ARGV[j + 2])
+  if topic ~= '' then
+    redis.call('publish', topic, ARGV[j + 3])
+  end
+end
+return #ids / 2
+"""
+
+
 class DirectPublisher:
     """One event loop's writer of task messages."""
 
     def __init__(self, celery: Celery, client: aioredis.Redis, route: Route,
-                 pending_key: str | None) -> None:
+                 pending_key: str) -> None:
         self._celery = celery
         self.client = client
         self._route = route
         self._pending_key = pending_key
         self._declared: set[str] = set()
         self._origin = anon_nodename()
+        self._script = client.register_script(_SEND)
 
     async def send(self, messages: Sequence[Message]) -> None:
         for start in range(0, len(messages), CHUNK):
@@ -108,28 +140,33 @@ class DirectPublisher:
     async def _send(self, messages: Sequence[Message]) -> None:
         celery = self._celery
         events = bool(celery.conf.task_send_sent_event)
-        reply_to = celery.thread_oid
+        writer = Writer(reply_to=celery.thread_oid, origin=self._origin)
         route = self._route
-        new_queues = {m.queue for m in messages} - self._declared
-        async with self.client.pipeline(transaction=True) as pipe:
-            if self._pending_key is not None and messages:
-                now = time.time()
-                pipe.zadd(self._pending_key, {str(m.message_id): now for m in messages})
-            for queue in sorted(new_queues):
-                tables, member = route.bindings(queue)
-                for table in tables:
-                    pipe.sadd(table, member)
-            topic = route.event_topic()
-            for m in messages:
-                body = task_message(m.actor, str(m.message_id), {"task_id": str(m.task_id)},
-                                    m.queue, eta=m.eta, headers=m.headers(),
-                                    reply_to=reply_to, origin=self._origin)
-                pipe.lpush(route.queue(m.queue), dumps(body))
-                if events:
-                    event = sent_event(body, clock=celery.clock.forward(), hostname=self._origin)
-                    pipe.publish(topic, dumps(event))
-            await pipe.execute()
-        self._declared |= new_queues
+        keys = [self._pending_key]
+        index: dict[str, int] = {}
+
+        def key(name: str) -> int:
+            if name not in index:
+                keys.append(name)
+                index[name] = len(keys)
+            return index[name]
+
+        new_queues = sorted({m.queue for m in messages} - self._declared)
+        args: list[Any] = [time.time(), route.event_topic() if events else ""]
+        bindings: list[Any] = []
+        for queue in new_queues:
+            tables, member = route.bindings(queue)
+            for table in tables:
+                bindings += [key(table), member]
+        args += [len(bindings) // 2, *bindings]
+        clock = celery.clock
+        for m in messages:
+            text, fields = writer.message(m.actor, m.message_id, m.task_id, m.queue, eta=m.eta,
+                                          headers=m.headers())
+            event = writer.sent_event(fields, clock=clock.forward()) if events else ""
+            args += [str(m.message_id), key(route.queue(m.queue)), text, event]
+        await self._script(keys=keys, args=args)
+        self._declared.update(new_queues)
 
 
 # -- one publisher per event loop, kept on the app -------------------------------------------
@@ -140,9 +177,13 @@ _lock = threading.Lock()
 def direct_capable(celery: Celery) -> bool:
     """Apps made by shared.broker.make_celery with PUBLISH_MODE=direct and a Redis URL this
     path can write to; anything else (a stand-in app in tests, say) is sent through kombu."""
-    if getattr(celery, "taskreaper_publish_mode", None) != "direct":
-        return False
-    return urlsplit(str(celery.conf.broker_url)).scheme in DIRECT_SCHEMES
+    capable = celery.__dict__.get("taskreaper_direct")
+    if capable is None:
+        capable = (getattr(celery, "taskreaper_publish_mode", None) == "direct"
+                   and getattr(celery, "taskreaper_pending_key", None) is not None
+                   and urlsplit(str(celery.conf.broker_url)).scheme in DIRECT_SCHEMES)
+        celery.__dict__["taskreaper_direct"] = capable
+    return bool(capable)
 
 
 def publisher_for(celery: Celery) -> DirectPublisher:
@@ -159,7 +200,7 @@ def publisher_for(celery: Celery) -> DirectPublisher:
             client = connect(str(celery.conf.broker_url))
             db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
             found = (loop, DirectPublisher(celery, client, Route.of(celery, db),
-                                           getattr(celery, "taskreaper_pending_key", None)))
+                                           celery.taskreaper_pending_key))
             table[key] = found
         return found[1]
 

@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from celery import Celery
+from celery.utils.nodenames import anon_nodename
 
 from shared.broker import make_celery
 from shared.db import Db
 from shared.keys import Keys
-from shared.publish import CHUNK, Message
+from shared.publish import CHUNK, QUEUED_AT_HEADER, Message
+from shared.publish_wire import Writer
 from shared.queues import queue_lists, unacked_key
 from shared.settings import Settings
 from shared.submit import BrokerUnavailable, publish, publish_many, start_time, submit
@@ -64,6 +66,33 @@ CASES = {
     "countdown": {"queue": "default", "countdown": 30.0},
     "custom queue": {"queue": CUSTOM_QUEUE, "countdown": None},
 }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_written_text_is_kombus_own_but_for_the_delivery_tag(case: str) -> None:
+    # given a message Celery and kombu prepared (kombu's in-memory transport keeps it as the
+    # Redis transport would serialize it)
+    app = Celery("publish-unit", broker="memory://", set_as_current=False)
+    app.conf.update(task_serializer="json", accept_content=["json"])
+    task_id, message_id = uuid.uuid4(), uuid.uuid4()
+    queue, eta = CASES[case]["queue"], start_time(CASES[case]["countdown"], None)
+    headers = {QUEUED_AT_HEADER: datetime.now(UTC).timestamp()}
+    try:
+        app.send_task("distill", kwargs={"task_id": str(task_id)}, task_id=str(message_id),
+                      queue=queue, eta=eta, headers=headers)
+        with app.connection_for_write() as conn:
+            theirs = conn.default_channel._get(queue)
+        # when the same message is written without them
+        ours, _ = Writer(reply_to=app.thread_oid, origin=anon_nodename()).message(
+            "distill", message_id, task_id, queue, eta=eta, headers=headers)
+    finally:
+        app.close()
+    # then the text is kombu's, up to the delivery tag every message draws afresh
+    tag = json.loads(ours)["properties"]["delivery_tag"]
+    assert tag != theirs["properties"]["delivery_tag"]
+    theirs["properties"]["delivery_tag"] = tag
+    assert ours == json.dumps(theirs)
 
 
 @pytest.mark.parametrize("case", list(CASES))
