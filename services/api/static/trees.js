@@ -16,6 +16,8 @@ const open = new Map();
 const totals = new Map();
 // child id -> { task, parent }: every child an open page holds
 const index = new Map();
+// node id -> when its totals last failed to load: tried again after LIVE_MS, not each poll
+const misses = new Map();
 
 export const hasChildren = (task) => Boolean(task && task.tree && task.tree.children > 0);
 export const isOpen = (id) => open.has(id);
@@ -48,21 +50,25 @@ function forget(id) {
   }
 }
 
-// `moving`: a page turn (the page shown changes), which a refresh under way gives way to.
-async function loadPage(id, moving = false) {
+// `target`: where a page turn goes ({cursor, offset, back}); the node moves there only
+// once that page has come, so the rows and the pager never disagree. A refresh (no target)
+// reads the page shown again, and gives way to a turn under way.
+async function loadPage(id, target = null) {
   const node = open.get(id);
-  if (!node) return;
+  if (!node || (!target && node.loading)) return;
   const seq = ++node.seq;
-  if (moving) node.loading = true;
+  if (target) node.loading = true;
+  const at = target || node;
   try {
-    const { data } = await call("GET", treePath(id, node.cursor, PAGE_SIZE));
-    // Closed, or moved to another page, while this one was on its way.
+    const { data } = await call("GET", treePath(id, at.cursor, PAGE_SIZE));
+    // Closed, or sent to another page, while this one was on its way.
     if (open.get(id) !== node || node.seq !== seq) return;
     if (node.items) {
       for (const child of node.items) {
         if (index.get(child.id)?.parent === id) index.delete(child.id);
       }
     }
+    if (target) Object.assign(node, target);
     node.items = data.items;
     node.next = data.next;
     node.count = data.task.tree ? data.task.tree.children : data.items.length;
@@ -82,27 +88,28 @@ export function toggle(id) {
     forget(id);
     return Promise.resolve();
   }
-  open.set(id, { cursor: null, offset: 0, back: [], items: null, next: null, count: 0,
-    error: null, loading: false, seq: 0 });
-  return loadPage(id, true);
+  const first = { cursor: null, offset: 0, back: [] };
+  open.set(id, { ...first, items: null, next: null, count: 0, error: null, loading: false,
+    seq: 0 });
+  return loadPage(id, first);
 }
 
 // The page after the one shown, the one before it, the first one, or the same one again.
 export function turn(id, where) {
   const node = open.get(id);
-  // One turn at a time: the next one reads the page this one brings.
+  // One turn at a time: the next one starts from the page this one brings.
   if (!node || node.loading) return Promise.resolve();
+  let target = { cursor: node.cursor, offset: node.offset, back: node.back };
   if (where === "more" && node.next && node.items) {
-    node.back.push({ cursor: node.cursor, offset: node.offset });
-    node.offset += node.items.length;
-    node.cursor = node.next;
+    target = { cursor: node.next, offset: node.offset + node.items.length,
+      back: [...node.back, { cursor: node.cursor, offset: node.offset }] };
   } else if (where === "back" && node.back.length) {
-    Object.assign(node, node.back.pop());
+    target = { ...node.back[node.back.length - 1], back: node.back.slice(0, -1) };
   } else if (where === "first") {
-    Object.assign(node, { cursor: null, offset: 0, back: [] });
+    target = { cursor: null, offset: 0, back: [] };
   }
   node.error = null;
-  return loadPage(id, true);
+  return loadPage(id, target);
 }
 
 // A fresher copy of a task an open page holds (after an action on its row). False when no
@@ -137,7 +144,7 @@ export function invalidate(id, live = false) {
 
 function due(task, now) {
   const entry = totals.get(task.id);
-  if (!entry) return true;
+  if (!entry) return now - (misses.get(task.id) || 0) >= LIVE_MS;
   if (now - entry.at < GAP_MS) return false;
   return entry.stale || entry.key !== keyOf(task) ||
     (entry.aggregate.active > 0 && now - entry.at >= LIVE_MS);
@@ -157,8 +164,10 @@ export async function refresh(shown) {
         try {
           const { data } = await call("GET", treePath(task.id, null, 1));
           keep(task.id, data.task, data.aggregate);
+          misses.delete(task.id);
         } catch (_) {
-          // Kept as it was; the next refresh tries again.
+          // Kept as it was; a later refresh tries again.
+          misses.set(task.id, Date.now());
         }
       });
     }
@@ -181,6 +190,9 @@ export function busy() {
 export function prune(shownIds) {
   for (const id of totals.keys()) {
     if (!shownIds.has(id) && !open.has(id)) totals.delete(id);
+  }
+  for (const id of misses.keys()) {
+    if (!shownIds.has(id)) misses.delete(id);
   }
 }
 
