@@ -214,7 +214,13 @@ EVALUATORS: tuple[Callable[[Results], Goal], ...] = (
 
 
 def evaluate(results: Results) -> list[dict[str, Any]]:
-    from bench import fleet_goals, simulated_report, trees_goals  # build on Goal, defined here
+    from bench import (  # build on Goal, defined here
+        fleet_goals,
+        simulated_report,
+        task_cost_report,
+        trees_goals,
+    )
 
     return ([asdict(fn(results)) for fn in EVALUATORS] + fleet_goals.goals(results)
-            + simulated_report.goals(results) + trees_goals.goals(results))
+            + simulated_report.goals(results) + trees_goals.goals(results)
+            + task_cost_report.goals(results))

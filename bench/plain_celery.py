@@ -80,6 +80,10 @@ def create_app(redis_url: str, prefix: str, queue: str) -> tuple[Celery, Marks]:
         while time.monotonic() < end:
             time.sleep(0.01)
 
+    @app.task(name="bench.noop", acks_late=True)
+    def noop() -> None:
+        """The short task of the per-task cost section: all of its cost is Celery's."""
+
     @app.task(name="bench.abortable_loop", bind=True, base=AbortableTask)
     def abortable_loop(self: AbortableTask, seconds: float, interval: float) -> bool:
         marks.started(self.request.id)

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import fleet_report, scale_report, simulated_report, trees_report
+from bench import fleet_report, scale_report, simulated_report, task_cost_report, trees_report
 from bench import goals as goal_list
 from bench.figures import number
 from bench.latencies import collect
@@ -130,6 +130,7 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
     *fleet_report.TABLES,
     *simulated_report.TABLES,
     *trees_report.TABLES,
+    *task_cost_report.TABLES,
     *scale_report.TABLES,
     ("Goals", ["goal", "measured", "verdict"], goal_rows),
 )

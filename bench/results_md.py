@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench import fleet_report, report, scale_report, simulated_report, trees_report
+from bench import (
+    fleet_report,
+    report,
+    scale_report,
+    simulated_report,
+    task_cost_report,
+    trees_report,
+)
 from bench.figures import Results
 from bench.machine import one_line
 
@@ -44,6 +51,7 @@ _SECTIONS: tuple[tuple[str, Callable[[Results], str]], ...] = (
     *fleet_report.SECTIONS,
     *simulated_report.SECTIONS,
     *trees_report.SECTIONS,
+    *task_cost_report.SECTIONS,
     *scale_report.SECTIONS,
 )
 
@@ -153,10 +161,11 @@ def _observations(results: Results) -> list[str]:
         out.append(
             f"`POST /api/v1/tasks` ({api['post_task']['rps']:.0f} req/s) is slower than "
             f"`GET` ({api['get_task']['rps']:.0f} req/s): each submission inserts the row, "
-            f"publishes the Celery message through kombu's blocking client in a thread "
-            f"(`loop.run_in_executor`), then publishes an event.")
+            f"writes the Celery message to Redis (PUBLISH_MODE: `direct` from the event loop, "
+            f"or kombu's blocking client in a thread), then publishes an event.")
     return (out + fleet_report.observations(results) + simulated_report.observations(results)
-            + trees_report.observations(results) + scale_report.observations(results))
+            + trees_report.observations(results) + task_cost_report.observations(results)
+            + scale_report.observations(results))
 
 
 def _caveats(results: Results) -> list[str]:

@@ -28,6 +28,7 @@ from bench import (
     round_trips,
     scale,
     simulated,
+    task_cost,
     trees,
 )
 from bench.logtail import count
@@ -38,7 +39,7 @@ from bench.procs import ROOT
 from bench.stack import Servers, Stack, delete_prefix
 
 SECTIONS = ("round_trips", "check", "cooperative", "uncooperative", "cancel_all", "api", "celery",
-            "drain", "reconcile", "fleet", "simulated", "trees", "scale")
+            "drain", "reconcile", "fleet", "simulated", "trees", "task_cost", "scale")
 # Short, so uncooperative rounds take seconds, not minutes; reported with every figure.
 CANCEL_GRACE = 1.0
 T = TypeVar("T")
@@ -125,6 +126,12 @@ class Suite:
                              f"then Celery's group and chord revoke",
                     lambda: trees.run(servers, self.out_dir / "trees", plan,
                                       cancel_grace=CANCEL_GRACE, say=self._say))
+            if self.wants("task_cost"):
+                self.data["task_cost"] = await self._phase(
+                    "task_cost", f"11. {self.plan.task_cost} short tasks, ours (both publish "
+                                 f"paths) vs plain Celery; per-task cost; submit rates; RSS",
+                    lambda: task_cost.run(servers, self.out_dir / "task_cost", self.plan,
+                                          say=self._say))
             if self.wants("scale"):
                 self.data["scale"] = await self._phase(
                     "scale", f"6. {self.plan.scale:,} queued tasks: load, reaper passes, "

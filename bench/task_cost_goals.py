@@ -1,0 +1,135 @@
+"""The per-task cost section's goals, each with what this run's breakdown says about a miss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.figures import Results
+from bench.goals import Goal
+from bench.task_cost_report import cost
+
+SHORT_RATIO = 0.8
+SINGLE_RPS = 1000
+BATCH_TPS = 2000
+
+
+def _step(results: Results, key: str, side: str = "alone") -> float | None:
+    ms = (((cost(results).get("breakdown") or {}).get(side) or {}).get("ms") or {}).get(key)
+    return ms.get("p50") if ms and ms.get("n") else None
+
+
+def _short_note(results: Results, ours: dict[str, Any], celery: dict[str, Any]) -> str:
+    breakdown = cost(results).get("breakdown") or {}
+    b = breakdown.get("alone") or {}
+    execute = _step(results, "execute")
+    gap = ((breakdown.get("under_load") or {}).get("gap_ms") or {}).get("p50")
+    pools = ours.get("worker_concurrency", 2)
+    text = ""
+    if execute is not None and gap is not None:
+        ceiling = pools * 1000 / (execute + gap)
+        text += (
+            f"One delivery takes {execute:.1f} ms in a pool process at the median when it is "
+            f"alone, and Celery's part between two deliveries {gap:.1f} ms under load: {pools} "
+            f"pool processes cannot finish more than {ceiling:.0f} tasks/s before the API, the "
+            f"reaper and both servers take their share of the same cores. Of the delivery: "
+            f"the claim {_step(results, 'claim'):.1f} ms, the checkpoint "
+            f"{_step(results, 'checkpoint'):.1f} ms, the finish {_step(results, 'finish'):.1f} ms "
+            f"(`finish_task` {_step(results, 'finish_db'):.1f}), the thread crossings "
+            f"{_step(results, 'crossings'):.1f} ms; its "
+            f"{(b.get('db') or {}).get('total', 0):g} statements are "
+            f"{2 * (b.get('db') or {}).get('total', 0):g} round trips without a statement "
+            f"cache, and it sends {(b.get('redis') or {}).get('total', 0):g} Redis commands. ")
+    per, theirs = ours.get("per_task") or {}, celery.get("per_task") or {}
+    if per and theirs:
+        text += (f"Counted by the servers, a task costs us {per['xact_commit']:.1f} PostgreSQL "
+                 f"transactions and {per['redis_commands']:.0f} Redis commands; plain Celery's "
+                 f"no-op {theirs['redis_commands']:.0f} commands and no database. ")
+    return text + (
+        "What would reach it, in services/worker (not changed here): the claim's two "
+        "statements as one (`claim_task` returning the saved chunk numbers), the last chunk's "
+        "checkpoint written by `finish_task` in the same statement when the code returned "
+        "right after it, the registry entry written in one round trip on the first beat "
+        "(`registry.refresh` finds a new execution's entry missing every time and writes it "
+        "again: ZADD, then MULTI ZADD HSET EXEC), the end's UNSUBSCRIBE, EVAL and PUBLISH "
+        "pipelined, and prepared statements kept (asyncpg's statement cache; PgBouncer 1.21+ "
+        "keeps them in transaction mode with `max_prepared_statements`), which halves every "
+        "statement's round trips.")
+
+
+def _short(results: Results) -> Goal:
+    goal = f"Short tasks: ours ≥ {SHORT_RATIO}× plain Celery's tasks/s, same run"
+    c = cost(results)
+    ours = ((c.get("ours") or {}).get("direct") or {})
+    short, celery = ours.get("short_tasks"), c.get("celery")
+    if not short or not celery:
+        return Goal(goal, "not measured", None)
+    ratio = short["tasks_per_s"] / celery["tasks_per_s"]
+    met = ratio >= SHORT_RATIO
+    kombu = ((c.get("ours") or {}).get("kombu") or {}).get("short_tasks") or {}
+    measured = (f"{short['tasks_per_s']:.0f} vs {celery['tasks_per_s']:.0f} tasks/s "
+                f"({ratio:.2f}×)" + (f"; with PUBLISH_MODE=kombu {kombu['tasks_per_s']:.0f}"
+                                     if kombu else ""))
+    note = "" if met else _short_note(results, {**short, "worker_concurrency":
+                                                ours.get("worker_concurrency", 2)}, celery)
+    return Goal(goal, measured, met, note)
+
+
+def _submit_note(results: Results) -> str:
+    c = cost(results)
+    direct = ((c.get("ours") or {}).get("direct") or {}).get("submit") or {}
+    single = direct.get("single") or {}
+    per = single.get("per_task") or {}
+    return (
+        f"Each submission is the API's work alone on one core it shares with PostgreSQL, "
+        f"Redis and the load generator: HTTP, the token check, the actor's catalogue row "
+        f"(`get_actor`) and the insert (`insert_task`), {per.get('xact_commit', 0):.1f} "
+        f"transactions a submission, each statement two round trips without a statement "
+        f"cache; the message and its `task-sent` event in one Redis transaction; then the "
+        f"`task.submitted` event, another round trip, and a log line. What would reach it: "
+        f"more API processes (it is one asyncio process: a second one on a machine with the "
+        f"cores for it), the actor's catalogue row kept in the API for a second instead of "
+        f"read for every submission, the insert with its actor check in one statement, "
+        f"prepared statements kept, and the `task.submitted` event sent in the message's "
+        f"Redis transaction.")
+
+
+def _single(results: Results) -> Goal:
+    goal = f"Single submissions ≥ {SINGLE_RPS:,} req/s (POST /api/v1/tasks)"
+    direct = ((cost(results).get("ours") or {}).get("direct") or {}).get("submit") or {}
+    r = direct.get("single")
+    if not r:
+        return Goal(goal, "not measured", None)
+    kombu = (((cost(results).get("ours") or {}).get("kombu") or {}).get("submit") or {}).get(
+        "single") or {}
+    met = r["requests_per_s"] >= SINGLE_RPS
+    measured = (f"{r['requests_per_s']:.0f} req/s, p50 {r['latency']['p50']:.1f} ms "
+                f"({r['clients']} clients)" + (f"; PUBLISH_MODE=kombu "
+                                               f"{kombu['requests_per_s']:.0f} req/s, p50 "
+                                               f"{kombu['latency']['p50']:.1f} ms"
+                                               if kombu else ""))
+    return Goal(goal, measured, met, "" if met else _submit_note(results))
+
+
+def _batch(results: Results) -> Goal:
+    goal = f"Batch submissions ≥ {BATCH_TPS:,} tasks/s (POST /api/v1/tasks:batch)"
+    direct = ((cost(results).get("ours") or {}).get("direct") or {}).get("submit") or {}
+    batches = {k: v for k, v in direct.items() if k.startswith("batch_")}
+    if not batches:
+        return Goal(goal, "not measured", None)
+    best = max(v["tasks_per_s"] for v in batches.values())
+    met = best >= BATCH_TPS
+    measured = ", ".join(f"{v['batch']:,} a request: {v['tasks_per_s']:.0f} tasks/s"
+                         for v in batches.values())
+    note = "" if met else (
+        "A batch is one transaction (an INSERT per parent group, the tally triggers per row) "
+        "and one Redis transaction per thousand messages; the rest is the API's Python per "
+        "task: the JSON in, each item's checks and kwargs validation, each message built, "
+        "and the JSON out. A second API process, or the batch's rows written by COPY, would "
+        "raise it.")
+    return Goal(goal, measured, met, note)
+
+
+def evaluate(results: Results) -> list[Goal]:
+    if not cost(results):
+        return []
+    return [_short(results), _single(results), _batch(results)]

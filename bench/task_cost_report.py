@@ -1,0 +1,238 @@
+"""The per-task cost section's tables, goals and notes, for the terminal and RESULTS.md."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from bench.figures import Results, number
+
+SHORT = "11. Short tasks: ours vs plain Celery"
+SERVERS = "11. One short task, counted by the servers (per task)"
+STEPS = "11. One delivery in a pool process (instrumented worker, direct path)"
+SUBMIT = "11. Submissions over HTTP (closed loop, a queue no worker reads)"
+MEMORY = "11. Resident memory (MiB): idle / peak under short tasks / peak under submissions"
+
+MODES = ("direct", "kombu")
+STEP_LABELS = (
+    ("guard", "guard: cancel-channel SUBSCRIBE, cancelled-set ZSCORE"),
+    ("claim", "claim: `claim_task`, `saved_chunks`, pending ZREM"),
+    ("begin", "begin: `running` event, heartbeat started"),
+    ("first_beat_registry", "first heartbeat, beside the task: registry entry"),
+    ("first_beat_report", "↳ and its beat handed to the main process"),
+    ("user", "the actor's code (its checkpoint crossing included)"),
+    ("checkpoint", "↳ checkpoint: `save_result` on the sidecar loop"),
+    ("finish", "finish: `Sidecar.end`"),
+    ("finish_db", "↳ `finish_task`"),
+    ("unsubscribe", "↳ cancel-channel UNSUBSCRIBE"),
+    ("registry_remove", "↳ registry entry removed (EVAL)"),
+    ("events", "events: `running` + end PUBLISH (in begin and finish)"),
+    ("crossings", "thread crossings and the runtime's own Python"),
+    ("execute", "the whole delivery (`Runtime.execute`)"),
+)
+
+
+def cost(results: Results) -> dict[str, Any]:
+    return results.get("task_cost") or {}
+
+
+def _ours(results: Results, mode: str) -> dict[str, Any]:
+    return (cost(results).get("ours") or {}).get(mode) or {}
+
+
+def _pp(d: dict[str, Any] | None) -> str:
+    return "—" if not d or not d.get("n") else f"{d['p50']:.2f} / {d['p99']:.2f}"
+
+
+# -- tables --------------------------------------------------------------------------------
+
+def short_rows(results: Results) -> list[list[str]]:
+    c = cost(results)
+    if not c:
+        return []
+    celery = (c.get("celery") or {}).get("tasks_per_s")
+    rows = []
+    for mode in MODES:
+        s = _ours(results, mode).get("short_tasks")
+        if not s:
+            continue
+        ratio = f"{s['tasks_per_s'] / celery:.2f}×" if celery else "—"
+        rows.append([f"ours, PUBLISH_MODE={mode}", number(s["tasks_per_s"]), ratio,
+                     f"{s['succeeded']}/{s['tasks']}", number(s["submit_s"], 2),
+                     number(s["seconds"], 2), number(s["per_task"]["xact_commit"], 2),
+                     number(s["per_task"]["redis_commands"])])
+    if cel := c.get("celery"):
+        rows.append(["plain Celery (no-op, acks_late, Redis backend)", number(cel["tasks_per_s"]),
+                     "1.00×", f"{cel['succeeded']}/{cel['tasks']}", number(cel["sent_s"], 2),
+                     number(cel["seconds"], 2), "—", number(cel["per_task"]["redis_commands"])])
+    return rows
+
+
+def server_rows(results: Results) -> list[list[str]]:
+    c = cost(results)
+    per = {m: (_ours(results, m).get("short_tasks") or {}).get("per_task") or {} for m in MODES}
+    per["celery"] = (c.get("celery") or {}).get("per_task") or {}
+    if not any(per.values()):
+        return []
+    cols = (*MODES, "celery")
+    rows = [["PostgreSQL transactions", *(number(per[k].get("xact_commit"), 2)
+                                          if k != "celery" else "—" for k in cols)]]
+    tables = sorted({t for k in MODES for t in per[k].get("rows_written", {})})
+    for t in tables:
+        cells = []
+        for k in MODES:
+            w = per[k].get("rows_written", {}).get(t)
+            cells.append("—" if not w else " / ".join(f"{w[x]:.2f}" for x in ("ins", "upd", "del")))
+        rows.append([f"rows of `{t}` inserted / updated / deleted", *cells, "—"])
+    rows.append(["Redis commands", *(number(per[k].get("redis_commands")) for k in cols)])
+    names = sorted({n for k in cols for n in per[k].get("redis_by_command", {})},
+                   key=lambda n: -max(per[k].get("redis_by_command", {}).get(n, 0) for k in cols))
+    for name in names:
+        rows.append([f"↳ {name.upper()}", *(number(per[k].get("redis_by_command", {}).get(name),
+                                                   2) for k in cols)])
+    rows.append(["Redis CPU (ms)", *(number(per[k].get("redis_cpu_ms"), 3) for k in cols)])
+    return rows
+
+
+def _per_step(side: dict[str, Any], table: str, step: str) -> str:
+    counts = ((side.get(table) or {}).get("by_step") or {}).get(step) or {}
+    return ", ".join(f"{v:g} {k}" for k, v in counts.items()) or "—"
+
+
+def step_rows(results: Results) -> list[list[str]]:
+    b = cost(results).get("breakdown") or {}
+    alone, load = b.get("alone") or {}, b.get("under_load") or {}
+    if not alone and not load:
+        return []
+    rows = []
+    for key, label in STEP_LABELS:
+        step = {"guard": "guard", "claim": "claim", "begin": "begin", "checkpoint": "checkpoint",
+                "finish": "finish", "first_beat_registry": "heartbeat_life"}.get(key)
+        rows.append([label, _pp((alone.get("ms") or {}).get(key)),
+                     _pp((load.get("ms") or {}).get(key)),
+                     _per_step(alone, "db", step) if step else "",
+                     _per_step(alone, "redis", step) if step else ""])
+    rows.append(["between deliveries in one pool process (Celery: ack, events, next message)",
+                 "—", _pp(load.get("gap_ms")), "", ""])
+    rows.append(["per delivery, in all", "", "",
+                 number((alone.get("db") or {}).get("total"), 1),
+                 number((alone.get("redis") or {}).get("total"), 1)])
+    return rows
+
+
+def submit_rows(results: Results) -> list[list[str]]:
+    rows = []
+    for mode in MODES:
+        for label, r in (_ours(results, mode).get("submit") or {}).items():
+            kind = "POST /api/v1/tasks" if label == "single" else \
+                f"POST /api/v1/tasks:batch ×{r['batch']:,}"
+            rows.append([mode, kind, str(r["clients"]), number(r["requests_per_s"]),
+                         number(r["tasks_per_s"], 0), number(r["latency"]["p50"]),
+                         number(r["latency"]["p99"]), number(r["per_task"]["xact_commit"], 2),
+                         number(r["per_task"]["redis_commands"], 2),
+                         ", ".join(f"{k}×{v}" for k, v in r["statuses"].items())])
+    return rows
+
+
+def memory_rows(results: Results) -> list[list[str]]:
+    rows = []
+    for mode in MODES:
+        rss = _ours(results, mode).get("rss_mib") or {}
+        for name in rss.get("idle", {}):
+            rows.append([f"{name} ({mode})", number(rss["idle"].get(name)),
+                         number(rss.get("short_tasks_peak", {}).get(name)),
+                         number(rss.get("submit_peak", {}).get(name))])
+    rss = (cost(results).get("celery") or {}).get("rss_mib") or {}
+    for name in rss.get("idle", {}):
+        rows.append([name, number(rss["idle"].get(name)),
+                     number(rss.get("under_load_peak", {}).get(name)), "—"])
+    return rows
+
+
+TABLES: tuple[tuple[str, list[str], Any], ...] = (
+    (SHORT, ["run", "tasks/s", "vs Celery", "ended ok", "submitted in (s)", "last ended (s)",
+             "DB xacts/task", "Redis cmds/task"], short_rows),
+    (SERVERS, ["counter", "ours (direct)", "ours (kombu)", "plain Celery"], server_rows),
+    (STEPS, ["step", "alone p50 / p99 ms", "under load p50 / p99 ms", "DB statements",
+             "Redis commands"], step_rows),
+    (SUBMIT, ["publish", "endpoint", "clients", "req/s", "tasks/s", "p50 ms", "p99 ms",
+              "DB xacts/task", "Redis cmds/task", "statuses"], submit_rows),
+    (MEMORY, ["process", "idle", "short tasks", "submissions"], memory_rows),
+)
+
+
+# -- notes ---------------------------------------------------------------------------------
+
+def _short_note(results: Results) -> str:
+    c = cost(results)
+    return (
+        f"{c.get('tasks', '?')} one-chunk `distill` tasks (`chunk_seconds` 0) submitted through "
+        f"`POST /api/v1/tasks` by {c.get('clients', '?')} concurrent clients with the bench "
+        "token, after a warm-up; tasks/s is their count over the time from the first "
+        "submission to the last `finished_at`. Our stack is the worker (prefork, 2 pool "
+        "processes), the reaper and the API, as `make run` starts them, with task events on "
+        "(Flower). Plain Celery: its `bench.noop` task (`acks_late`, Redis broker and result "
+        "backend, prefork with 2 pool processes, no task events) sent with `send_task` from as "
+        "many threads, timed to the last result's `date_done`. `DB xacts/task` and `Redis "
+        "cmds/task` are the servers' own counts over the run, less the idle stack's rate "
+        "(next table).")
+
+
+def _servers_note(results: Results) -> str:
+    c = cost(results)
+    where = ("a Redis server of the section's own" if c.get("redis") == "private"
+             else "the shared Redis server (other users' commands included)")
+    return (
+        f"Deltas over the short-task run, divided by the tasks, less what the idle stack did in "
+        f"as long (measured just before): PostgreSQL `pg_stat_database.xact_commit` and "
+        f"`pg_stat_user_tables` of the bench's own database (asyncpg runs in autocommit: each "
+        f"statement outside a transaction is one; every statement is sent as prepare + "
+        f"execute, two round trips, as the services run without a statement cache), and "
+        f"`INFO commandstats` of {where}. Commands a Lua script runs count as well as the "
+        f"EVAL. Our figure covers the API's submission (row and message), the worker's main "
+        f"process (Celery's BRPOP, its unacked bookkeeping and ack, task events) and pool "
+        f"process, and the reaper's share; the bench's own INFO and SUBSCRIBE are left out.")
+
+
+def _steps_note(results: Results) -> str:
+    return (
+        "The worker run by `python -m bench.task_cost_probe`: timers and counters wrapped "
+        "around the delivery's steps before the worker starts (bench/task_cost_probe.py). "
+        "`alone`: one task at a time, each submitted when the last one ended; `under load`: "
+        "the short-task run's load. Each step is what the task's thread (or the sidecar loop, "
+        "for the sub-steps) waited for it; `between deliveries` is the time from one "
+        "delivery's end to the next one's start in the same pool process while messages "
+        "wait, Celery's part of each task (alone, it would be the bench's own pause). The "
+        "first heartbeat runs beside the task on the sidecar loop, so it is not part of the "
+        "delivery's time unless the loop is busy with it. DB statements and Redis commands are those of the pool process's own "
+        "clients, per delivery, by step.")
+
+
+def _submit_note(results: Results) -> str:
+    c = cost(results)
+    return (
+        f"Closed loop: each client sends its next request when the last one answered; "
+        f"{c.get('clients', '?')} clients for single submissions, "
+        f"{c.get('batch_clients', '?')} for batches, each load for a few seconds against "
+        "the same stack after the short-task run. `direct` writes each message to Redis from "
+        "the API's event loop (one MULTI with the pending-id ZADD, the LPUSH and the "
+        "`task-sent` event per thousand messages); `kombu` sends it with Celery's blocking "
+        "client from a thread. Per-task counts are the servers', less the idle rate.")
+
+
+SECTIONS: tuple[tuple[str, Any], ...] = (
+    (SHORT, _short_note), (SERVERS, _servers_note), (STEPS, _steps_note),
+    (SUBMIT, _submit_note),
+    (MEMORY, lambda r: "RSS from psutil, every 0.25 s: before any load, and the largest seen "
+                       "during each load."),
+)
+
+
+def observations(results: Results) -> list[str]:
+    return []
+
+
+def goals(results: Results) -> list[dict[str, Any]]:
+    from bench.task_cost_goals import evaluate
+
+    return [asdict(g) for g in evaluate(results)]
