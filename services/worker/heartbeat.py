@@ -90,8 +90,10 @@ def beat_interval(settings: Settings) -> float:
 
 def takeover_after(settings: Settings) -> float:
     """How long a pool process waits for an answer of its main process before it writes its
-    beats itself: past a slow statement, and well within the heartbeat timeout."""
-    return min(2 * beat_interval(settings) + DB_CALL_TIMEOUT, settings.heartbeat_timeout / 3)
+    beats itself: past a slow statement, and well within the heartbeat timeout (but never
+    less than two beats, which a main process answering on time needs at most)."""
+    interval = beat_interval(settings)
+    return min(2 * interval + DB_CALL_TIMEOUT, max(2 * interval, settings.heartbeat_timeout / 3))
 
 
 class Heartbeat:
