@@ -66,7 +66,7 @@ async def request_drain(redis: aioredis.Redis, keys: Keys, node: str, *, by: str
     if not await redis.hexists(keys.workers, node):
         raise WorkerNotFound(node)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.publish(keys.node_cancel_channel(node), drain_message(by=by))
+        pipe.publish(keys.node_drain_channel(node), drain_message(by=by))
         pipe.publish(keys.events_channel, encode("worker.drain_requested", node=node, by=by))
         receivers, _ = await pipe.execute()
     if not receivers:

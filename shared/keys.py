@@ -21,6 +21,11 @@ class Keys:
         """Cancels of tasks on one worker: its guardian listens here."""
         return f"{self.prefix}:cancel:node:{node}"
 
+    def node_drain_channel(self, node: str) -> str:
+        """Drain requests for one worker: its main process and each of its pool processes
+        listen here (apart from the cancels, so a cancel reaches only its guardian)."""
+        return f"{self.prefix}:drain:node:{node}"
+
     @property
     def pending(self) -> str:
         """Sorted set of message ids published and not yet taken by a worker, scored by

@@ -169,7 +169,7 @@ async def world(settings: Settings, aiohttp_client: Any, db: Db, redis: aioredis
     # A worker that listens, so a drain the caller may ask for reaches someone.
     await redis.hset(keys.workers, NODE, "{}")
     worker = redis.pubsub()
-    await worker.subscribe(keys.node_cancel_channel(NODE))
+    await worker.subscribe(keys.node_drain_channel(NODE))
     yield w
     await worker.aclose()
 

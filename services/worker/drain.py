@@ -1,6 +1,6 @@
 """A pool process's part in a drain: the task it runs stops with reason `shutdown`.
 
-The worker's main process asks for a drain with one message on its node channel (see
+The worker's main process asks for a drain with one message on its drain channel (see
 shared/drain.py). Each pool process listens there too and sets its execution's token with
 reason `shutdown`; the task saves its checkpoint and returns, and its end puts the row
 back to `queued` with a fresh message (preempted), for another worker to go on from the
@@ -39,7 +39,7 @@ class PoolDrain:
         self._interrupt_signal = interrupt_signal
         self.draining = False
         self.by: str | None = None
-        self.subscription = Subscription(client, [keys.node_cancel_channel(node)],
+        self.subscription = Subscription(client, [keys.node_drain_channel(node)],
                                          self._on_message, log=log,
                                          error_event="worker.drain_listener_error")
 
@@ -49,7 +49,7 @@ class PoolDrain:
     def _on_message(self, data: Any) -> None:
         request = parse_drain(data)
         if request is None:
-            return  # a cancel of one task on this worker: the cancel listener's
+            return
         self.draining = True
         self.by = request.get("by")
         self.stop(self._current())

@@ -108,7 +108,7 @@ class WorkerDrain:
         self.redis = connect(settings.redis_url)
         self.subscription = Subscription(
             connect(settings.redis_url, socket_timeout=None),
-            [self.keys.node_cancel_channel(node)], self._on_message, log=log,
+            [self.keys.node_drain_channel(node)], self._on_message, log=log,
             error_event="worker.drain_listen_error")
         self.consumer: Any = None
         self.via: str | None = None
@@ -219,7 +219,7 @@ class WorkerDrain:
 
     async def _tell(self, grace: float) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.publish(self.keys.node_cancel_channel(self.node),
+            pipe.publish(self.keys.node_drain_channel(self.node),
                          drain_message(by=self.by or f"worker:{self.via}"))
             pipe.publish(self.keys.events_channel, encode(
                 "worker.draining", node=self.node, via=self.via, by=self.by, grace_s=grace))
