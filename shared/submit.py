@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,12 +96,48 @@ def start_time(countdown: float | None, eta: datetime | None) -> datetime | None
     return datetime.now(UTC) + timedelta(seconds=countdown) if countdown is not None else eta
 
 
+# How long a submitting process trusts an actor's catalogue row it read. The catalogue
+# changes when a worker of a new release starts; a submission this much later than the
+# change is checked as one made this much earlier would have been.
+ACTOR_TTL = 1.0
+
+
+class _Catalogue:
+    """The actor rows one Db has read, each for ACTOR_TTL seconds: a submission then costs
+    one statement, not two. An unknown actor is asked about every time."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[float, Record]] = {}
+
+    async def get(self, db: Db, name: str) -> Record | None:
+        now = time.monotonic()
+        kept = self._rows.get(name)
+        if kept is not None and now - kept[0] < ACTOR_TTL:
+            return kept[1]
+        row = await db.get_actor(name)
+        if row is None:
+            self._rows.pop(name, None)
+        else:
+            self._rows[name] = (now, row)
+        return row
+
+
+_catalogues: weakref.WeakKeyDictionary[Db, _Catalogue] = weakref.WeakKeyDictionary()
+
+
+def _catalogue(db: Db) -> _Catalogue:
+    found = _catalogues.get(db)
+    if found is None:
+        found = _catalogues[db] = _Catalogue()
+    return found
+
+
 async def submit(db: Db, celery: Celery, *, actor: str, kwargs: Any, queue: str | None = None,
                  countdown: float | None = None, eta: datetime | None = None,
                  fail_fast: bool | None = None) -> Record:
     """A root task (children go through shared.trees). `fail_fast` (default: the actor's
     option) makes a failed child of this task cancel its siblings."""
-    spec = await db.get_actor(actor)
+    spec = await _catalogue(db).get(db, actor)
     if spec is None:
         raise UnknownActor(actor)
     checked = check_kwargs(spec, kwargs)

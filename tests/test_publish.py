@@ -23,7 +23,14 @@ from shared.publish import CHUNK, QUEUED_AT_HEADER, Message
 from shared.publish_wire import Writer
 from shared.queues import queue_lists, unacked_key
 from shared.settings import Settings
-from shared.submit import BrokerUnavailable, publish, publish_many, start_time, submit
+from shared.submit import (
+    BrokerUnavailable,
+    UnknownActor,
+    publish,
+    publish_many,
+    start_time,
+    submit,
+)
 from tests.support import TERMINAL, row_where, wait_for
 
 CUSTOM_QUEUE = "publish-custom"
@@ -244,3 +251,38 @@ async def test_direct_and_kombu_messages_run_alike_on_a_real_worker(
     finally:
         for app in apps.values():
             app.close()
+
+
+# -- the submission around the message --------------------------------------------------------
+
+async def test_a_submission_reads_the_actor_row_once_a_second_and_an_unknown_actor_each_time(
+        settings: Settings, db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given an actor in the catalogue and a Db whose catalogue reads are counted
+    actor = f"pub{uuid.uuid4().hex[:8]}"
+    await db.upsert_actor(actor, "publish-parked", {}, {})
+    reads: list[str] = []
+    get_actor = db.get_actor
+
+    async def counted(name: str) -> Any:
+        reads.append(name)
+        return await get_actor(name)
+
+    monkeypatch.setattr(db, "get_actor", counted)
+    app = make_celery(_mode(settings, "direct"))
+    try:
+        # when it is submitted three times in a row
+        rows = [await submit(db, app, actor=actor, kwargs={}) for _ in range(3)]
+        # then its row was read once, and each task went to its queue
+        assert reads == [actor]
+        assert {r["queue"] for r in rows} == {"publish-parked"}
+        # and once the row is older than the catalogue's time to live, it is read again
+        monkeypatch.setattr("shared.submit.ACTOR_TTL", 0.0)
+        await submit(db, app, actor=actor, kwargs={})
+        assert reads == [actor, actor]
+        # and an actor that is not there is asked about every time
+        for _ in range(2):
+            with pytest.raises(UnknownActor):
+                await submit(db, app, actor="no-such-actor", kwargs={})
+        assert reads[2:] == ["no-such-actor", "no-such-actor"]
+    finally:
+        app.close()
