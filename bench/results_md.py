@@ -10,7 +10,7 @@ from bench import (
     report,
     scale_report,
     simulated_report,
-    task_cost_report,
+    task_cost_notes,
     trees_report,
 )
 from bench.figures import Results
@@ -51,7 +51,7 @@ _SECTIONS: tuple[tuple[str, Callable[[Results], str]], ...] = (
     *fleet_report.SECTIONS,
     *simulated_report.SECTIONS,
     *trees_report.SECTIONS,
-    *task_cost_report.SECTIONS,
+    *task_cost_notes.SECTIONS,
     *scale_report.SECTIONS,
 )
 
@@ -164,7 +164,7 @@ def _observations(results: Results) -> list[str]:
             f"writes the Celery message to Redis (PUBLISH_MODE: `direct` from the event loop, "
             f"or kombu's blocking client in a thread), then publishes an event.")
     return (out + fleet_report.observations(results) + simulated_report.observations(results)
-            + trees_report.observations(results) + task_cost_report.observations(results)
+            + trees_report.observations(results) + task_cost_notes.observations(results)
             + scale_report.observations(results))
 
 

@@ -16,17 +16,21 @@ database of its own, for each publish path (`PUBLISH_MODE=direct`, then `kombu`)
 (d) RSS of every service process and pool process: idle, and the peak under each load.
 
 Then plain Celery's no-op task the same way (bench/task_cost_celery.py), and last the
-instrumented worker (bench/task_cost_probe.py) with the direct path: each step of a
-delivery timed and its statements and commands counted, one task at a time and under the
-same load as (a).
+instrumented worker and API (bench/task_cost_probe.py, bench/task_cost_api_probe.py) with
+the direct path: each step of a delivery and of a submission timed (and a delivery's
+statements and commands counted), one task at a time, under the load of (a), and for the
+API under the single-submission load of (c).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from bench import task_cost_breakdown, task_cost_celery
 from bench.fleet_stack import PrivateRedis, redis_binary
@@ -35,6 +39,7 @@ from bench.plan import Plan
 from bench.poll import until
 from bench.procs import Child
 from bench.stack import Servers, Stack
+from bench.stats import Dist
 from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
 from bench.task_cost_load import (
     Finished,
@@ -158,25 +163,67 @@ async def _start_probe_worker(stack: Stack, probe_dir: Path) -> None:
         celery.close()
 
 
+async def _start_probe_api(stack: Stack, probe_dir: Path) -> None:
+    env = {**settings_env(stack.settings), "TASK_COST_PROBE_DIR": str(probe_dir)}
+    child = Child("api", "bench.task_cost_api_probe", [], env, stack.out_dir / "api.out")
+    stack.children["api"] = child.start()
+    async with aiohttp.ClientSession() as http:
+        async def ready() -> bool:
+            child.check()
+            try:
+                async with http.get(f"{stack.base_url}/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(ready, 30, "instrumented API ready")
+
+
+async def _api_samples(probe_dir: Path) -> dict[str, list[float]]:
+    await asyncio.sleep(0.6)  # the probe writes its samples every half second
+    path = probe_dir / "api.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _since(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, Any]:
+    out = {}
+    for step, values in after.items():
+        d = Dist(values[len(before.get(step, [])):])
+        if d.n:
+            out[step] = d.to_json(with_samples=False)
+    return out
+
+
 async def _breakdown(servers: Servers, out_dir: Path, plan: Plan) -> dict[str, Any]:
+    """The instrumented worker and API: a delivery's steps and a submission's."""
     probe_dir = out_dir / "lines"
     stack = await Stack.create(servers, out_dir, publish_mode="direct")
+    api: dict[str, Any] = {}
     try:
         await _start_probe_worker(stack, probe_dir)
         await stack.start_reaper()
-        await stack.start_api()
+        await _start_probe_api(stack, probe_dir)
         finished = await Finished(stack.settings.redis_url, stack.keys.events_channel).start()
         try:
             async with Ours.open(stack) as ours:
                 warm = await submit_short(ours, plan.task_cost_warmup, plan.task_cost_clients)
                 await finished.wait(set(warm["ids"]), 60)
+                mark = await _api_samples(probe_dir)
                 alone: set[str] = set()
                 for _ in range(plan.task_cost_alone):
                     one = await submit_short(ours, 1, 1)
                     await finished.wait(set(one["ids"]), 30)
                     alone.update(one["ids"])
+                after_alone = await _api_samples(probe_dir)
                 sent = await submit_short(ours, plan.task_cost, plan.task_cost_clients)
                 await finished.wait(set(sent["ids"]), 120)
+                after_load = await _api_samples(probe_dir)
+                await submit_rate(ours, 1, clients=plan.task_cost_clients,
+                                  seconds=plan.task_cost_submit_s)
+                after_submits = await _api_samples(probe_dir)
+                api = {"alone": _since(mark, after_alone),
+                       "short_tasks": _since(after_alone, after_load),
+                       "submit_load": _since(after_load, after_submits)}
         finally:
             await finished.close()
         loaded = set(sent["ids"])
@@ -186,6 +233,7 @@ async def _breakdown(servers: Servers, out_dir: Path, plan: Plan) -> dict[str, A
             "alone": task_cost_breakdown.summarize([d for d in lines if d["task_id"] in alone]),
             "under_load": task_cost_breakdown.summarize(
                 [d for d in lines if d["task_id"] in loaded]),
+            "api": api,
         }
     finally:
         await asyncio.to_thread(stack.stop)

@@ -81,16 +81,16 @@ def _submit_note(results: Results) -> str:
     per = single.get("per_task") or {}
     return (
         f"Each submission is the API's work alone on one core it shares with PostgreSQL, "
-        f"Redis and the load generator: HTTP, the token check, the actor's catalogue row "
-        f"(`get_actor`) and the insert (`insert_task`), {per.get('xact_commit', 0):.1f} "
-        f"transactions a submission, each statement two round trips without a statement "
-        f"cache; the message and its `task-sent` event in one Redis transaction; then the "
-        f"`task.submitted` event, another round trip, and a log line. What would reach it: "
-        f"more API processes (it is one asyncio process: a second one on a machine with the "
-        f"cores for it), the actor's catalogue row kept in the API for a second instead of "
-        f"read for every submission, the insert with its actor check in one statement, "
-        f"prepared statements kept, and the `task.submitted` event sent in the message's "
-        f"Redis transaction.")
+        f"Redis and the load generator: HTTP, the token check, the insert (`insert_task`, "
+        f"two round trips without a statement cache; the actor's catalogue row is read at "
+        f"most once a second), {per.get('xact_commit', 0):.1f} transactions a submission; "
+        f"the message and its `task-sent` event in one Redis script call; then the "
+        f"`task.submitted` event, another round trip, and a log line (the instrumented "
+        f"API's table says how long each took). What would reach it: a second API process "
+        f"(one asyncio process uses one core at most) on a machine with the cores for it, "
+        f"prepared statements kept (asyncpg's statement cache; PgBouncer 1.21+ keeps them in "
+        f"transaction mode with `max_prepared_statements`), and the `task.submitted` event "
+        f"sent in the message's script call (services/api/tasks.py).")
 
 
 def _single(results: Results) -> Goal:

@@ -11,6 +11,7 @@ SHORT = "11. Short tasks: ours vs plain Celery"
 SERVERS = "11. One short task, counted by the servers (per task)"
 STEPS = "11. One delivery in a pool process (instrumented worker, direct path)"
 SUBMIT = "11. Submissions over HTTP (closed loop, a queue no worker reads)"
+API = "11. One submission inside the API (instrumented API, direct path; ms)"
 MEMORY = "11. Resident memory (MiB): idle / peak under short tasks / peak under submissions"
 
 MODES = ("direct", "kombu")
@@ -134,6 +135,50 @@ def submit_rows(results: Results) -> list[list[str]]:
     return rows
 
 
+API_LABELS = (
+    ("request", "the request, from the outermost middleware in"),
+    ("middlewares", "↳ metrics, errors, method check, token check, rate limit"),
+    ("handler", "↳ `submit_task`"),
+    ("get_actor", "  ↳ `get_actor` (the actor's row; read at most once a second)"),
+    ("insert_task", "  ↳ `insert_task`"),
+    ("publish", "  ↳ the Celery message (one script call)"),
+    ("event", "  ↳ the `task.submitted` event"),
+    ("rest", "  ↳ the rest: body, checks, log line, metrics, response"),
+)
+
+
+def api_rows(results: Results) -> list[list[str]]:
+    api = (cost(results).get("breakdown") or {}).get("api") or {}
+    if not api:
+        return []
+    phases = ("alone", "short_tasks", "submit_load")
+
+    def p50(phase: str, step: str) -> float | None:
+        d = (api.get(phase) or {}).get(step)
+        return d["p50"] if d and d.get("n") else None
+
+    def derived(phase: str, step: str) -> float | None:
+        parts = {k: p50(phase, k) for k in ("request", "handler", "get_actor", "insert_task",
+                                            "publish", "event")}
+        if step == "middlewares" and parts["request"] is not None and parts["handler"]:
+            return parts["request"] - parts["handler"]
+        if step == "rest" and all(v is not None for v in parts.values()):
+            return parts["handler"] - sum(parts[k] for k in ("get_actor", "insert_task",
+                                                             "publish", "event"))
+        return None
+
+    rows = []
+    for step, label in API_LABELS:
+        cells = []
+        for phase in phases:
+            if step in ("middlewares", "rest"):
+                cells.append(number(derived(phase, step), 2) + " (p50s)")
+            else:
+                cells.append(_pp((api.get(phase) or {}).get(step)))
+        rows.append([label, *cells])
+    return rows
+
+
 def memory_rows(results: Results) -> list[list[str]]:
     rows = []
     for mode in MODES:
@@ -157,82 +202,14 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
              "Redis commands"], step_rows),
     (SUBMIT, ["publish", "endpoint", "clients", "req/s", "tasks/s", "p50 ms", "p99 ms",
               "DB xacts/task", "Redis cmds/task", "statuses"], submit_rows),
+    (API, ["step", "alone p50 / p99", "under short tasks p50 / p99",
+           "under submissions p50 / p99"], api_rows),
     (MEMORY, ["process", "idle", "short tasks", "submissions"], memory_rows),
 )
-
-
-# -- notes ---------------------------------------------------------------------------------
-
-def _short_note(results: Results) -> str:
-    c = cost(results)
-    return (
-        f"{c.get('tasks', '?')} one-chunk `distill` tasks (`chunk_seconds` 0) submitted through "
-        f"`POST /api/v1/tasks` by {c.get('clients', '?')} concurrent clients with the bench "
-        "token, after a warm-up; tasks/s is their count over the time from the first "
-        "submission to the last `finished_at`. Our stack is the worker (prefork, 2 pool "
-        "processes), the reaper and the API, as `make run` starts them, with task events on "
-        "(Flower). Plain Celery: its `bench.noop` task (`acks_late`, Redis broker and result "
-        "backend, prefork with 2 pool processes, no task events) sent with `send_task` from as "
-        "many threads, timed to the last result's `date_done`. `DB xacts/task` and `Redis "
-        "cmds/task` are the servers' own counts over the run, less the idle stack's rate "
-        "(next table).")
-
-
-def _servers_note(results: Results) -> str:
-    c = cost(results)
-    where = ("a Redis server of the section's own" if c.get("redis") == "private"
-             else "the shared Redis server (other users' commands included)")
-    return (
-        f"Deltas over the short-task run, divided by the tasks, less what the idle stack did in "
-        f"as long (measured just before): PostgreSQL `pg_stat_database.xact_commit` and "
-        f"`pg_stat_user_tables` of the bench's own database (asyncpg runs in autocommit: each "
-        f"statement outside a transaction is one; every statement is sent as prepare + "
-        f"execute, two round trips, as the services run without a statement cache), and "
-        f"`INFO commandstats` of {where}. Commands a Lua script runs count as well as the "
-        f"EVAL. Our figure covers the API's submission (row and message), the worker's main "
-        f"process (Celery's BRPOP, its unacked bookkeeping and ack, task events) and pool "
-        f"process, and the reaper's share; the bench's own INFO and SUBSCRIBE are left out.")
-
-
-def _steps_note(results: Results) -> str:
-    return (
-        "The worker run by `python -m bench.task_cost_probe`: timers and counters wrapped "
-        "around the delivery's steps before the worker starts (bench/task_cost_probe.py). "
-        "`alone`: one task at a time, each submitted when the last one ended; `under load`: "
-        "the short-task run's load. Each step is what the task's thread (or the sidecar loop, "
-        "for the sub-steps) waited for it; `between deliveries` is the time from one "
-        "delivery's end to the next one's start in the same pool process while messages "
-        "wait, Celery's part of each task (alone, it would be the bench's own pause). The "
-        "first heartbeat runs beside the task on the sidecar loop, so it is not part of the "
-        "delivery's time unless the loop is busy with it. DB statements and Redis commands are those of the pool process's own "
-        "clients, per delivery, by step.")
-
-
-def _submit_note(results: Results) -> str:
-    c = cost(results)
-    return (
-        f"Closed loop: each client sends its next request when the last one answered; "
-        f"{c.get('clients', '?')} clients for single submissions, "
-        f"{c.get('batch_clients', '?')} for batches, each load for a few seconds against "
-        "the same stack after the short-task run. `direct` writes each message to Redis from "
-        "the API's event loop (one MULTI with the pending-id ZADD, the LPUSH and the "
-        "`task-sent` event per thousand messages); `kombu` sends it with Celery's blocking "
-        "client from a thread. Per-task counts are the servers', less the idle rate.")
-
-
-SECTIONS: tuple[tuple[str, Any], ...] = (
-    (SHORT, _short_note), (SERVERS, _servers_note), (STEPS, _steps_note),
-    (SUBMIT, _submit_note),
-    (MEMORY, lambda r: "RSS from psutil, every 0.25 s: before any load, and the largest seen "
-                       "during each load."),
-)
-
-
-def observations(results: Results) -> list[str]:
-    return []
 
 
 def goals(results: Results) -> list[dict[str, Any]]:
     from bench.task_cost_goals import evaluate
 
     return [asdict(g) for g in evaluate(results)]
+
