@@ -8,9 +8,10 @@ covered messages leave the broker's queues a window at a time (`purge`), both at
 one is PostgreSQL's work, the other Redis'.
 
 The rows are walked in (queued_at, id) order, each batch going on after the last row the
-one before took, by two lanes: one from the oldest covered row up, one from the fence down,
-until they meet. A batch is sized by how long the last one took, so that none holds its rows
-for much longer than `BATCH_SECONDS` however busy the machine is.
+one before took: one lane from the oldest covered row up, and once the messages are purged a
+second one from the fence down, until they meet. A batch is sized by how long the last one
+took, so that none holds its rows for much longer than `BATCH_SECONDS` however busy the
+machine is.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ log = structlog.get_logger("reaper.sweeper")
 # Rows a batch statement writes: the first batch's, and the bounds of the later ones, whose
 # size follows the time the last one took toward BATCH_SECONDS (see `make bench`, section
 # scale: a statement's transaction holds its rows locked for that long).
-SWEEP_BATCH = 2000
+SWEEP_BATCH = 500
+# Lanes walking at once, from either end of the covered range: the work is the database's,
+# on every core it has. While the fence's messages are being purged, one: Redis works on
+# another core then (on one host, the only other one), and a second lane would mostly
+# contend with the first for the table's end.
 SWEEP_LANES = 2
 MIN_BATCH, MAX_BATCH = 100, 20_000
-BATCH_SECONDS = 0.08
+BATCH_SECONDS = 0.04
 # How long one tick may work before yielding to the other loops.
 TICK_BUDGET = 0.5
 # A task inserted just before a fence may commit a moment after it: until a fence is this
@@ -54,18 +59,19 @@ _Batch = Callable[[int], Awaitable[SweepStep]]
 class _Walk:
     """One walk over a fence's covered range (kept in memory: a new leader walks again from
     the start, which only costs time). `after` is the last row the ascending lane took,
-    `before` the last one the descending lane took: every row between is still to do."""
+    `before` the last one the descending lane took: every row between is still to do. A
+    lane whose batch comes back short found nothing between them but rows the other lane's
+    batch holds, which that batch writes: the queued rows are done."""
 
     after: Edge | None = None
     before: Edge | None = None
-    up_done: bool = False
-    down_done: bool = False
+    queued_done: bool = False
     paused_after: Edge | None = None
     paused_done: bool = False
 
     @property
     def done(self) -> bool:
-        return self.up_done and self.down_done and self.paused_done
+        return self.queued_done and self.paused_done
 
 
 class FenceSweeper:
@@ -93,7 +99,8 @@ class FenceSweeper:
         for fence in fences:
             steps = []
             if fence["swept_at"] is None:
-                steps.append(self._sweep(fence, until))
+                lanes = 1 if fence["purged_at"] is None else self.lanes
+                steps.append(self._sweep(fence, lanes, until))
             if fence["purged_at"] is None:
                 steps.append(self._purge(fence, until))
             await asyncio.gather(*steps)
@@ -102,14 +109,13 @@ class FenceSweeper:
 
     # -- the rows ---------------------------------------------------------------------------
 
-    async def _sweep(self, fence: Record, until: float) -> None:
+    async def _sweep(self, fence: Record, lanes: int, until: float) -> None:
         ctx = self.ctx
         walk = self._walks.get(fence["id"]) or self._walk(fence["id"])
         if not walk.done:
-            lanes = await asyncio.gather(*(self._lane(fence, walk, down, until)
-                                           for down in (False, True)[:self.lanes]))
-            swept = sum(lanes)
-            if not (walk.up_done and walk.down_done) or time.monotonic() > until:
+            swept = sum(await asyncio.gather(*(self._lane(fence, walk, down, until)
+                                               for down in (False, True)[:lanes])))
+            if not walk.queued_done or time.monotonic() > until:
                 await self._counted(fence, swept)
                 return
             swept += await self._paused(fence, walk, until)
@@ -126,19 +132,19 @@ class FenceSweeper:
         else:
             self._walks.pop(fence["id"], None)
             await ctx.db.fence_swept(fence["id"])
-            log.info("reaper.fence_swept", fence=fence["id"], covered=fence["covered"])
+            log.info("reaper.fence_swept", fence=fence["id"], swept=fence["swept"],
+                     covered=fence["covered"])
 
     def _walk(self, fence_id: int, after: Edge | None = None) -> _Walk:
         """A new walk over the fence's range, or over its part after `after`."""
-        walk = self._walks[fence_id] = _Walk(after=after, paused_after=after,
-                                             down_done=self.lanes < 2)
+        walk = self._walks[fence_id] = _Walk(after=after, paused_after=after)
         return walk
 
     async def _lane(self, fence: Record, walk: _Walk, down: bool, until: float) -> int:
         """Batches of queued rows from one end of what is left, until the lane meets the
         other one or the tick is over."""
         total = 0
-        while not (walk.down_done if down else walk.up_done):
+        while not walk.queued_done:
             step, asked = await self._step(fence, lambda n: self.ctx.db.sweep_fence_range(
                 fence, n, descending=down, after=walk.after, before=walk.before))
             total += step.swept
@@ -148,10 +154,7 @@ class FenceSweeper:
                 else:
                     walk.after = step.edge
             if step.taken < asked:
-                if down:
-                    walk.down_done = True
-                else:
-                    walk.up_done = True
+                walk.queued_done = True
             if time.monotonic() > until:
                 break
         return total
