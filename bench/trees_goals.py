@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.figures import Results, number
 from bench.goals import Goal
-from bench.trees_report import ms, rounds_of, stopped, trees, worst
+from bench.trees_figures import ms, rounds_of, stopped, trees, worst
 
 GOAL_ANSWER_MS = 200.0
 
@@ -61,11 +61,15 @@ def _where_answer_goes(t: dict[str, Any]) -> str:
             f"{parts}. The subtree statement locks, updates and returns one row per child, "
             f"and the announce adds every never-started child's message id to the cancelled "
             f"set: both grow with the children, not with the running ones." + _statement(t)
-            + " What would reach it: the subtree statement run without JIT (`SET LOCAL jit = "
-              "off` in its transaction, or a statement whose estimate stays small), returning "
-              "counts and the running children's ids instead of every row, and the cancelled "
-              "set written after the answer (the claim refuses those children from the commit "
-              "on; the set is only the fast path).")
+            + " What would reach it: writing only what holds a process before the answer. "
+              "From the root's own commit (its first statement) no child can start: the claim "
+              "walks to the nearest stopped ancestor. So the answer needs the root's row and "
+              "the running children's (O(running), as cancel-all is), and the never-started "
+              "children can be written `cancelled` and added to the cancelled set afterwards "
+              "in short batches, as the reaper sweeps what a cancel-all's fence covers. Short "
+              "of that: the subtree statement without JIT (`SET LOCAL jit = off` in its "
+              "transaction, or a walk whose estimate stays small) and returning the running "
+              "children's ids and counts rather than every row.")
 
 
 def _answer(results: Results) -> Goal:
@@ -120,11 +124,21 @@ def _grace_note(rounds: list[dict[str, Any]]) -> str:
         f"child's end is its own work: the chunk in flight abandoned, its checkpoint flushed, "
         f"`finish_task` through PgBouncer, its parent looked at, its registry entry removed, "
         f"with every pool process woken at once on two cores that the rest of the machine "
-        f"shares. The grace counts from the subtree statement's DB time "
+        f"shares.{_killed(rounds)} The grace counts from the subtree statement's DB time "
         f"(`cancel_deadline`), which is within a few milliseconds of the call. What would "
         f"reach it: a shorter answer (the goal above), and the PUBLISHes sent before the ZADD "
         f"(or the ZADD after the answer), so the running children stop while the rest is "
         f"written.")
+
+
+def _killed(rounds: list[dict[str, Any]]) -> str:
+    kills = sum(r["running_ends"].get("guardian_kills", 0) for r in rounds)
+    late = sum(r["running_ends"].get("guardian_kills_after_finished", 0) for r in rounds)
+    if not kills:
+        return ""
+    return (f" Where the deadline had passed before the event left, the workers' guardians "
+            f"armed at once and SIGKILLed {kills} pool processes, {late} of them after the "
+            f"child had ended by itself (see Observations).")
 
 
 def _none_after(results: Results) -> Goal:

@@ -31,7 +31,7 @@ from bench.poll import until
 from bench.procs import Child
 from bench.trees_explain import subtree_statement, zadd_alone
 from bench.trees_spans import Spans
-from bench.trees_watch import Logs, Settle, children_after, running_ends
+from bench.trees_watch import Logs, Settle, children_after, logged, running_ends
 from shared.batch import Item, submit_batch
 from shared.broker import make_celery
 from shared.cancellation import Canceller
@@ -204,6 +204,9 @@ class Tree:
         after["worker_log"] = {k: v - logged_before[k] for k, v in self.logs.counts().items()}
         # Each worker's main process handling the reaper's revoke of the queued children.
         after["revoke_handling"] = self.logs.spans("Failed to mark task", t0)
+        revoked = logged(s.log_path("reaper.log"), "reaper.revoked", t0, time.time())
+        after["reaper_revoked"] = {"broadcasts": len(revoked),
+                                   "ids": sum(int(r.get("count", 0)) for r in revoked)}
         return {"root": str(root), "t0_epoch": round(t0, 3), "children": self.plan.trees_children,
                 "submit_ms": round(submit_ms, 1), "ramp_s": round(ramp_s, 1),
                 "running": len(running), "queued": queued, "answer_ms": round(answer_ms, 1),

@@ -5,36 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from bench.figures import Results, number
+from bench.trees_figures import ms, rounds_of, stopped, trees
+from bench.trees_observations import observations
+
+__all__ = ["SECTIONS", "TABLES", "observations"]
 
 SIDE = "10. Job tree: cancel the root, ours beside Celery's"
 ROUNDS = "10. Job tree: our rounds (ms from the call)"
 SPANS = "10. Job tree: where our answer's time goes (in-process round)"
 ALONE = "10. Job tree: the subtree statement and the ZADD on their own"
-
-
-def trees(results: Results) -> dict[str, Any]:
-    return results.get("trees") or {}
-
-
-def rounds_of(t: dict[str, Any]) -> list[dict[str, Any]]:
-    return list((t.get("ours") or {}).get("rounds") or [])
-
-
-def ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.0f} ms"
-
-
-def worst(rounds: list[dict[str, Any]], fn: Any) -> float | None:
-    values = [v for r in rounds if (v := fn(r)) is not None]
-    return max(values) if values else None
-
-
-def stopped(r: dict[str, Any]) -> float | None:
-    return r["running_ends"]["stopped_ms"].get("max")
-
-
-def _ends(after: dict[str, Any]) -> str:
-    return ", ".join(f"{e['n']:,} {e['status']}/{e['outcome'] or '—'}" for e in after["ends"])
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -118,6 +97,7 @@ def round_rows(results: Results) -> list[list[str]]:
             number(tl["all_children_terminal_ms"]),
             number(tl["no_live_execution_ms"]), number(tl["queue_empty_ms"]),
             f"{a['started_after_answer']} / {a['left_non_terminal']}",
+            f"{e.get('guardian_kills', 0)} ({e.get('guardian_kills_after_finished', 0)})",
             ", ".join(f"{n}× {k}" for k, n in e["via"].items())])
     return out
 
@@ -158,7 +138,7 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
     (ROUNDS, ["round", "running / queued", "answered", "last token observed",
               "last running row terminal", "last process free", "every child terminal",
               "no execution registered", "queue empty", "started after answer / unfinished",
-              "heard via"], round_rows),
+              "guardian kills (after the child's own end)", "heard via"], round_rows),
     (SPANS, ["step", "began at (ms)", "took (ms)"], span_rows),
     (ALONE, ["what", "client (ms)", "server execution", "of it JIT compilation", "planning",
              "triggers", "rows estimated", "estimated cost"], alone_rows),
@@ -213,48 +193,3 @@ def _alone_note(results: Results) -> str:
 
 SECTIONS: tuple[tuple[str, Any], ...] = ((SIDE, _side_note), (ROUNDS, _rounds_note),
                                          (SPANS, _spans_note), (ALONE, _alone_note))
-
-
-def _revoke_handling(rounds: list[dict[str, Any]]) -> str:
-    spans = [(h, x) for r in rounds for h, x in (r["after"].get("revoke_handling") or {}).items()]
-    if not spans:
-        return ""
-    took = [x["last_ms"] - x["first_ms"] for _, x in spans]
-    first = [x["first_ms"] for _, x in spans]
-    return (f"; a worker's main process began {min(first):,.0f} to {max(first):,.0f} ms after "
-            f"the call and was busy with it {min(took):,.0f} to {max(took):,.0f} ms (its first "
-            f"to last such line, per worker and round)")
-
-
-def observations(results: Results) -> list[str]:
-    t = trees(results)
-    out = []
-    for name, part in (("ours", t.get("ours") or {}), ("Celery", t.get("celery") or {})):
-        if part.get("skipped"):
-            out.append(f"The trees section's {name} side was skipped: {part['skipped']}")
-        if part.get("error"):
-            out.append(f"The trees section's {name} side stopped early: {part['error']}")
-    left = ((t.get("ours") or {}).get("cleanup") or {}).get("left_behind")
-    if left:
-        out.append("The trees section could not remove everything: " + "; ".join(left))
-    rounds = rounds_of(t)
-    if rounds:
-        logged = [r["after"].get("worker_log") or {} for r in rounds]
-
-        def total(key: str) -> int:
-            return sum(int(x.get(key, 0)) for x in logged)
-
-        out.append(
-            f"How the never-started children's messages left the workers' queue "
-            f"({sum(r['queued'] for r in rounds):,} over {len(rounds)} HTTP round(s)): "
-            f"{total('discarded_as_revoked'):,} discarded by Celery's consumer because the "
-            f"reaper revoked their ids after the cancel, {total('dropped_by_guard'):,} taken by "
-            f"a pool process and dropped by our guard before any user code; the queue was empty "
-            f"{ms(worst(rounds, lambda r: r['timeline']['queue_empty_ms']))} after the call "
-            f"at worst. Each worker's main process handled the reaper's revoke by trying to "
-            f"mark every id revoked in a result backend, which the product does not configure, "
-            f"and logged a warning for each: {total('revoke_backend_warnings'):,} lines "
-            f"(`Failed to mark task … as revoked in backend`) across "
-            f"{len((t.get('ours') or {}).get('concurrency') or [])} workers"
-            + _revoke_handling(rounds) + ".")
-    return out

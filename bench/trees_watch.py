@@ -172,6 +172,15 @@ async def running_ends(pool: Any, logs: Logs, t0: float, running: list[uuid.UUID
             stopped.add((end - t0) * 1000)
             if r["deadline"] is not None:
                 past.add((end - r["deadline"]) * 1000)
+    # Kills by the worker's guardian: the pool process that ran the child, SIGKILLed once the
+    # row's deadline passed; one after that child's own `task.finished` hit a process that
+    # had already let go of it.
+    kills = {i: k for i in ids if (k := logs.find("worker.guardian_killed", i)) is not None}
+    after_finish = 0
+    for i, kill in kills.items():
+        done = finished[i]
+        if done is not None and kill["epoch"] > done["epoch"]:
+            after_finish += 1
     ends: dict[str, int] = {}
     for r in rows:
         key = f"{r['status']}/{r['outcome']}"
@@ -184,9 +193,40 @@ async def running_ends(pool: Any, logs: Logs, t0: float, running: list[uuid.UUID
         "not_observed": sum(1 for v in observed.values() if v is None),
         "not_finished": sum(1 for v in finished.values() if v is None),
         "via": via, "finished_by_host": dict(sorted(hosts.items())), "ends": ends,
+        "guardian_kills": len(kills), "guardian_kills_after_finished": after_finish,
+        # What `record_kill` found for each (None: the row had already ended).
+        "guardian_kill_status": _counted(str(k.get("status")) for k in kills.values()),
         "chunks_done": sum(int(r["done"]) for r in rows),
         "chunks_saved": sum(int(r["saved"]) for r in rows),
     }
+
+
+def _counted(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def logged(path: Path, event: str, t0: float, t1: float) -> list[dict[str, Any]]:
+    """The `event` lines of a JSON log written between t0 and t1 (epoch seconds)."""
+    out = []
+    needle = f'"event": "{event}"'
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if needle not in line:
+                    continue
+                try:
+                    record = json.loads(line)
+                    at = datetime.fromisoformat(record["timestamp"]).timestamp()
+                except (ValueError, KeyError):
+                    continue
+                if t0 <= at <= t1:
+                    out.append(record)
+    except FileNotFoundError:
+        pass
+    return out
 
 
 async def children_after(pool: Any, root: uuid.UUID, t0: float, answered_at: float
