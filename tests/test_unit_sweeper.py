@@ -82,3 +82,36 @@ async def test_an_old_fence_stays_open_while_a_covered_row_was_out_of_the_walks_
     assert ctx.db.tasks[rows[2]]["status"] == "cancelled"
     assert ctx.db.fences[fence]["swept_at"] is not None
     assert ctx.db.fences[fence]["swept"] == 4
+
+
+async def test_one_lane_walks_while_the_messages_are_purged_and_two_once_they_are() -> None:
+    # given a fence over many covered rows whose messages are still in the broker (their
+    # purge takes a while), and batches that take a few rows each
+    ctx = reaper()
+    fence = ctx.db.add_fence(at=ago(60), actor="distill", queues=["default"])
+    for _ in range(300):
+        ctx.db.add_task(queued_at=ago(120))
+    lanes: list[bool] = []
+    sweep = ctx.db.sweep_fence_range
+
+    async def recorded(fence: dict[str, Any], batch: int, **kwargs: Any) -> Any:
+        lanes.append(kwargs.get("descending", False))
+        await asyncio.sleep(0.01)
+        step = await sweep(fence, min(batch, 3), **kwargs)
+        return dataclasses.replace(step, taken=batch if step.taken == 3 else step.taken)
+
+    async def purge(keys: list[str], args: list[Any]) -> list[int]:
+        await asyncio.sleep(0.1)  # each of the queue's lists, empty
+        return [0, 0, 1]
+
+    ctx.db.sweep_fence_range = recorded  # type: ignore[method-assign]
+    ctx.redis.scripts[sweeper_module._PURGE] = purge
+    sweeper = FenceSweeper(ctx)
+    # when a tick runs while the purge does, then only the ascending lane walks
+    await sweeper.tick()
+    assert lanes and not any(lanes)
+    assert ctx.db.fences[fence]["purged_at"] is not None
+    # when the next tick runs, the messages gone, then the descending lane walks too
+    lanes.clear()
+    await sweeper.tick()
+    assert True in lanes and False in lanes
