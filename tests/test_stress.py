@@ -149,6 +149,8 @@ class Stress:
     async def sweep(self) -> None:
         for fence in await self.db.open_fences():
             await self.db.sweep_fence(fence, SWEEP_BATCH)
+            # the reaper's second lane, from the fence down
+            await self.db.sweep_fence_range(fence, SWEEP_BATCH, descending=True)
 
     async def finish_cancelling(self) -> None:
         rows = await self.db.pool.fetch(
