@@ -41,6 +41,8 @@ from bench.procs import Child
 from bench.stack import Servers, Stack
 from bench.stats import Dist
 from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
+from bench.task_cost_cpu import CpuClock
+from bench.task_cost_cpu import per as per_cpu
 from bench.task_cost_load import (
     Finished,
     RssSampler,
@@ -59,8 +61,10 @@ MODES = ("direct", "kombu")
 async def run(servers: Servers, out_dir: Path, plan: Plan,
               say: Callable[[str], None]) -> dict[str, Any]:
     private = None
+    redis_pid: int | None = None
     if redis_binary() is not None:
         private = await asyncio.to_thread(PrivateRedis().start)
+        redis_pid = private.proc.pid if private.proc is not None else None
         here = Servers(servers.database_url, private.url, "configured PostgreSQL, private Redis")
     else:
         say("no redis-server binary: Redis counts include whatever else uses the server")
@@ -71,11 +75,12 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
     try:
         for mode in MODES:
             say(f"ours, PUBLISH_MODE={mode}")
-            out["ours"][mode] = await _ours(here, out_dir / f"ours-{mode}", plan, mode, say)
+            out["ours"][mode] = await _ours(here, out_dir / f"ours-{mode}", plan, mode, say,
+                                            redis_pid)
         say("plain Celery, no-op task")
         out["celery"] = await task_cost_celery.run(
             here.redis_url, out_dir / "celery", n=plan.task_cost, clients=plan.task_cost_clients,
-            warmup=plan.task_cost_warmup, idle_s=plan.task_cost_idle_s)
+            warmup=plan.task_cost_warmup, idle_s=plan.task_cost_idle_s, redis_pid=redis_pid)
         say(f"plain Celery: {out['celery']['tasks_per_s']:.0f} tasks/s")
         say("the instrumented worker: each step of a delivery")
         out["breakdown"] = await _breakdown(here, out_dir / "probe", plan)
@@ -86,21 +91,24 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
 
 
 async def _ours(servers: Servers, out_dir: Path, plan: Plan, mode: str,
-                say: Callable[[str], None]) -> dict[str, Any]:
+                say: Callable[[str], None], redis_pid: int | None) -> dict[str, Any]:
     stack = await Stack.create(servers, out_dir, publish_mode=mode)
     try:
         await stack.start_worker()
         await stack.start_reaper()
         await stack.start_api()
-        return await _measure(stack, plan, say)
+        return await _measure(stack, plan, say, redis_pid)
     finally:
         await asyncio.to_thread(stack.stop)
         await stack.destroy()
 
 
-async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None]) -> dict[str, Any]:
+async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
+                   redis_pid: int | None) -> dict[str, Any]:
     n, clients = plan.task_cost, plan.task_cost_clients
     pids = lambda: service_pids(stack.children)  # noqa: E731
+    cpu = CpuClock(pids, admin_url=stack.servers.database_url, db_name=stack.db_name,
+                   redis_pid=redis_pid)
     counters = await Counters(stack.settings.database_url, stack.settings.redis_url).open()
     finished = await Finished(stack.settings.redis_url, stack.keys.events_channel).start()
     try:
@@ -111,25 +119,31 @@ async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None]) -> dict
             await asyncio.sleep(SETTLE_S)  # the warm-up's counts land before the idle window
             idle = await idle_window(counters, plan.task_cost_idle_s)
             before = await counters.snapshot()
+            await cpu.start()
             with RssSampler(pids) as short_rss:
                 sent = await submit_short(ours, n, clients)
                 await finished.wait(set(sent["ids"]), 120)
+            short_cpu = cpu.stop()
             after = await counters.settled()
             short = await outcome(ours, sent["ids"], sent["t0"])
             short.update(submit_s=sent["submitted_s"], submit_latency_ms=sent["latency"],
-                         per_task=Window.between(before, after).per(n, idle))
+                         per_task=Window.between(before, after).per(n, idle),
+                         cpu_ms_per_task=per_cpu(short_cpu, n))
             say(f"{short['tasks_per_s']:.0f} tasks/s ({short['succeeded']}/{n} succeeded)")
             submits: dict[str, Any] = {}
             with RssSampler(pids) as submit_rss:
                 for size in (1, *BATCHES):
                     label = "single" if size == 1 else f"batch_{size}"
                     b = await counters.snapshot()
+                    await cpu.start()
                     rate = await submit_rate(
                         ours, size, seconds=plan.task_cost_submit_s,
                         clients=clients if size == 1 else plan.task_cost_batch_clients)
+                    used = cpu.stop()
                     a = await counters.settled()
                     made = rate["statuses"].get("202", 0) * size
                     rate["per_task"] = Window.between(b, a).per(max(made, 1), idle)
+                    rate["cpu_ms_per_task"] = per_cpu(used, made)
                     submits[label] = rate
                     say(f"submit {label}: {rate['requests_per_s']:.0f} req/s, "
                         f"{rate['tasks_per_s']:.0f} tasks/s")

@@ -19,6 +19,8 @@ from bench.plain_worker import PlainWorker
 from bench.stack import delete_prefix
 from bench.stats import Dist
 from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
+from bench.task_cost_cpu import CpuClock
+from bench.task_cost_cpu import per as per_cpu
 from bench.task_cost_load import RssSampler, service_pids
 
 
@@ -72,7 +74,7 @@ def _finished_at(result: dict[str, Any]) -> float:
 
 
 async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: int,
-              idle_s: float) -> dict[str, Any]:
+              idle_s: float, redis_pid: int | None = None) -> dict[str, Any]:
     worker = PlainWorker(redis_url, out_dir)
     counters = await Counters(None, redis_url).open()
     try:
@@ -84,10 +86,13 @@ async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: in
         await asyncio.sleep(SETTLE_S)
         idle = await idle_window(counters, idle_s)
         before = await counters.snapshot()
+        cpu = CpuClock(pids, redis_pid=redis_pid)
+        await cpu.start()
         with RssSampler(pids) as rss:
             ids, t0, latency = await asyncio.to_thread(_send, worker, n, clients)
             sent_s = time.time() - t0
             results = await asyncio.to_thread(_results, worker, ids, 120)
+        used = cpu.stop()
         after = await counters.settled()
         last = max(_finished_at(r) for r in results)
         ok = sum(r["status"] == "SUCCESS" for r in results)
@@ -97,6 +102,7 @@ async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: in
             "tasks_per_s": round(n / (last - t0), 1), "sent_s": round(sent_s, 3),
             "send_latency_ms": latency.to_json(with_samples=False),
             "per_task": window.per(n, idle), "idle": idle.to_json(),
+            "cpu_ms_per_task": per_cpu(used, n),
             "rss_mib": {"idle": idle_rss, "under_load_peak": rss.peak},
             "concurrency": worker.concurrency,
         }

@@ -39,6 +39,14 @@ def _short_note(results: Results, ours: dict[str, Any], celery: dict[str, Any]) 
             f"{(b.get('db') or {}).get('total', 0):g} statements are "
             f"{2 * (b.get('db') or {}).get('total', 0):g} round trips without a statement "
             f"cache, and it sends {(b.get('redis') or {}).get('total', 0):g} Redis commands. ")
+    mine, theirs_cpu = ours.get("cpu_ms_per_task") or {}, celery.get("cpu_ms_per_task") or {}
+    if mine.get("total") and theirs_cpu.get("total"):
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(mine["by_process"].items())[:5])
+        text += (
+            f"In CPU, one task cost {mine['total']:.1f} ms over every process ({top}), "
+            f"plain Celery's no-op {theirs_cpu['total']:.1f} ms: two cores give 2,000 ms a "
+            f"second, so at most {2000 / mine['total']:.0f} of ours a second against "
+            f"{2000 / theirs_cpu['total']:.0f} of Celery's, whatever the latencies. ")
     per, theirs = ours.get("per_task") or {}, celery.get("per_task") or {}
     if per and theirs:
         text += (f"Counted by the servers, a task costs us {per['xact_commit']:.1f} PostgreSQL "
@@ -79,7 +87,10 @@ def _submit_note(results: Results) -> str:
     direct = ((c.get("ours") or {}).get("direct") or {}).get("submit") or {}
     single = direct.get("single") or {}
     per = single.get("per_task") or {}
-    return (
+    api_cpu = ((single.get("cpu_ms_per_task") or {}).get("by_process") or {}).get("api")
+    cpu = (f"The API process spent {api_cpu:.2f} ms of CPU on each submission: one process "
+           f"cannot answer more than {1000 / api_cpu:.0f} a second. " if api_cpu else "")
+    return cpu + (
         f"Each submission is the API's work alone on one core it shares with PostgreSQL, "
         f"Redis and the load generator: HTTP, the token check, the insert (`insert_task`, "
         f"two round trips without a statement cache; the actor's catalogue row is read at "

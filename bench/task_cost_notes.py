@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.figures import Results
-from bench.task_cost_report import API, MEMORY, SERVERS, SHORT, STEPS, SUBMIT, cost
+from bench.task_cost_report import API, CPU, MEMORY, SERVERS, SHORT, STEPS, SUBMIT, cost
 
 
 def _short_note(results: Results) -> str:
@@ -73,18 +73,51 @@ def _api_note(results: Results) -> str:
         "request waited for the step, the event loop's turn included: under load, every "
         "step also waits for the other requests the loop serves. `alone`: one submission "
         "at a time; then during the short-task run and the single-submission load. The "
-        "two derived rows are differences of medians.")
+        "actor's row is read at most once a second (how many reads in brackets); the two "
+        "derived rows are per request, from the means.")
 
 
 SECTIONS: tuple[tuple[str, Any], ...] = (
     (SHORT, _short_note), (SERVERS, _servers_note), (STEPS, _steps_note),
     (SUBMIT, _submit_note), (API, _api_note),
+    (CPU, lambda r: (
+        "psutil's user + system CPU time of each process over the load's window, divided by "
+        "the tasks it made or ran: every service process, each worker's pool processes "
+        "together, the PostgreSQL backends connected to the bench's database (found in "
+        "`pg_stat_activity` from another database), the section's redis-server, and the "
+        "bench process itself, which drives the load over HTTP. The machine has two cores: "
+        "2,000 ms of CPU a second in all, for everything listed and whatever else runs.")),
     (MEMORY, lambda r: "RSS from psutil, every 0.25 s: before any load, and the largest seen "
                        "during each load."),
 )
 
 
 def observations(results: Results) -> list[str]:
-    return []
+    c = cost(results)
+    ours = c.get("ours") or {}
+    out = []
+    direct, kombu = (ours.get("direct") or {}).get("submit") or {}, \
+        (ours.get("kombu") or {}).get("submit") or {}
+    if direct and kombu:
+        parts = [f"{label.replace('_', ' of ')}: {direct[label]['tasks_per_s']:,.0f} vs "
+                 f"{kombu[label]['tasks_per_s']:,.0f} tasks/s"
+                 for label in direct if label in kombu]
+        out.append("The direct publish path against kombu's, same stack and load: "
+                   + "; ".join(parts) + ". A batch's messages go out in one script call per "
+                   "thousand instead of one blocking send each from a thread.")
+    per = ((ours.get("direct") or {}).get("short_tasks") or {}).get("per_task") or {}
+    theirs = (c.get("celery") or {}).get("per_task") or {}
+    if per and theirs:
+        by = per.get("redis_by_command", {})
+        out.append(
+            f"Of our {per['redis_commands']:.0f} Redis commands a task "
+            f"(plain Celery's no-op: {theirs['redis_commands']:.0f}), "
+            f"{by.get('publish', 0):.1f} are PUBLISH: Celery's task events for Flower "
+            f"(sent, received, started, succeeded) and our own change events (submitted, "
+            f"running, ended). The rest is the broker's bookkeeping both have (LPUSH, BRPOP, "
+            f"the unacked set and its ack) and ours: the pending-id set, the cancelled-set "
+            f"check, the cancel channel's SUBSCRIBE and UNSUBSCRIBE, and the registry entry "
+            f"(written twice on the first beat, removed by a script).")
+    return out
 
 

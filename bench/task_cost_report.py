@@ -153,29 +153,64 @@ def api_rows(results: Results) -> list[list[str]]:
         return []
     phases = ("alone", "short_tasks", "submit_load")
 
-    def p50(phase: str, step: str) -> float | None:
+    def mean(phase: str, step: str) -> float | None:
         d = (api.get(phase) or {}).get(step)
-        return d["p50"] if d and d.get("n") else None
+        return d["mean"] if d and d.get("n") else None
 
     def derived(phase: str, step: str) -> float | None:
-        parts = {k: p50(phase, k) for k in ("request", "handler", "get_actor", "insert_task",
-                                            "publish", "event")}
-        if step == "middlewares" and parts["request"] is not None and parts["handler"]:
-            return parts["request"] - parts["handler"]
-        if step == "rest" and all(v is not None for v in parts.values()):
-            return parts["handler"] - sum(parts[k] for k in ("get_actor", "insert_task",
-                                                             "publish", "event"))
-        return None
+        """Per request, from the means: a step not taken on every request (the catalogue
+        read) counts for its share of them."""
+        steps = api.get(phase) or {}
+        requests = (steps.get("handler") or {}).get("n") or 0
+        if not requests or mean(phase, "request") is None or mean(phase, "handler") is None:
+            return None
+        if step == "middlewares":
+            return mean(phase, "request") - mean(phase, "handler")
+        spent = sum((steps.get(k) or {}).get("mean", 0) * (steps.get(k) or {}).get("n", 0)
+                    for k in ("get_actor", "insert_task", "publish", "event"))
+        return mean(phase, "handler") - spent / requests
 
     rows = []
     for step, label in API_LABELS:
         cells = []
         for phase in phases:
             if step in ("middlewares", "rest"):
-                cells.append(number(derived(phase, step), 2) + " (p50s)")
+                cells.append(number(derived(phase, step), 2) + " (mean)")
             else:
-                cells.append(_pp((api.get(phase) or {}).get(step)))
+                d = (api.get(phase) or {}).get(step)
+                calls = f" ({d['n']}×)" if step == "get_actor" and d else ""
+                cells.append(_pp(d) + calls)
         rows.append([label, *cells])
+    return rows
+
+
+CPU = "11. CPU per task (ms of user + system time), by process"
+
+
+def _cpu_columns(results: Results) -> list[tuple[str, dict[str, Any]]]:
+    cols = []
+    for mode in MODES:
+        ours = _ours(results, mode)
+        cols.append((f"short tasks ({mode})", (ours.get("short_tasks") or {})))
+    cols.append(("short tasks (Celery)", cost(results).get("celery") or {}))
+    for mode in MODES:
+        submit = _ours(results, mode).get("submit") or {}
+        cols.append((f"single submit ({mode})", submit.get("single") or {}))
+    direct = _ours(results, "direct").get("submit") or {}
+    cols.append(("batch ×1,000 (direct)", direct.get("batch_1000") or {}))
+    return [(label, (r.get("cpu_ms_per_task") or {})) for label, r in cols]
+
+
+def cpu_rows(results: Results) -> list[list[str]]:
+    cols = _cpu_columns(results)
+    if not any(c for _, c in cols):
+        return []
+    names: list[str] = []
+    for _, c in cols:
+        names += [n for n in c.get("by_process", {}) if n not in names]
+    rows = [[name, *(number(c.get("by_process", {}).get(name), 3) if c else "—"
+                     for _, c in cols)] for name in names]
+    rows.append(["all of them", *(number(c.get("total"), 3) if c else "—" for _, c in cols)])
     return rows
 
 
@@ -204,6 +239,9 @@ TABLES: tuple[tuple[str, list[str], Any], ...] = (
               "DB xacts/task", "Redis cmds/task", "statuses"], submit_rows),
     (API, ["step", "alone p50 / p99", "under short tasks p50 / p99",
            "under submissions p50 / p99"], api_rows),
+    (CPU, ["process", "short tasks (direct)", "short tasks (kombu)", "short tasks (Celery)",
+           "single submit (direct)", "single submit (kombu)", "batch ×1,000 (direct)"],
+     cpu_rows),
     (MEMORY, ["process", "idle", "short tasks", "submissions"], memory_rows),
 )
 
