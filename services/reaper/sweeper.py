@@ -61,7 +61,8 @@ class _Walk:
     the start, which only costs time). `after` is the last row the ascending lane took,
     `before` the last one the descending lane took: every row between is still to do. A
     lane whose batch comes back short found nothing between them but rows the other lane's
-    batch holds, which that batch writes: the queued rows are done."""
+    batch holds, which that batch writes, or rows someone else holds, which a later look
+    over the range finds: this walk's queued rows are done."""
 
     after: Edge | None = None
     before: Edge | None = None
@@ -180,8 +181,8 @@ class FenceSweeper:
         step = await run(asked)
         took = time.perf_counter() - started
         ctx.metrics.sweep_seconds.observe(took)
-        # Toward BATCH_SECONDS, at most doubling or halving at a time: one slow statement
-        # (the machine was busy) shrinks the next ones at once, a quick one grows them slowly.
+        # Toward BATCH_SECONDS, at most doubling or halving at a time: one statement slowed
+        # by a busy machine moves the size a step, not to an extreme.
         factor = min(2.0, max(0.5, BATCH_SECONDS / max(took, 1e-3)))
         self.batch = min(float(MAX_BATCH), max(float(MIN_BATCH), self.batch * factor))
         if step.swept:
