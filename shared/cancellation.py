@@ -85,27 +85,29 @@ class Canceller:
         grace = 0.0 if force else self.settings.cancel_grace
         row = await self.db.cancel_task(task_id, reason=reason, by=by, forced=force, grace=grace)
         was = TaskStatus(row["was"])
+        if row["changed"]:
+            # The node's own news first: its process stops while its subtree is written.
+            await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
+                                [row["message_id"]], task_id=task_id, node=row["worker"],
+                                change=encode("task.cancel_requested", task_id=str(task_id),
+                                              status=row["status"], by=by, forced=force))
+            log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
+                     now=row["status"], by=by, forced=force, reason=reason)
         subtree = None
         if row["has_children"] and was not in (TaskStatus.SUCCEEDED, TaskStatus.LOST):
             # From the commit above no descendant can start; now each one's own row.
-            subtree = await self.trees.cancel(task_id, by=by, reason=reason, force=force)
+            subtree = await self.trees.cancel(task_id, by=by, reason=reason, force=force,
+                                              root=row["root_id"] or task_id)
+        summary = subtree.summary if subtree is not None else None
         if not row["changed"]:
-            if subtree is not None and subtree.rows:
-                return CancelOne(row=row, changed=True, subtree=subtree.summary)
+            if subtree is not None and (subtree.rows or subtree.swept or subtree.sweeping):
+                return CancelOne(row=row, changed=True, subtree=summary)
             if was in (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.LOST):
                 raise CancelConflict(f"task already {was}", row)
-            return CancelOne(row=row, changed=False,
-                             subtree=subtree.summary if subtree is not None else None)
+            return CancelOne(row=row, changed=False, subtree=summary)
         if row["parent_id"] is not None and TaskStatus(row["status"]).terminal:
             await settle_up(self.db, self.celery, row["parent_id"])
-        await self.announce({"ids": [str(task_id)], "force": force, "reason": reason},
-                            [row["message_id"]], task_id=task_id, node=row["worker"],
-                            change=encode("task.cancel_requested", task_id=str(task_id),
-                                          status=row["status"], by=by, forced=force))
-        log.info("task.cancel_requested", task_id=str(task_id), was=str(was),
-                 now=row["status"], by=by, forced=force, reason=reason)
-        return CancelOne(row=row, changed=True,
-                         subtree=subtree.summary if subtree is not None else None)
+        return CancelOne(row=row, changed=True, subtree=summary)
 
     async def cancel_all(self, *, by: str, reason: str | None = None, force: bool = False,
                          actor: str | None = None, queue: str | None = None) -> CancelAll:

@@ -13,7 +13,9 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -28,6 +30,9 @@ from shared.submit import Message, publish_many
 
 log = structlog.get_logger("trees")
 
+# Never-started nodes written `cancelled` per statement of a subtree cancel's sweep.
+SWEEP_BATCH = 2000
+
 
 @dataclass
 class SubtreeChange:
@@ -35,6 +40,10 @@ class SubtreeChange:
 
     node: uuid.UUID
     rows: list[Record] = field(default_factory=list)
+    # Never-started descendants written `cancelled` after the answer's transaction, and
+    # whether that is still going on (run after the answer).
+    swept: int = 0
+    sweeping: bool = False
 
     def count(self, status: TaskStatus) -> int:
         return sum(1 for r in self.rows if r["status"] == status)
@@ -44,11 +53,17 @@ class SubtreeChange:
         counts: dict[str, int] = defaultdict(int)
         for r in self.rows:
             counts[r["status"]] += 1
+        if self.swept:
+            counts[TaskStatus.CANCELLED] += self.swept
         return dict(counts)
 
 
 class TreeControl:
-    def __init__(self, settings: Settings, db: Db, redis: aioredis.Redis, celery: Celery) -> None:
+    def __init__(self, settings: Settings, db: Db, redis: aioredis.Redis, celery: Celery, *,
+                 defer: Callable[[Coroutine[Any, Any, Any]], Any] | None = None) -> None:
+        # Runs a subtree cancel's sweep after the answer (the API's background tasks); None
+        # runs it before `cancel` returns.
+        self.defer = defer
         self.settings = settings
         self.db = db
         self.redis = redis
@@ -56,28 +71,57 @@ class TreeControl:
         self.keys = Keys(settings.key_prefix)
 
     async def cancel(self, node: uuid.UUID, *, by: str, reason: str | None, force: bool,
+                     root: uuid.UUID | None = None,
                      audit_scope: dict[str, str] | None = None) -> SubtreeChange:
-        """Every unfinished descendant of `node`: cancelled if it holds no process, else
-        `cancelling` with the same grace as a single cancel; audited as one row."""
+        """Every unfinished descendant of `node`. What answers, in one transaction: each
+        execution under it goes to `cancelling` (the grace of a single cancel) and each
+        waiting parent ends `cancelled`, audited as one row and announced at once. Then the
+        never-started descendants are written `cancelled` in short batches: after the answer
+        when a `defer` runs them (the API's), else before returning. From the node's own
+        cancel no descendant can start anyway (the claim walks to its stopped ancestor), and
+        the reaper sweeps what a sweep cut short left behind."""
         grace = 0.0 if force else self.settings.cancel_grace
         out = SubtreeChange(node)
+        if root is None:
+            root = await self.db.root_of(node)
         async with self.db.transaction() as conn:
             await self.db.lock_fences(conn)
-            out.rows = await self.db.cancel_subtree(conn, node, reason=reason, by=by,
+            out.rows = await self.db.cancel_subtree(conn, node, root=root, reason=reason, by=by,
                                                     forced=force, grace=grace)
-            if out.rows:
-                await self.db.insert_audit(
-                    conn, by=by, reason=reason,
-                    scope=audit_scope or {"tree": str(node)}, forced=force,
-                    cancelled=out.count(TaskStatus.CANCELLED),
-                    cancelling=out.count(TaskStatus.CANCELLING),
-                    task_ids=[r["id"] for r in out.rows if r["status"] == TaskStatus.CANCELLING])
+            audit = await self.db.insert_audit(
+                conn, by=by, reason=reason, scope=audit_scope or {"tree": str(node)},
+                forced=force, cancelled=out.count(TaskStatus.CANCELLED),
+                cancelling=out.count(TaskStatus.CANCELLING),
+                task_ids=[r["id"] for r in out.rows if r["status"] == TaskStatus.CANCELLING])
         if out.rows:
             await self._announce(out.rows, {"force": force, "reason": reason}, encode(
                 "tree.cancel_requested", task_id=str(node), by=by, forced=force, **out.summary))
-            log.info("tree.cancel_requested", task_id=str(node), by=by, forced=force,
-                     reason=reason, **out.summary)
+        sweep = self._sweep(node, root, audit["id"], by=by, reason=reason, force=force)
+        if self.defer is not None:
+            out.sweeping = True
+            self.defer(sweep)
+        else:
+            out.swept = await sweep
+        log.info("tree.cancel_requested", task_id=str(node), by=by, forced=force,
+                 reason=reason, swept=out.swept, sweeping=out.sweeping, **out.summary)
         return out
+
+    async def _sweep(self, node: uuid.UUID, root: uuid.UUID, audit_id: int, *, by: str,
+                     reason: str | None, force: bool) -> int:
+        """The never-started descendants to `cancelled`, SWEEP_BATCH rows a statement, each
+        its own short transaction; their messages are dropped by the claim when a worker
+        takes them (no revoke per message: a tree of thousands would flood every worker)."""
+        swept = 0
+        while True:
+            n = await self.db.sweep_subtree(node, root=root, reason=reason, by=by,
+                                            forced=force, limit=SWEEP_BATCH)
+            swept += n
+            if n < SWEEP_BATCH:
+                break
+        if swept:
+            await self.db.audit_add_cancelled(audit_id, swept)
+            await self._publish(encode("tree.swept", task_id=str(node), cancelled=swept))
+        return swept
 
     async def pause(self, node: uuid.UUID, *, by: str, reason: str | None) -> SubtreeChange:
         out = SubtreeChange(node)

@@ -74,6 +74,8 @@ NAMED_LISTS = {
         # What holds a child back at its claim: an ancestor stopping or stopped.
         STOPS_CHILDREN, PAUSES_CHILDREN, STOPS_CHILDREN | PAUSES_CHILDREN,
         RESUMABLE, FAILS_PARENT,
+        # A tree's live rows: what holds a process, and parents waiting for children.
+        EXECUTING | {TaskStatus.WAITING},
         # What a cancel still changes; a parent cancelled or being cancelled.
         CANCELLABLE - CANCEL_PENDING, CANCEL_PENDING | {TaskStatus.CANCELLED},
     )}

@@ -156,7 +156,7 @@ async def test_a_busy_tree_logs_its_heartbeat_counted_over_every_node(
         await rule.run(ctx, None)  # type: ignore[arg-type]
 
     # then the root's line counts the chunks of the whole tree
-    lines = [e for e in logs if e["event"] == "tree.heartbeat"]
-    assert len(lines) == 1 and lines[0]["task_id"] == str(root)
+    lines = [e for e in logs if e["event"] == "tree.heartbeat" and e["task_id"] == str(root)]
+    assert len(lines) == 1
     assert (lines[0]["done"], lines[0]["total"], lines[0]["nodes"]) == (9, 15, 4)
     assert "💓 heartbeat - tree of 4 tasks" in lines[0]["summary"]

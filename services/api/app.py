@@ -21,6 +21,7 @@ from services.api import (
     workers,
 )
 from services.api.auth import access_middleware, check_table
+from services.api.background import Background
 from services.api.errors import error_middleware
 from services.api.headers import add_headers
 from services.api.limits import RateLimiter
@@ -125,7 +126,12 @@ async def _celery(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _canceller(app: web.Application) -> AsyncIterator[None]:
+    background = Background()
     app[CANCELLER] = Canceller(app[SETTINGS], app[DB], app[REDIS], app[CELERY])
+    # A subtree cancel answers once its executions are stopping; its never-started tasks
+    # (thousands, maybe) are written after the answer.
+    app[CANCELLER].trees.defer = background.spawn
     pauses.add_pauser(app)
     log.info("api.ready", key_prefix=app[SETTINGS].key_prefix)
     yield
+    await background.close()

@@ -41,5 +41,5 @@ class Trees:
             for parent in orphaned:
                 changed = await control.cancel(parent, by="reaper", force=False,
                                                reason=CancelReason.PARENT_CANCELLED)
-                found += len(changed.rows)
+                found += len(changed.rows) + changed.swept
         return found

@@ -97,9 +97,29 @@ class TreeQueries(DbBase):
     # -- a subtree's stop and resume (after the fence lock) ----------------------------
 
     async def cancel_subtree(self, conn: asyncpg.Connection, node: uuid.UUID, *,
-                             reason: str | None, by: str, forced: bool, grace: float
-                             ) -> list[Record]:
-        return await conn.fetch(self.q["tree_subtree_cancel"], node, reason, by, forced, grace)
+                             root: uuid.UUID, reason: str | None, by: str, forced: bool,
+                             grace: float) -> list[Record]:
+        """The executions under `node` to `cancelling`, its waiting parents `cancelled`."""
+        return await conn.fetch(self.q["tree_subtree_cancel"], node, reason, by, forced, grace,
+                                root)
+
+    async def sweep_subtree(self, node: uuid.UUID, *, root: uuid.UUID, reason: str | None,
+                            by: str, forced: bool, limit: int) -> int:
+        """Up to `limit` never-started nodes under `node` to `cancelled`; how many."""
+        if node == root:
+            status = await self.pool.execute(self.q["tree_sweep_root"], node, reason, by, forced,
+                                             limit)
+        else:
+            status = await self.pool.execute(self.q["tree_sweep_subtree"], node, reason, by,
+                                             forced, limit)
+        return int(status.split()[-1])
+
+    async def root_of(self, node: uuid.UUID) -> uuid.UUID:
+        root = await self.pool.fetchval(self.q["tree_root_of"], node)
+        return root if root is not None else node
+
+    async def audit_add_cancelled(self, audit_id: int, n: int) -> None:
+        await self.pool.execute(self.q["audit_add_cancelled"], audit_id, n)
 
     async def pause_subtree(self, conn: asyncpg.Connection, node: uuid.UUID, *,
                             reason: str | None, by: str, grace: float) -> list[Record]:

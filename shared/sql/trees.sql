@@ -86,30 +86,30 @@ WHERE id = $1 AND status = 'waiting'
 RETURNING id, actor, queue, status, message_id, eta, queued_at, parent_id;
 
 -- name: tree_subtree_cancel
--- Every unfinished node under $1 (not $1 itself), after fence_lock, locked in id order:
--- what holds no process ends `cancelled` at once, a running or pausing execution goes to
--- `cancelling` due in $5 seconds, and a forced cancel ($4) pulls in the deadline of one
--- already cancelling.
-WITH RECURSIVE sub(id) AS (
-    SELECT id FROM tasks WHERE parent_id = $1
+-- The part of a subtree cancel that answers (after fence_lock): every execution under $1
+-- (whose tree's root is $6) goes to `cancelling` due in $5 seconds, a forced cancel ($4)
+-- pulls in the deadline of one already cancelling, and a waiting parent under it ends
+-- `cancelled`. It starts from the tree's live rows and walks up from each (O(executions x
+-- depth)), never down through the tree: the never-started nodes are the sweep's.
+WITH RECURSIVE live AS (
+    SELECT id, parent_id FROM tasks
+    WHERE root_id = $6 AND status IN ('running', 'pausing', 'cancelling', 'waiting')
+), up(id, anc) AS (
+    SELECT id, parent_id FROM live
     UNION ALL
-    SELECT t.id FROM tasks t JOIN sub ON t.parent_id = sub.id
+    SELECT up.id, t.parent_id FROM up JOIN tasks t ON t.id = up.anc
+    WHERE up.anc <> $1 AND t.parent_id IS NOT NULL
 ), cur AS (
-    SELECT t.id, t.status FROM tasks t JOIN sub ON t.id = sub.id
-    WHERE t.status IN ('queued', 'paused', 'waiting', 'running', 'pausing', 'cancelling')
+    SELECT t.id, t.status FROM tasks t
+    WHERE t.id IN (SELECT id FROM up WHERE anc = $1)
+      AND t.status IN ('running', 'pausing', 'cancelling', 'waiting')
     ORDER BY t.id
     FOR UPDATE OF t
 )
 UPDATE tasks t
-SET status = CASE WHEN cur.status IN ('running', 'pausing', 'cancelling') THEN 'cancelling'
-                  ELSE 'cancelled' END,
-    finished_at = CASE WHEN cur.status IN ('running', 'pausing', 'cancelling') THEN t.finished_at
-                       ELSE now() END,
-    outcome = CASE WHEN cur.status IN ('running', 'pausing', 'cancelling') THEN t.outcome
-                   WHEN cur.status = 'waiting' THEN 'cooperative'
-                   WHEN cur.status = 'paused' AND t.outcome IS NOT NULL THEN t.outcome
-                   WHEN t.attempt > 0 THEN 'requeued'
-                   ELSE 'never_started' END,
+SET status = CASE WHEN cur.status = 'waiting' THEN 'cancelled' ELSE 'cancelling' END,
+    finished_at = CASE WHEN cur.status = 'waiting' THEN now() ELSE t.finished_at END,
+    outcome = CASE WHEN cur.status = 'waiting' THEN 'cooperative' ELSE t.outcome END,
     cancel_requested_at = CASE WHEN cur.status = 'cancelling' THEN t.cancel_requested_at
                                ELSE now() END,
     cancel_reason = CASE WHEN cur.status = 'cancelling' THEN t.cancel_reason ELSE $2 END,
@@ -125,6 +125,47 @@ FROM cur
 WHERE t.id = cur.id
   AND (cur.status <> 'cancelling' OR ($4 AND NOT coalesce(t.cancel_forced, false)))
 RETURNING t.id, cur.status AS was, t.status, t.message_id, t.worker;
+
+-- name: tree_sweep_root
+-- The rest of a cancel of a whole tree ($1 its root), after the answer: up to $5 of its
+-- never-started nodes end `cancelled`, a short batch at a time. SKIP LOCKED: it never
+-- waits for a claim (which refuses them anyway, its ancestor being stopped).
+WITH batch AS (
+    SELECT id FROM tasks WHERE root_id = $1 AND status IN ('queued', 'paused')
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'cancelled', finished_at = now(),
+    outcome = CASE WHEN t.status = 'paused' AND t.outcome IS NOT NULL THEN t.outcome
+                   WHEN t.attempt > 0 THEN 'requeued' ELSE 'never_started' END,
+    cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
+FROM batch WHERE t.id = batch.id AND t.status IN ('queued', 'paused');
+
+-- name: tree_sweep_subtree
+-- The same under an inner node $1 (walking down from it).
+WITH RECURSIVE sub(id) AS (
+    SELECT id FROM tasks WHERE parent_id = $1
+    UNION ALL
+    SELECT t.id FROM tasks t JOIN sub ON t.parent_id = sub.id
+), batch AS (
+    SELECT t.id FROM tasks t JOIN sub ON t.id = sub.id
+    WHERE t.status IN ('queued', 'paused')
+    LIMIT $5
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE tasks t
+SET status = 'cancelled', finished_at = now(),
+    outcome = CASE WHEN t.status = 'paused' AND t.outcome IS NOT NULL THEN t.outcome
+                   WHEN t.attempt > 0 THEN 'requeued' ELSE 'never_started' END,
+    cancel_requested_at = now(), cancel_reason = $2, cancel_by = $3, cancel_forced = $4
+FROM batch WHERE t.id = batch.id AND t.status IN ('queued', 'paused');
+
+-- name: tree_root_of
+SELECT coalesce(root_id, id) FROM tasks WHERE id = $1;
+
+-- name: audit_add_cancelled
+UPDATE cancel_audit SET cancelled = cancelled + $2 WHERE id = $1;
 
 -- name: tree_subtree_pause
 -- Every node under $1 (not $1 itself), after fence_lock: a queued one is paused at once, a
@@ -259,6 +300,8 @@ SELECT DISTINCT c.parent_id AS id FROM tasks c JOIN tasks p ON p.id = c.parent_i
 WHERE c.parent_id IS NOT NULL
   AND c.status IN ('queued', 'running', 'pausing', 'paused', 'waiting')
   AND p.status IN ('cancelling', 'cancelled')
+  -- Not one whose cancel is still sweeping its subtree right now.
+  AND coalesce(p.cancel_requested_at, p.finished_at, '-infinity') < now() - interval '10 seconds'
 LIMIT $1;
 
 -- name: cancel_all_waiting
