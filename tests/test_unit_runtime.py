@@ -291,3 +291,38 @@ def test_an_interrupt_without_a_cancel_or_outside_the_actors_code_raises_nothing
     with pytest.raises(Cancelled):
         runtime._on_interrupt(INTERRUPT_SIGNAL, None)
     assert ex.in_user_code is False  # once only
+
+
+@pytest.mark.unit
+async def test_the_guardian_never_kills_a_process_whose_attempt_already_ended(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its view of Celery's requests lags: the pool process may already run something else."""
+    import os
+    import types
+    import uuid as uuid_
+
+    from services.worker import guardian as module
+    from shared.db.beats import BeatState
+
+    killed: list[int] = []
+    monkeypatch.setattr(module.os, "kill", lambda pid, sig: killed.append(pid))
+    monkeypatch.setattr(module, "verify_target",
+                        lambda *a: (types.SimpleNamespace(pid=os.getpid()), "runs it"))
+    monkeypatch.setattr(module, "find_request", lambda *a: object())
+
+    class Db:
+        async def record_kill(self, task_id: object, attempt: int) -> None:
+            return None  # the row is no longer stopping at this attempt
+
+    g = module.Guardian.__new__(module.Guardian)
+    g._armed = {}
+
+    async def db() -> Db:
+        return Db()
+
+    g.db = db  # type: ignore[method-assign]
+    state = BeatState(id=uuid_.uuid4(), attempt=1, message_id=uuid_.uuid4(), status="cancelling",
+                      cancel_reason="user", cancel_forced=False, cancel_deadline=None,
+                      due_in=0.0, written=True)
+    await g._enforce(state)
+    assert killed == []

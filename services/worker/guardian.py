@@ -173,6 +173,13 @@ class Guardian:
             # `cancelled`, `paused` for a pause, or `queued` for a pause resumed meanwhile.
             db = await self.db()
             ended = await db.record_kill(state.id, state.attempt)
+            if ended is None:
+                # The row is no longer stopping at this attempt: the execution recorded its
+                # own end (this process's view of Celery's requests can lag behind it), or
+                # another writer settled it. Nothing of this attempt is left to kill here.
+                log.info("worker.guardian_kill_skipped", task_id=task_id, attempt=state.attempt,
+                         why="the attempt already ended")
+                return
             # Check again right before the signal: the pid must still run that message.
             if find_request(message_id, task_id) is None:
                 return
