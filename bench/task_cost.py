@@ -56,6 +56,7 @@ from tests.support import settings_env
 
 BATCHES = (100, 1000)
 MODES = ("direct", "kombu")
+NO_EVENTS = "direct_no_events"
 
 
 async def run(servers: Servers, out_dir: Path, plan: Plan,
@@ -77,6 +78,10 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
             say(f"ours, PUBLISH_MODE={mode}")
             out["ours"][mode] = await _ours(here, out_dir / f"ours-{mode}", plan, mode, say,
                                             redis_pid)
+        # What Celery's task events (Flower) cost the short tasks: the same without them.
+        say("ours, PUBLISH_MODE=direct, TASK_EVENTS=false: short tasks only")
+        out["ours"][NO_EVENTS] = await _ours(here, out_dir / "ours-no-events", plan, "direct",
+                                             say, redis_pid, task_events=False, submits=False)
         say("plain Celery, no-op task")
         out["celery"] = await task_cost_celery.run(
             here.redis_url, out_dir / "celery", n=plan.task_cost, clients=plan.task_cost_clients,
@@ -91,20 +96,21 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
 
 
 async def _ours(servers: Servers, out_dir: Path, plan: Plan, mode: str,
-                say: Callable[[str], None], redis_pid: int | None) -> dict[str, Any]:
-    stack = await Stack.create(servers, out_dir, publish_mode=mode)
+                say: Callable[[str], None], redis_pid: int | None, *, task_events: bool = True,
+                submits: bool = True) -> dict[str, Any]:
+    stack = await Stack.create(servers, out_dir, publish_mode=mode, task_events=task_events)
     try:
         await stack.start_worker()
         await stack.start_reaper()
         await stack.start_api()
-        return await _measure(stack, plan, say, redis_pid)
+        return await _measure(stack, plan, say, redis_pid, submits=submits)
     finally:
         await asyncio.to_thread(stack.stop)
         await stack.destroy()
 
 
 async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
-                   redis_pid: int | None) -> dict[str, Any]:
+                   redis_pid: int | None, *, submits: bool = True) -> dict[str, Any]:
     n, clients = plan.task_cost, plan.task_cost_clients
     pids = lambda: service_pids(stack.children)  # noqa: E731
     cpu = CpuClock(pids, admin_url=stack.servers.database_url, db_name=stack.db_name,
@@ -130,9 +136,9 @@ async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
                          per_task=Window.between(before, after).per(n, idle),
                          cpu_ms_per_task=per_cpu(short_cpu, n))
             say(f"{short['tasks_per_s']:.0f} tasks/s ({short['succeeded']}/{n} succeeded)")
-            submits: dict[str, Any] = {}
+            rates: dict[str, Any] = {}
             with RssSampler(pids) as submit_rss:
-                for size in (1, *BATCHES):
+                for size in (1, *BATCHES) if submits else ():
                     label = "single" if size == 1 else f"batch_{size}"
                     b = await counters.snapshot()
                     await cpu.start()
@@ -144,10 +150,10 @@ async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
                     made = rate["statuses"].get("202", 0) * size
                     rate["per_task"] = Window.between(b, a).per(max(made, 1), idle)
                     rate["cpu_ms_per_task"] = per_cpu(used, made)
-                    submits[label] = rate
+                    rates[label] = rate
                     say(f"submit {label}: {rate['requests_per_s']:.0f} req/s, "
                         f"{rate['tasks_per_s']:.0f} tasks/s")
-            return {"short_tasks": short, "submit": submits, "idle": idle.to_json(),
+            return {"short_tasks": short, "submit": rates, "idle": idle.to_json(),
                     "rss_mib": {"idle": idle_rss, "short_tasks_peak": short_rss.peak,
                                 "submit_peak": submit_rss.peak},
                     "worker_concurrency": stack.settings.worker_concurrency}

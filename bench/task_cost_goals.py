@@ -49,9 +49,22 @@ def _short_note(results: Results, ours: dict[str, Any], celery: dict[str, Any]) 
             f"{2000 / theirs_cpu['total']:.0f} of Celery's, whatever the latencies. ")
     per, theirs = ours.get("per_task") or {}, celery.get("per_task") or {}
     if per and theirs:
+        written = "; ".join(
+            f"`{t}` " + ", ".join(f"{v:.0f} {k}" for k, v in w.items() if v >= 0.5)
+            for t, w in per.get("rows_written", {}).items() if any(v >= 0.5 for v in w.values()))
         text += (f"Counted by the servers, a task costs us {per['xact_commit']:.1f} PostgreSQL "
-                 f"transactions and {per['redis_commands']:.0f} Redis commands; plain Celery's "
-                 f"no-op {theirs['redis_commands']:.0f} commands and no database. ")
+                 f"transactions writing rows of {written} (the counts by state are kept by "
+                 f"statement triggers that append deltas, folded later by the reaper), and "
+                 f"{per['redis_commands']:.0f} Redis commands; plain Celery's no-op "
+                 f"{theirs['redis_commands']:.0f} commands and no database. ")
+    quiet = ((cost(results).get("ours") or {}).get("direct_no_events") or {}).get(
+        "short_tasks") or {}
+    main_cpu = (mine.get("by_process") or {}).get("worker")
+    quiet_cpu = ((quiet.get("cpu_ms_per_task") or {}).get("by_process") or {}).get("worker")
+    if quiet and main_cpu is not None and quiet_cpu is not None:
+        text += (f"Celery's task events (Flower) are not what holds it back: without them "
+                 f"{quiet['tasks_per_s']:.0f} tasks/s, the worker's main process at "
+                 f"{quiet_cpu:.2f} ms of CPU a task instead of {main_cpu:.2f}. ")
     return text + (
         "What would reach it, in services/worker (not changed here): the claim's two "
         "statements as one (`claim_task` returning the saved chunk numbers), the last chunk's "
@@ -61,7 +74,19 @@ def _short_note(results: Results, ours: dict[str, Any], celery: dict[str, Any]) 
         "again: ZADD, then MULTI ZADD HSET EXEC), the end's UNSUBSCRIBE, EVAL and PUBLISH "
         "pipelined, and prepared statements kept (asyncpg's statement cache; PgBouncer 1.21+ "
         "keeps them in transaction mode with `max_prepared_statements`), which halves every "
-        "statement's round trips.")
+        "statement's round trips." + _budget(mine, celery))
+
+
+def _budget(mine: dict[str, Any], celery: dict[str, Any]) -> str:
+    if not mine.get("total") or not celery.get("tasks_per_s"):
+        return ""
+    target = SHORT_RATIO * celery["tasks_per_s"]
+    return (f" Those take two of the four statements and about four of the eleven commands "
+            f"off a delivery. The goal here is {target:.0f} tasks/s, which two cores allow "
+            f"only if a task costs under {2000 / target:.1f} ms of CPU in all processes "
+            f"together, against {mine['total']:.1f} ms now: the database's share (five "
+            f"transactions and their triggers) and the pool process's Python would have to "
+            f"shrink as well, or the worker run on cores of its own.")
 
 
 def _short(results: Results) -> Goal:

@@ -15,6 +15,7 @@ API = "11. One submission inside the API (instrumented API, direct path; ms)"
 MEMORY = "11. Resident memory (MiB): idle / peak under short tasks / peak under submissions"
 
 MODES = ("direct", "kombu")
+NO_EVENTS = "direct_no_events"
 STEP_LABELS = (
     ("guard", "guard: cancel-channel SUBSCRIBE, cancelled-set ZSCORE"),
     ("claim", "claim: `claim_task`, `saved_chunks`, pending ZREM"),
@@ -53,12 +54,14 @@ def short_rows(results: Results) -> list[list[str]]:
         return []
     celery = (c.get("celery") or {}).get("tasks_per_s")
     rows = []
-    for mode in MODES:
+    for mode in (*MODES, NO_EVENTS):
         s = _ours(results, mode).get("short_tasks")
         if not s:
             continue
         ratio = f"{s['tasks_per_s'] / celery:.2f}×" if celery else "—"
-        rows.append([f"ours, PUBLISH_MODE={mode}", number(s["tasks_per_s"]), ratio,
+        label = ("ours, PUBLISH_MODE=direct, TASK_EVENTS=false" if mode == NO_EVENTS
+                 else f"ours, PUBLISH_MODE={mode}")
+        rows.append([label, number(s["tasks_per_s"]), ratio,
                      f"{s['succeeded']}/{s['tasks']}", number(s["submit_s"], 2),
                      number(s["seconds"], 2), number(s["per_task"]["xact_commit"], 2),
                      number(s["per_task"]["redis_commands"])])
@@ -71,17 +74,18 @@ def short_rows(results: Results) -> list[list[str]]:
 
 def server_rows(results: Results) -> list[list[str]]:
     c = cost(results)
-    per = {m: (_ours(results, m).get("short_tasks") or {}).get("per_task") or {} for m in MODES}
+    per = {m: (_ours(results, m).get("short_tasks") or {}).get("per_task") or {}
+           for m in (*MODES, NO_EVENTS)}
     per["celery"] = (c.get("celery") or {}).get("per_task") or {}
     if not any(per.values()):
         return []
-    cols = (*MODES, "celery")
+    cols = (*MODES, NO_EVENTS, "celery")
     rows = [["PostgreSQL transactions", *(number(per[k].get("xact_commit"), 2)
                                           if k != "celery" else "—" for k in cols)]]
-    tables = sorted({t for k in MODES for t in per[k].get("rows_written", {})})
+    tables = sorted({t for k in (*MODES, NO_EVENTS) for t in per[k].get("rows_written", {})})
     for t in tables:
         cells = []
-        for k in MODES:
+        for k in (*MODES, NO_EVENTS):
             w = per[k].get("rows_written", {}).get(t)
             cells.append("—" if not w else " / ".join(f"{w[x]:.2f}" for x in ("ins", "upd", "del")))
         rows.append([f"rows of `{t}` inserted / updated / deleted", *cells, "—"])
@@ -192,6 +196,8 @@ def _cpu_columns(results: Results) -> list[tuple[str, dict[str, Any]]]:
     for mode in MODES:
         ours = _ours(results, mode)
         cols.append((f"short tasks ({mode})", (ours.get("short_tasks") or {})))
+    cols.append(("short tasks (direct, no task events)",
+                 _ours(results, NO_EVENTS).get("short_tasks") or {}))
     cols.append(("short tasks (Celery)", cost(results).get("celery") or {}))
     for mode in MODES:
         submit = _ours(results, mode).get("submit") or {}
@@ -232,14 +238,16 @@ def memory_rows(results: Results) -> list[list[str]]:
 TABLES: tuple[tuple[str, list[str], Any], ...] = (
     (SHORT, ["run", "tasks/s", "vs Celery", "ended ok", "submitted in (s)", "last ended (s)",
              "DB xacts/task", "Redis cmds/task"], short_rows),
-    (SERVERS, ["counter", "ours (direct)", "ours (kombu)", "plain Celery"], server_rows),
+    (SERVERS, ["counter", "ours (direct)", "ours (kombu)", "ours (direct, no task events)",
+               "plain Celery"], server_rows),
     (STEPS, ["step", "alone p50 / p99 ms", "under load p50 / p99 ms", "DB statements",
              "Redis commands"], step_rows),
     (SUBMIT, ["publish", "endpoint", "clients", "req/s", "tasks/s", "p50 ms", "p99 ms",
               "DB xacts/task", "Redis cmds/task", "statuses"], submit_rows),
     (API, ["step", "alone p50 / p99", "under short tasks p50 / p99",
            "under submissions p50 / p99"], api_rows),
-    (CPU, ["process", "short tasks (direct)", "short tasks (kombu)", "short tasks (Celery)",
+    (CPU, ["process", "short tasks (direct)", "short tasks (kombu)",
+           "short tasks (direct, no task events)", "short tasks (Celery)",
            "single submit (direct)", "single submit (kombu)", "batch ×1,000 (direct)"],
      cpu_rows),
     (MEMORY, ["process", "idle", "short tasks", "submissions"], memory_rows),
