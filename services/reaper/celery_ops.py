@@ -10,12 +10,18 @@ from celery import Celery
 
 from shared.broker import SETTLED_REVOKE
 
+# Calls at once. A broadcast that waits for replies holds two broker connections (its
+# publish and its reply queue), so the app's pool must hold two a call: fewer, and calls that
+# each took one wait for a second forever.
+THREADS = 4
+
 
 class CeleryOps:
     def __init__(self, celery: Celery) -> None:
         self.celery = celery
+        celery.conf.broker_pool_limit = max(celery.conf.broker_pool_limit or 0, 2 * THREADS + 1)
         # Its own threads, so a call stuck on a dead broker never holds up shutdown.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="celery-ops")
+        self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="celery-ops")
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(
