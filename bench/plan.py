@@ -53,9 +53,10 @@ class Plan:
     trees_concurrency: tuple[int, ...] = (33, 33, 34)
     trees_rounds: int = 3
     trees_wait_s: float = 90.0
-    # The per-task cost section: short tasks per run, the clients submitting them (and the
+    # The per-task cost section: short tasks per round, the clients submitting them (and the
     # batches), each submit load's window, tasks run one at a time by the instrumented
-    # worker, the idle window the stack's own rate is taken from, and warm-up tasks.
+    # worker, the idle window the stack's own rate is taken from, warm-up tasks, and the
+    # rounds of short tasks (their median is reported).
     task_cost: int = 300
     task_cost_clients: int = 8
     task_cost_batch_clients: int = 4
@@ -63,6 +64,7 @@ class Plan:
     task_cost_alone: int = 50
     task_cost_idle_s: float = 5.0
     task_cost_warmup: int = 20
+    task_cost_rounds: int = 3
 
 
 FULL = Plan("full")
@@ -75,4 +77,5 @@ QUICK = Plan("quick", cooperative=20, sleep=10, gil=5, terminate=20,
              fleet_singles=3, fleet_burst=30, simulated=(100, 1_000), simulated_seconds=8.0,
              simulated_pgbench_seconds=5.0, trees_children=1_000,
              trees_concurrency=(10, 10, 10), trees_rounds=1, trees_wait_s=45.0,
-             task_cost=100, task_cost_submit_s=2.0, task_cost_alone=20, task_cost_idle_s=3.0)
+             task_cost=100, task_cost_submit_s=2.0, task_cost_alone=20, task_cost_idle_s=3.0,
+             task_cost_rounds=1)

@@ -6,7 +6,7 @@ database of its own, for each publish path (`PUBLISH_MODE=direct`, then `kombu`)
 
 (a) short tasks: `plan.task_cost` one-chunk `distill` tasks (`chunk_seconds` 0) submitted
     over HTTP by `task_cost_clients` concurrent clients, each to `succeeded`: tasks/s from
-    the first submission to the last `finished_at`;
+    the first submission to the last `finished_at`, the median of `task_cost_rounds` rounds;
 (b) per task, from the servers: PostgreSQL transactions and row writes of the bench's
     database and Redis commands by name over that window, less what the idle stack does
     in as long (bench/task_cost_counters.py);
@@ -46,6 +46,7 @@ from bench.task_cost_cpu import per as per_cpu
 from bench.task_cost_load import (
     Finished,
     RssSampler,
+    median_round,
     outcome,
     service_pids,
     submit_rate,
@@ -85,7 +86,8 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
         say("plain Celery, no-op task")
         out["celery"] = await task_cost_celery.run(
             here.redis_url, out_dir / "celery", n=plan.task_cost, clients=plan.task_cost_clients,
-            warmup=plan.task_cost_warmup, idle_s=plan.task_cost_idle_s, redis_pid=redis_pid)
+            warmup=plan.task_cost_warmup, idle_s=plan.task_cost_idle_s,
+            rounds=plan.task_cost_rounds, redis_pid=redis_pid)
         say(f"plain Celery: {out['celery']['tasks_per_s']:.0f} tasks/s")
         say("the instrumented worker: each step of a delivery")
         out["breakdown"] = await _breakdown(here, out_dir / "probe", plan)
@@ -126,16 +128,25 @@ async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
             idle = await idle_window(counters, plan.task_cost_idle_s)
             before = await counters.snapshot()
             await cpu.start()
+            rounds = []
             with RssSampler(pids) as short_rss:
-                sent = await submit_short(ours, n, clients)
-                await finished.wait(set(sent["ids"]), 120)
+                for _ in range(plan.task_cost_rounds):
+                    sent = await submit_short(ours, n, clients)
+                    await finished.wait(set(sent["ids"]), 120)
+                    rounds.append(sent)
             short_cpu = cpu.stop()
             after = await counters.settled()
-            short = await outcome(ours, sent["ids"], sent["t0"])
-            short.update(submit_s=sent["submitted_s"], submit_latency_ms=sent["latency"],
-                         per_task=Window.between(before, after).per(n, idle),
-                         cpu_ms_per_task=per_cpu(short_cpu, n))
-            say(f"{short['tasks_per_s']:.0f} tasks/s ({short['succeeded']}/{n} succeeded)")
+            ran = []
+            for sent in rounds:
+                one = await outcome(ours, sent["ids"], sent["t0"])
+                one.update(submit_s=sent["submitted_s"], submit_latency_ms=sent["latency"])
+                ran.append(one)
+            done = n * len(rounds)
+            short = {**median_round(ran), "rounds": ran,
+                     "per_task": Window.between(before, after).per(done, idle),
+                     "cpu_ms_per_task": per_cpu(short_cpu, done)}
+            say(f"{short['tasks_per_s']:.0f} tasks/s, the median of "
+                + ", ".join(f"{r['tasks_per_s']:.0f}" for r in ran))
             rates: dict[str, Any] = {}
             with RssSampler(pids) as submit_rss:
                 for size in (1, *BATCHES) if submits else ():

@@ -21,7 +21,7 @@ from bench.stats import Dist
 from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
 from bench.task_cost_cpu import CpuClock
 from bench.task_cost_cpu import per as per_cpu
-from bench.task_cost_load import RssSampler, service_pids
+from bench.task_cost_load import RssSampler, median_round, service_pids
 
 
 def _send(worker: PlainWorker, n: int, clients: int) -> tuple[list[str], float, Dist]:
@@ -74,7 +74,7 @@ def _finished_at(result: dict[str, Any]) -> float:
 
 
 async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: int,
-              idle_s: float, redis_pid: int | None = None) -> dict[str, Any]:
+              idle_s: float, rounds: int = 1, redis_pid: int | None = None) -> dict[str, Any]:
     worker = PlainWorker(redis_url, out_dir)
     counters = await Counters(None, redis_url).open()
     try:
@@ -88,21 +88,25 @@ async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: in
         before = await counters.snapshot()
         cpu = CpuClock(pids, redis_pid=redis_pid)
         await cpu.start()
+        ran = []
         with RssSampler(pids) as rss:
-            ids, t0, latency = await asyncio.to_thread(_send, worker, n, clients)
-            sent_s = time.time() - t0
-            results = await asyncio.to_thread(_results, worker, ids, 120)
+            for _ in range(rounds):
+                ids, t0, latency = await asyncio.to_thread(_send, worker, n, clients)
+                sent_s = time.time() - t0
+                results = await asyncio.to_thread(_results, worker, ids, 120)
+                last = max(_finished_at(r) for r in results)
+                ran.append({"tasks": n, "succeeded": sum(r["status"] == "SUCCESS"
+                                                         for r in results),
+                            "seconds": round(last - t0, 3), "tasks_per_s": round(n / (last - t0), 1),
+                            "sent_s": round(sent_s, 3),
+                            "send_latency_ms": latency.to_json(with_samples=False)})
         used = cpu.stop()
         after = await counters.settled()
-        last = max(_finished_at(r) for r in results)
-        ok = sum(r["status"] == "SUCCESS" for r in results)
         window = Window.between(before, after)
         return {
-            "tasks": n, "clients": clients, "succeeded": ok, "seconds": round(last - t0, 3),
-            "tasks_per_s": round(n / (last - t0), 1), "sent_s": round(sent_s, 3),
-            "send_latency_ms": latency.to_json(with_samples=False),
-            "per_task": window.per(n, idle), "idle": idle.to_json(),
-            "cpu_ms_per_task": per_cpu(used, n),
+            **median_round(ran), "rounds": ran, "clients": clients,
+            "per_task": window.per(n * rounds, idle), "idle": idle.to_json(),
+            "cpu_ms_per_task": per_cpu(used, n * rounds),
             "rss_mib": {"idle": idle_rss, "under_load_peak": rss.peak},
             "concurrency": worker.concurrency,
         }

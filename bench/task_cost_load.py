@@ -107,6 +107,12 @@ async def outcome(ours: Ours, ids: list[str], t0: float) -> dict[str, Any]:
             "run_seconds": round(run, 3), "run_tasks_per_s": round(len(ids) / run, 1)}
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round of median tasks/s (the lower middle one of an even count)."""
+    ordered = sorted(rounds, key=lambda r: r["tasks_per_s"])
+    return dict(ordered[(len(ordered) - 1) // 2])
+
+
 def _batch(size: int) -> dict[str, Any]:
     return {"tasks": [{**SHORT, "queue": PARKED_QUEUE} for _ in range(size)]}
 

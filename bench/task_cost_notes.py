@@ -14,13 +14,14 @@ def _short_note(results: Results) -> str:
         f"{c.get('tasks', '?')} one-chunk `distill` tasks (`chunk_seconds` 0) submitted through "
         f"`POST /api/v1/tasks` by {c.get('clients', '?')} concurrent clients with the bench "
         "token, after a warm-up; tasks/s is their count over the time from the first "
-        "submission to the last `finished_at`. Our stack is the worker (prefork, 2 pool "
+        "submission to the last `finished_at`, in rounds one after the other: the median "
+        "round is reported, its own figures beside it. Our stack is the worker (prefork, 2 pool "
         "processes), the reaper and the API, as `make run` starts them, with task events on "
         "(Flower). Plain Celery: its `bench.noop` task (`acks_late`, Redis broker and result "
         "backend, prefork with 2 pool processes, no task events) sent with `send_task` from as "
         "many threads, timed to the last result's `date_done`. `DB xacts/task` and `Redis "
         "cmds/task` are the servers' own counts over the run, less the idle stack's rate "
-        "(next table).")
+        "(next table), over every round.")
 
 
 def _servers_note(results: Results) -> str:

@@ -48,6 +48,10 @@ def _pp(d: dict[str, Any] | None) -> str:
 
 # -- tables --------------------------------------------------------------------------------
 
+def _rounds(r: dict[str, Any]) -> str:
+    return " / ".join(number(x["tasks_per_s"], 0) for x in r.get("rounds") or [r])
+
+
 def short_rows(results: Results) -> list[list[str]]:
     c = cost(results)
     if not c:
@@ -61,14 +65,15 @@ def short_rows(results: Results) -> list[list[str]]:
         ratio = f"{s['tasks_per_s'] / celery:.2f}×" if celery else "—"
         label = ("ours, PUBLISH_MODE=direct, TASK_EVENTS=false" if mode == NO_EVENTS
                  else f"ours, PUBLISH_MODE={mode}")
-        rows.append([label, number(s["tasks_per_s"]), ratio,
+        rows.append([label, number(s["tasks_per_s"]), ratio, _rounds(s),
                      f"{s['succeeded']}/{s['tasks']}", number(s["submit_s"], 2),
                      number(s["seconds"], 2), number(s["per_task"]["xact_commit"], 2),
                      number(s["per_task"]["redis_commands"])])
     if cel := c.get("celery"):
         rows.append(["plain Celery (no-op, acks_late, Redis backend)", number(cel["tasks_per_s"]),
-                     "1.00×", f"{cel['succeeded']}/{cel['tasks']}", number(cel["sent_s"], 2),
-                     number(cel["seconds"], 2), "—", number(cel["per_task"]["redis_commands"])])
+                     "1.00×", _rounds(cel), f"{cel['succeeded']}/{cel['tasks']}",
+                     number(cel["sent_s"], 2), number(cel["seconds"], 2), "—",
+                     number(cel["per_task"]["redis_commands"])])
     return rows
 
 
@@ -236,8 +241,9 @@ def memory_rows(results: Results) -> list[list[str]]:
 
 
 TABLES: tuple[tuple[str, list[str], Any], ...] = (
-    (SHORT, ["run", "tasks/s", "vs Celery", "ended ok", "submitted in (s)", "last ended (s)",
-             "DB xacts/task", "Redis cmds/task"], short_rows),
+    (SHORT, ["run", "tasks/s (median)", "vs Celery", "each round", "ended ok",
+             "submitted in (s)", "last ended (s)", "DB xacts/task", "Redis cmds/task"],
+     short_rows),
     (SERVERS, ["counter", "ours (direct)", "ours (kombu)", "ours (direct, no task events)",
                "plain Celery"], server_rows),
     (STEPS, ["step", "alone p50 / p99 ms", "under load p50 / p99 ms", "DB statements",
