@@ -20,12 +20,13 @@ from shared.cancellation import Canceller
 _STEPS = (
     ("db", "cancel_task", "the root's row (`cancel_one`: one statement, autocommit)", False),
     ("db", "lock_fences", "↳ the fence lock", True),
-    ("db", "cancel_subtree", "↳ every descendant's row (`tree_subtree_cancel`, its rows "
-                             "returned)", True),
+    ("db", "cancel_subtree", "↳ the running children's rows (`tree_subtree_cancel`, a walk "
+                             "up from the tree's live rows)", True),
     ("db", "insert_audit", "↳ the audit row", True),
-    ("trees", "_announce", "subtree announce: ZADD of the never-started children's message "
-                           "ids, a PUBLISH per running child and per worker (one pipeline)",
-     False),
+    ("trees", "_announce", "subtree announce: a PUBLISH per running child and per worker "
+                           "(one pipeline)", False),
+    ("trees", "_sweep", "the never-started children's rows, in batches (after the answer "
+                        "in the API)", False),
     ("canceller", "announce", "the root's own announce", False),
 )
 WHOLE = "subtree transaction (pool acquire to COMMIT)"
