@@ -287,9 +287,42 @@ def _terminal_goal(results: Results) -> Goal:
             rate = (first[1] - last[1]) / ((last[0] - first[0]) / 1000)
             note += (f"Active rows went from {first[1]:,} to {last[1]:,} in "
                      f"{(last[0] - first[0]) / 1000:,.1f} s (about {rate:,.0f} a second).")
+            note += _where_the_time_went(c, timeline, gone, results)
         else:
             note += f"Active rows stayed at {(last or first or [0, 0])[1] or 0:,}."
     return Goal(goal, measured, met, note)
+
+
+def _where_the_time_went(c: dict[str, Any], timeline: list[Any], gone: float | None,
+                         results: Results) -> str:
+    """The sweep's pace while Redis was still purging the messages and after, what the purge
+    cost Redis, and how busy the machine was: the sweep and the purge share its cores."""
+    def pace(points: list[Any]) -> float | None:
+        points = [p for p in points if p[1] is not None]
+        if len(points) < 2 or points[-1][0] <= points[0][0]:
+            return None
+        return (points[0][1] - points[-1][1]) / ((points[-1][0] - points[0][0]) / 1000)
+
+    out = ""
+    if gone is not None:
+        during = pace([p for p in timeline if p[0] <= gone])
+        after = pace([p for p in timeline if p[0] >= gone])
+        if during is not None and after is not None:
+            out += (f" The rows went about {during:,.0f} a second while the messages were "
+                    f"being purged (until {gone / 1000:,.1f} s) and {after:,.0f} a second "
+                    f"after.")
+    script = ((c.get("redis") or {}).get("commands") or {}).get("evalsha")
+    if script:
+        out += (f" Redis spent {script['ms'] / 1000:,.1f} s in the purge script "
+                f"({script['calls']:,} calls).")
+    meta = results.get("meta") or {}
+    load = meta.get("load_average") or {}
+    if load.get("mean") is not None:
+        cores = (meta.get("machine") or {}).get("cores", "?")
+        out += (f" The 1-minute load average was {load['mean']} on average and "
+                f"{load.get('max')} at most, on {cores} cores that PostgreSQL, Redis, the "
+                f"services and the bench share.")
+    return out
 
 
 def _started_goal(results: Results) -> Goal:
