@@ -1,30 +1,34 @@
 """11. What one short task costs, next to plain Celery, and how fast the API takes submissions.
 
 On a Redis of the section's own (its `INFO commandstats` is then this run's alone) and a
-database of its own, for each publish path (`PUBLISH_MODE=direct`, then `kombu`), our worker
-(prefork, 2), reaper and API:
+database of its own for each of our stacks, the contenders all up at once: our worker
+(prefork, 2), reaper and API with `PUBLISH_MODE=direct`, with `kombu`, and with `direct`
+and `TASK_EVENTS=false`; and plain Celery's worker (bench/task_cost_celery.py).
 
 (a) short tasks: `plan.task_cost` one-chunk `distill` tasks (`chunk_seconds` 0) submitted
     over HTTP by `task_cost_clients` concurrent clients, each to `succeeded`: tasks/s from
-    the first submission to the last `finished_at`, the median of `task_cost_rounds` rounds;
-(b) per task, from the servers: PostgreSQL transactions and row writes of the bench's
-    database and Redis commands by name over that window, less what the idle stack does
-    in as long (bench/task_cost_counters.py);
-(c) submissions alone, closed loop into a queue no worker reads: `POST /api/v1/tasks` from
-    `task_cost_clients` clients, `POST /api/v1/tasks:batch` of 100 and of 1,000 tasks from
-    `task_cost_batch_clients`; with each one's per-task statements and commands;
+    the first submission to the last `finished_at`. The contenders take turns, round by
+    round (`task_cost_rounds`), so that a busier minute on the machine lands on all alike;
+    the median round is reported;
+(b) per task, from the servers: PostgreSQL transactions and row writes of each stack's
+    database over all rounds, and Redis commands by name over the contender's own rounds,
+    less what everything idle does in as long (bench/task_cost_counters.py); CPU time of
+    every process over its rounds (bench/task_cost_cpu.py);
+(c) submissions alone, closed loop into a queue no worker reads, for each publish path:
+    `POST /api/v1/tasks` from `task_cost_clients` clients, `POST /api/v1/tasks:batch` of 100
+    and of 1,000 tasks from `task_cost_batch_clients`; each with its per-task counts;
 (d) RSS of every service process and pool process: idle, and the peak under each load.
 
-Then plain Celery's no-op task the same way (bench/task_cost_celery.py), and last the
-instrumented worker and API (bench/task_cost_probe.py, bench/task_cost_api_probe.py) with
-the direct path: each step of a delivery and of a submission timed (and a delivery's
-statements and commands counted), one task at a time, under the load of (a), and for the
-API under the single-submission load of (c).
+Last, the instrumented worker and API (bench/task_cost_probe.py,
+bench/task_cost_api_probe.py) with the direct path: each step of a delivery and of a
+submission timed (and a delivery's statements and commands counted), one task at a time,
+under the load of (a), and for the API under the single-submission load of (c).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import task_cost_breakdown, task_cost_celery
+from bench import task_cost_breakdown
 from bench.fleet_stack import PrivateRedis, redis_binary
 from bench.ours import Ours
 from bench.plan import Plan
@@ -40,24 +44,24 @@ from bench.poll import until
 from bench.procs import Child
 from bench.stack import Servers, Stack
 from bench.stats import Dist
-from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
+from bench.task_cost_celery import CeleryRun
+from bench.task_cost_counters import EMPTY, SETTLE_S, Counters, Window, with_redis
 from bench.task_cost_cpu import CpuClock
 from bench.task_cost_cpu import per as per_cpu
 from bench.task_cost_load import (
     Finished,
     RssSampler,
     median_round,
-    outcome,
-    service_pids,
     submit_rate,
     submit_short,
 )
+from bench.task_cost_runs import OursRun
 from shared.broker import make_celery
 from tests.support import settings_env
 
-BATCHES = (100, 1000)
 MODES = ("direct", "kombu")
 NO_EVENTS = "direct_no_events"
+Contender = OursRun | CeleryRun
 
 
 async def run(servers: Servers, out_dir: Path, plan: Plan,
@@ -72,24 +76,23 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
         say("no redis-server binary: Redis counts include whatever else uses the server")
         here = servers
     out: dict[str, Any] = {"redis": "private" if private else "shared", "tasks": plan.task_cost,
-                           "clients": plan.task_cost_clients,
+                           "clients": plan.task_cost_clients, "rounds": plan.task_cost_rounds,
                            "batch_clients": plan.task_cost_batch_clients, "ours": {}}
+    ours = [OursRun(mode, here, out_dir / f"ours-{mode}", plan, mode=mode, redis_pid=redis_pid)
+            for mode in MODES]
+    # What Celery's task events (Flower) cost the short tasks: the same without them.
+    ours.append(OursRun(NO_EVENTS, here, out_dir / "ours-no-events", plan, mode="direct",
+                        task_events=False, redis_pid=redis_pid))
+    celery = CeleryRun(here.redis_url, out_dir / "celery", n=plan.task_cost,
+                       clients=plan.task_cost_clients, warmup=plan.task_cost_warmup)
     try:
-        for mode in MODES:
-            say(f"ours, PUBLISH_MODE={mode}")
-            out["ours"][mode] = await _ours(here, out_dir / f"ours-{mode}", plan, mode, say,
-                                            redis_pid)
-        # What Celery's task events (Flower) cost the short tasks: the same without them.
-        say("ours, PUBLISH_MODE=direct, TASK_EVENTS=false: short tasks only")
-        out["ours"][NO_EVENTS] = await _ours(here, out_dir / "ours-no-events", plan, "direct",
-                                             say, redis_pid, task_events=False, submits=False)
-        say("plain Celery, no-op task")
-        out["celery"] = await task_cost_celery.run(
-            here.redis_url, out_dir / "celery", n=plan.task_cost, clients=plan.task_cost_clients,
-            warmup=plan.task_cost_warmup, idle_s=plan.task_cost_idle_s,
-            rounds=plan.task_cost_rounds, redis_pid=redis_pid)
-        say(f"plain Celery: {out['celery']['tasks_per_s']:.0f} tasks/s")
-        say("the instrumented worker: each step of a delivery")
+        async with contextlib.AsyncExitStack() as running:
+            for contender in (*ours, celery):
+                say(f"starting {contender.key}")
+                running.push_async_callback(contender.stop)
+                await contender.start()
+            await _contest(ours, celery, out, plan, say, redis_pid)
+        say("the instrumented worker and API: each step of a delivery and of a submission")
         out["breakdown"] = await _breakdown(here, out_dir / "probe", plan)
     finally:
         if private is not None:
@@ -97,80 +100,68 @@ async def run(servers: Servers, out_dir: Path, plan: Plan,
     return out
 
 
-async def _ours(servers: Servers, out_dir: Path, plan: Plan, mode: str,
-                say: Callable[[str], None], redis_pid: int | None, *, task_events: bool = True,
-                submits: bool = True) -> dict[str, Any]:
-    stack = await Stack.create(servers, out_dir, publish_mode=mode, task_events=task_events)
+async def _contest(ours: list[OursRun], celery: CeleryRun, out: dict[str, Any], plan: Plan,
+                   say: Callable[[str], None], redis_pid: int | None) -> None:
+    contenders: list[Contender] = [*ours, celery]
+    redis = await Counters(None, ours[0].stack.settings.redis_url).open()
     try:
-        await stack.start_worker()
-        await stack.start_reaper()
-        await stack.start_api()
-        return await _measure(stack, plan, say, redis_pid, submits=submits)
+        idle_rss = {c.key: RssSampler(c.pids).sample() for c in contenders}
+        for c in contenders:
+            await c.warm()
+        await asyncio.sleep(SETTLE_S)  # the warm-ups' counts land before the idle window
+        # Everything idle: each database's own rate, and the one Redis server's.
+        first = [await o.counters.snapshot() for o in ours]
+        quiet = await redis.snapshot()
+        await asyncio.sleep(plan.task_cost_idle_s)
+        idle = {o.key: Window.between(a, await o.counters.snapshot())
+                for o, a in zip(ours, first, strict=True)}
+        idle_redis = Window.between(quiet, await redis.snapshot())
+        before = {o.key: await o.counters.snapshot() for o in ours}
+        spent = {c.key: EMPTY for c in contenders}
+        cpu: dict[str, dict[str, float]] = {c.key: {} for c in contenders}
+        peaks: dict[str, dict[str, float]] = {c.key: {} for c in contenders}
+        for r in range(plan.task_cost_rounds):
+            for c in contenders:
+                clock = c.cpu() if isinstance(c, OursRun) else CpuClock(c.pids,
+                                                                         redis_pid=redis_pid)
+                a = await redis.snapshot()
+                await clock.start()
+                with RssSampler(c.pids) as rss:
+                    await c.round()
+                used = clock.stop()
+                spent[c.key] = spent[c.key].plus(Window.between(a, await redis.snapshot()))
+                cpu[c.key] = {k: cpu[c.key].get(k, 0.0) + v for k, v in used.items()}
+                peaks[c.key] = {k: max(v, peaks[c.key].get(k, 0.0)) for k, v in rss.peak.items()}
+            say(f"round {r + 1}: done")
+        after = {o.key: await o.counters.settled() for o in ours}
+        done = plan.task_cost * plan.task_cost_rounds
+        for o in ours:
+            ran = await o.outcomes()
+            pg = Window.between(before[o.key], after[o.key]).per(done, idle[o.key])
+            out["ours"][o.key] = {
+                "short_tasks": {**median_round(ran), "rounds": ran,
+                                "per_task": with_redis(pg, spent[o.key].per(done, idle_redis)),
+                                "cpu_ms_per_task": per_cpu(cpu[o.key], done)},
+                "idle": idle[o.key].to_json(),
+                "rss_mib": {"idle": idle_rss[o.key], "short_tasks_peak": peaks[o.key]},
+                "worker_concurrency": o.stack.settings.worker_concurrency}
+            say(f"{o.key}: " + " / ".join(f"{x['tasks_per_s']:.0f}" for x in ran) + " tasks/s")
+        out["celery"] = {**median_round(celery.ran), "rounds": celery.ran,
+                         "clients": plan.task_cost_clients,
+                         "per_task": spent["celery"].per(done, idle_redis),
+                         "idle": idle_redis.to_json(),
+                         "cpu_ms_per_task": per_cpu(cpu["celery"], done),
+                         "rss_mib": {"idle": idle_rss["celery"], "under_load_peak": peaks["celery"]},
+                         "concurrency": celery.worker.concurrency}
+        say("celery: " + " / ".join(f"{x['tasks_per_s']:.0f}" for x in celery.ran) + " tasks/s")
+        for o in ours:
+            if o.key in MODES:
+                rates, peak = await o.submits(idle[o.key], say)
+                mine = out["ours"][o.key]
+                mine["submit"] = rates
+                mine["rss_mib"]["submit_peak"] = peak
     finally:
-        await asyncio.to_thread(stack.stop)
-        await stack.destroy()
-
-
-async def _measure(stack: Stack, plan: Plan, say: Callable[[str], None],
-                   redis_pid: int | None, *, submits: bool = True) -> dict[str, Any]:
-    n, clients = plan.task_cost, plan.task_cost_clients
-    pids = lambda: service_pids(stack.children)  # noqa: E731
-    cpu = CpuClock(pids, admin_url=stack.servers.database_url, db_name=stack.db_name,
-                   redis_pid=redis_pid)
-    counters = await Counters(stack.settings.database_url, stack.settings.redis_url).open()
-    finished = await Finished(stack.settings.redis_url, stack.keys.events_channel).start()
-    try:
-        async with Ours.open(stack) as ours:
-            idle_rss = RssSampler(pids).sample()
-            warm = await submit_short(ours, plan.task_cost_warmup, clients)
-            await finished.wait(set(warm["ids"]), 60)
-            await asyncio.sleep(SETTLE_S)  # the warm-up's counts land before the idle window
-            idle = await idle_window(counters, plan.task_cost_idle_s)
-            before = await counters.snapshot()
-            await cpu.start()
-            rounds = []
-            with RssSampler(pids) as short_rss:
-                for _ in range(plan.task_cost_rounds):
-                    sent = await submit_short(ours, n, clients)
-                    await finished.wait(set(sent["ids"]), 120)
-                    rounds.append(sent)
-            short_cpu = cpu.stop()
-            after = await counters.settled()
-            ran = []
-            for sent in rounds:
-                one = await outcome(ours, sent["ids"], sent["t0"])
-                one.update(submit_s=sent["submitted_s"], submit_latency_ms=sent["latency"])
-                ran.append(one)
-            done = n * len(rounds)
-            short = {**median_round(ran), "rounds": ran,
-                     "per_task": Window.between(before, after).per(done, idle),
-                     "cpu_ms_per_task": per_cpu(short_cpu, done)}
-            say(f"{short['tasks_per_s']:.0f} tasks/s, the median of "
-                + ", ".join(f"{r['tasks_per_s']:.0f}" for r in ran))
-            rates: dict[str, Any] = {}
-            with RssSampler(pids) as submit_rss:
-                for size in (1, *BATCHES) if submits else ():
-                    label = "single" if size == 1 else f"batch_{size}"
-                    b = await counters.snapshot()
-                    await cpu.start()
-                    rate = await submit_rate(
-                        ours, size, seconds=plan.task_cost_submit_s,
-                        clients=clients if size == 1 else plan.task_cost_batch_clients)
-                    used = cpu.stop()
-                    a = await counters.settled()
-                    made = rate["statuses"].get("202", 0) * size
-                    rate["per_task"] = Window.between(b, a).per(max(made, 1), idle)
-                    rate["cpu_ms_per_task"] = per_cpu(used, made)
-                    rates[label] = rate
-                    say(f"submit {label}: {rate['requests_per_s']:.0f} req/s, "
-                        f"{rate['tasks_per_s']:.0f} tasks/s")
-            return {"short_tasks": short, "submit": rates, "idle": idle.to_json(),
-                    "rss_mib": {"idle": idle_rss, "short_tasks_peak": short_rss.peak,
-                                "submit_peak": submit_rss.peak},
-                    "worker_concurrency": stack.settings.worker_concurrency}
-    finally:
-        await finished.close()
-        await counters.close()
+        await redis.close()
 
 
 # -- the instrumented worker --------------------------------------------------------------------

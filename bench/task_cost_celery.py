@@ -1,6 +1,6 @@
 """Plain Celery's short tasks, for the per-task cost section: the no-op `bench.noop` task
 (`acks_late`, Redis broker and result backend, prefork with the same pool size as ours),
-sent by `clients` threads, run to a stored result."""
+sent by `clients` threads, each round timed to its last stored result."""
 
 from __future__ import annotations
 
@@ -18,10 +18,7 @@ import redis
 from bench.plain_worker import PlainWorker
 from bench.stack import delete_prefix
 from bench.stats import Dist
-from bench.task_cost_counters import SETTLE_S, Counters, Window, idle_window
-from bench.task_cost_cpu import CpuClock
-from bench.task_cost_cpu import per as per_cpu
-from bench.task_cost_load import RssSampler, median_round, service_pids
+from bench.task_cost_load import service_pids
 
 
 def _send(worker: PlainWorker, n: int, clients: int) -> tuple[list[str], float, Dist]:
@@ -73,44 +70,42 @@ def _finished_at(result: dict[str, Any]) -> float:
     return datetime.fromisoformat(result["date_done"]).timestamp()
 
 
-async def run(redis_url: str, out_dir: Path, *, n: int, clients: int, warmup: int,
-              idle_s: float, rounds: int = 1, redis_pid: int | None = None) -> dict[str, Any]:
-    worker = PlainWorker(redis_url, out_dir)
-    counters = await Counters(None, redis_url).open()
-    try:
-        await asyncio.to_thread(worker.start)
-        pids = lambda: service_pids({"plain-celery": worker.child})  # noqa: E731
-        idle_rss = RssSampler(pids).sample()
-        ids, _, _ = await asyncio.to_thread(_send, worker, warmup, clients)
-        await asyncio.to_thread(_results, worker, ids, 60)
-        await asyncio.sleep(SETTLE_S)
-        idle = await idle_window(counters, idle_s)
-        before = await counters.snapshot()
-        cpu = CpuClock(pids, redis_pid=redis_pid)
-        await cpu.start()
-        ran = []
-        with RssSampler(pids) as rss:
-            for _ in range(rounds):
-                ids, t0, latency = await asyncio.to_thread(_send, worker, n, clients)
-                sent_s = time.time() - t0
-                results = await asyncio.to_thread(_results, worker, ids, 120)
-                last = max(_finished_at(r) for r in results)
-                ran.append({"tasks": n, "succeeded": sum(r["status"] == "SUCCESS"
-                                                         for r in results),
-                            "seconds": round(last - t0, 3), "tasks_per_s": round(n / (last - t0), 1),
-                            "sent_s": round(sent_s, 3),
-                            "send_latency_ms": latency.to_json(with_samples=False)})
-        used = cpu.stop()
-        after = await counters.settled()
-        window = Window.between(before, after)
-        return {
-            **median_round(ran), "rounds": ran, "clients": clients,
-            "per_task": window.per(n * rounds, idle), "idle": idle.to_json(),
-            "cpu_ms_per_task": per_cpu(used, n * rounds),
-            "rss_mib": {"idle": idle_rss, "under_load_peak": rss.peak},
-            "concurrency": worker.concurrency,
-        }
-    finally:
-        await counters.close()
-        await asyncio.to_thread(worker.stop)
-        await delete_prefix(redis_url, worker.prefix)
+class CeleryRun:
+    """The plain Celery worker as a contender of the per-task cost section (see
+    bench/task_cost_runs.py): started, warmed up, asked for rounds, stopped."""
+
+    key = "celery"
+
+    def __init__(self, redis_url: str, out_dir: Path, *, n: int, clients: int,
+                 warmup: int) -> None:
+        self._redis_url = redis_url
+        self._n = n
+        self._clients = clients
+        self._warmup = warmup
+        self.worker = PlainWorker(redis_url, out_dir)
+        self.ran: list[dict[str, Any]] = []
+
+    def pids(self) -> dict[str, int]:
+        return service_pids({"plain-celery": self.worker.child})
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.worker.start)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.worker.stop)
+        await delete_prefix(self._redis_url, self.worker.prefix)
+
+    async def warm(self) -> None:
+        ids, _, _ = await asyncio.to_thread(_send, self.worker, self._warmup, self._clients)
+        await asyncio.to_thread(_results, self.worker, ids, 60)
+
+    async def round(self) -> None:
+        n = self._n
+        ids, t0, latency = await asyncio.to_thread(_send, self.worker, n, self._clients)
+        sent_s = time.time() - t0
+        results = await asyncio.to_thread(_results, self.worker, ids, 120)
+        last = max(_finished_at(r) for r in results)
+        self.ran.append({"tasks": n, "succeeded": sum(r["status"] == "SUCCESS" for r in results),
+                         "seconds": round(last - t0, 3), "tasks_per_s": round(n / (last - t0), 1),
+                         "sent_s": round(sent_s, 3),
+                         "send_latency_ms": latency.to_json(with_samples=False)})

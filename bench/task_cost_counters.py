@@ -116,6 +116,18 @@ class Window:
                    {k: v for k, v in commands.items() if v > 0}, round(b.redis_cpu_s -
                                                                    a.redis_cpu_s, 3))
 
+    def plus(self, other: Window) -> Window:
+        """Two windows as one (the rounds of one contender, between others' rounds)."""
+        def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+        tables = {k: [x + y for x, y in zip(self.tables.get(k, [0, 0, 0]),
+                                            other.tables.get(k, [0, 0, 0]), strict=True)]
+                  for k in self.tables.keys() | other.tables.keys()}
+        return Window(round(self.seconds + other.seconds, 3), add(self.pg, other.pg), tables,
+                      add(self.commands, other.commands),
+                      round(self.redis_cpu_s + other.redis_cpu_s, 3))
+
     def per(self, n: int, idle: Window | None = None) -> dict[str, Any]:
         """Per unit of work (`n` of them), less the idle stack's rate over this window."""
         scale = (self.seconds / idle.seconds) if idle is not None and idle.seconds else 0.0
@@ -148,6 +160,16 @@ class Window:
     def to_json(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "pg": self.pg, "tables": self.tables,
                 "commands": self.commands, "redis_cpu_s": self.redis_cpu_s}
+
+
+EMPTY = Window(0.0, dict.fromkeys(_PG_FIELDS, 0), {}, {}, 0.0)
+
+
+def with_redis(pg: dict[str, Any], redis: dict[str, Any]) -> dict[str, Any]:
+    """Per-task figures whose PostgreSQL part and Redis part were counted over different
+    windows: the database's over all rounds (its own database), Redis's over this
+    contender's rounds alone (one server for everyone)."""
+    return {**redis, **{k: pg[k] for k in ("xact_commit", "xact_rollback", "rows_written")}}
 
 
 async def idle_window(counters: Counters, seconds: float) -> Window:
