@@ -14,14 +14,15 @@ def _short_note(results: Results) -> str:
         f"{c.get('tasks', '?')} one-chunk `distill` tasks (`chunk_seconds` 0) submitted through "
         f"`POST /api/v1/tasks` by {c.get('clients', '?')} concurrent clients with the bench "
         "token, after a warm-up; tasks/s is their count over the time from the first "
-        "submission to the last `finished_at`, in rounds one after the other: the median "
-        "round is reported, its own figures beside it. Our stack is the worker (prefork, 2 pool "
-        "processes), the reaper and the API, as `make run` starts them, with task events on "
-        "(Flower). Plain Celery: its `bench.noop` task (`acks_late`, Redis broker and result "
-        "backend, prefork with 2 pool processes, no task events) sent with `send_task` from as "
-        "many threads, timed to the last result's `date_done`. `DB xacts/task` and `Redis "
-        "cmds/task` are the servers' own counts over the run, less the idle stack's rate "
-        "(next table), over every round.")
+        "submission to the last `finished_at`. Every contender is up at once and they take "
+        f"turns, {c.get('rounds', '?')} rounds each, so that a minute when the machine is busier "
+        "lands on all of them alike; the median round is reported, every round's rate beside "
+        "it. Our stack is the worker (prefork, 2 pool processes), the reaper and the API, as "
+        "`make run` starts them, with task events on (Flower) unless the row says otherwise. "
+        "Plain Celery: its `bench.noop` task (`acks_late`, Redis broker and result backend, "
+        "prefork with 2 pool processes, no task events) sent with `send_task` from as many "
+        "threads, timed to the last result's `date_done`. `DB xacts/task` and `Redis "
+        "cmds/task` are the servers' own counts (next table).")
 
 
 def _servers_note(results: Results) -> str:
@@ -29,15 +30,18 @@ def _servers_note(results: Results) -> str:
     where = ("a Redis server of the section's own" if c.get("redis") == "private"
              else "the shared Redis server (other users' commands included)")
     return (
-        f"Deltas over the short-task run, divided by the tasks, less what the idle stack did in "
-        f"as long (measured just before): PostgreSQL `pg_stat_database.xact_commit` and "
-        f"`pg_stat_user_tables` of the bench's own database (asyncpg runs in autocommit: each "
-        f"statement outside a transaction is one; every statement is sent as prepare + "
-        f"execute, two round trips, as the services run without a statement cache), and "
-        f"`INFO commandstats` of {where}. Commands a Lua script runs count as well as the "
-        f"EVAL. Our figure covers the API's submission (row and message), the worker's main "
-        f"process (Celery's BRPOP, its unacked bookkeeping and ack, task events) and pool "
-        f"process, and the reaper's share; the bench's own INFO and SUBSCRIBE are left out.")
+        f"Per task, less what everything does when idle (measured before the rounds, all "
+        f"contenders up): PostgreSQL `pg_stat_database.xact_commit` and `pg_stat_user_tables` "
+        f"of each stack's own database over all rounds, read 11 s after the last (PostgreSQL "
+        f"reports an idle backend's counts up to 10 s late), less that database's idle rate; "
+        f"and `INFO commandstats` of {where} over the contender's own rounds, less the "
+        f"server's idle rate. asyncpg runs in autocommit: each statement outside a "
+        f"transaction is one transaction, and every statement is sent as prepare + execute, "
+        f"two round trips, as the services run without a statement cache. Commands a Lua "
+        f"script runs count as well as its EVAL. Our figure covers the API's submission (row "
+        f"and message), the worker's main process (Celery's BRPOP, its unacked bookkeeping "
+        f"and ack, task events) and pool process, and the reaper's share; the bench's own "
+        f"INFO (and MGET of plain Celery's results) are left out.")
 
 
 def _steps_note(results: Results) -> str:
