@@ -38,7 +38,7 @@ from shared.redis_client import connect
 # The message header that carries the row's `queued_at` (epoch seconds, DB clock): the
 # reaper removes from Redis the messages a cancel fence covers without asking the DB.
 QUEUED_AT_HEADER = "taskreaper_queued_at"
-# Messages per transaction: a resume-all's batch must not hold Redis for long.
+# Messages per script call: a resume-all's batch must not hold Redis for long.
 CHUNK = 1000
 # Broker URLs this path can write to; anything else (sentinel, a socket URL kombu names
 # its own way) goes through kombu.
