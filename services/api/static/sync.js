@@ -15,11 +15,11 @@ import {
 const EVENT_TYPES = ["task.submitted", "task.cancel_requested", "tasks.cancel_all",
   "task.resumed", "task.changed", "task.progress", "task.pause_requested", "tasks.pause_all",
   "tasks.resume_all", "task.preempted", "task.resume_requested", "tasks.swept",
-  "tree.cancel_requested", "tree.pause_requested", "tree.resumed", "tasks.submitted",
-  "worker.drain_requested", "worker.draining", "message"];
+  "tree.cancel_requested", "tree.pause_requested", "tree.resumed", "tree.swept",
+  "tasks.submitted", "worker.drain_requested", "worker.draining", "message"];
 // What changes a tree's totals: these are read again (at most once a second per tree).
 const TREE_EVENTS = new Set(["tree.cancel_requested", "tree.pause_requested", "tree.resumed",
-  "tasks.submitted", "task.submitted", "task.resumed", "task.resume_requested",
+  "tree.swept", "tasks.submitted", "task.submitted", "task.resumed", "task.resume_requested",
   "tasks.cancel_all", "tasks.pause_all", "tasks.resume_all", "tasks.swept"]);
 const POLL_ACTIVE_MS = 2000;
 const POLL_IDLE_MS = 6000;
