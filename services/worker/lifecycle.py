@@ -132,7 +132,7 @@ async def _claim(sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID, deadline: float
     if claim is None:
         await sc.forget(str(tid))
         return None, set()
-    return claim, await db.saved_chunks(tid)
+    return claim, set(claim.saved)
 
 
 async def _unclaim(sc: Sidecar, tid: uuid.UUID, mid: uuid.UUID) -> int | None:

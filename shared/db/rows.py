@@ -38,6 +38,11 @@ class Claim(_FromRow):
     parent_id: uuid.UUID | None = None
     children: int = 0
     children_done: bool = False
+    # Chunk numbers earlier attempts saved (the claim reads them in its own round trip).
+    saved: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "saved", tuple(self.saved or ()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,18 +112,20 @@ WITH RECURSIVE locked AS (
            OR (cur.status = 'running'
                AND coalesce(cur.heartbeat_at, cur.started_at) < now() - make_interval(secs => $5)))
     RETURNING t.attempt, t.started_at, t.kwargs, t.actor, t.queue, t.parent_id, t.children,
-              t.children_done_at IS NOT NULL AS children_done
+              t.children_done_at IS NOT NULL AS children_done,
+              -- The chunks earlier attempts saved, in the same round trip.
+              ARRAY(SELECT r.chunk FROM task_results r WHERE r.task_id = t.id AND r.ok) AS saved
 )
-SELECT attempt, started_at, kwargs, actor, queue, parent_id, children, children_done,
+SELECT attempt, started_at, kwargs, actor, queue, parent_id, children, children_done, saved,
        false AS busy, false AS fenced FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM fenced
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_cancelled
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_cancelled
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_paused
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, false, true FROM tree_paused
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, true, false
 WHERE NOT EXISTS (SELECT 1 FROM locked) AND EXISTS (SELECT 1 FROM tasks WHERE id = $1);
 
 -- name: unclaim_task
