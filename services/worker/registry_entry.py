@@ -9,7 +9,7 @@ import structlog
 
 from services.worker.execution import Execution
 from shared.keys import Keys
-from shared.registry import Entry, refresh, unregister
+from shared.registry import Entry, refresh, register, unregister
 from shared.settings import Settings
 
 log = structlog.get_logger("worker.sidecar")
@@ -24,13 +24,22 @@ class RegistryEntry:
         self._node = node
         self._pid = pid
         self._pid_started = pid_started
+        # The execution whose whole entry this process wrote: its later beats only push the
+        # expiry on; a new execution's first beat writes the entry at once (one round trip,
+        # not a refresh that finds it missing first).
+        self._written: tuple[str, int] | None = None
 
     async def refresh(self, ex: Execution) -> None:
         entry = Entry(task_id=ex.id, attempt=ex.attempt, message_id=str(ex.message_id),
                       node=self._node, host=self._settings.hostname, pid=self._pid,
                       pid_started=self._pid_started, started_at=ex.started_at)
+        ttl = self._settings.heartbeat_timeout
         try:
-            await refresh(self._client, self._keys, entry, self._settings.heartbeat_timeout)
+            if self._written == (ex.id, ex.attempt):
+                await refresh(self._client, self._keys, entry, ttl)
+            else:
+                await register(self._client, self._keys, entry, ttl)
+                self._written = (ex.id, ex.attempt)
         except Exception as exc:
             log.warning("worker.registry_failed", task_id=ex.id, error=str(exc))
 
