@@ -66,14 +66,12 @@ def _short_note(results: Results, ours: dict[str, Any], celery: dict[str, Any]) 
                  f"{quiet['tasks_per_s']:.0f} tasks/s, the worker's main process at "
                  f"{quiet_cpu:.2f} ms of CPU a task instead of {main_cpu:.2f}. ")
     return text + (
-        "What would reach it, in services/worker (not changed here): the claim's two "
-        "statements as one (`claim_task` returning the saved chunk numbers), the last chunk's "
-        "checkpoint written by `finish_task` in the same statement when the code returned "
-        "right after it, the registry entry written in one round trip on the first beat "
-        "(`registry.refresh` finds a new execution's entry missing every time and writes it "
-        "again: ZADD, then MULTI ZADD HSET EXEC), the end's UNSUBSCRIBE, EVAL and PUBLISH "
-        "pipelined, and prepared statements kept (asyncpg's statement cache; PgBouncer 1.21+ "
-        "keeps them in transaction mode with `max_prepared_statements`), which halves every "
+        "Done already: the claim reads the saved chunks in its own statement, and a new "
+        "execution's first beat writes its registry entry at once. What would go further: "
+        "the last chunk's checkpoint written by `finish_task` in the same statement when the "
+        "code returned right after it, the end's UNSUBSCRIBE, EVAL and PUBLISH pipelined, "
+        "and prepared statements kept (asyncpg's statement cache; PgBouncer 1.21+ keeps them "
+        "in transaction mode with `max_prepared_statements`), which halves every "
         "statement's round trips." + _budget(mine, celery))
 
 
@@ -81,8 +79,8 @@ def _budget(mine: dict[str, Any], celery: dict[str, Any]) -> str:
     if not mine.get("total") or not celery.get("tasks_per_s"):
         return ""
     target = SHORT_RATIO * celery["tasks_per_s"]
-    return (f" Those take two of the four statements and about four of the eleven commands "
-            f"off a delivery. The goal here is {target:.0f} tasks/s, which two cores allow "
+    return (f" Those take one more statement and about three commands off a delivery, and "
+            f"halve the round trips of the rest. The goal here is {target:.0f} tasks/s, which two cores allow "
             f"only if a task costs under {2000 / target:.1f} ms of CPU in all processes "
             f"together, against {mine['total']:.1f} ms now: the database's share (five "
             f"transactions and their triggers) and the pool process's Python would have to "
