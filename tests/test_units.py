@@ -9,8 +9,8 @@ import pytest
 from services.worker.actors.text import digest, generated_chunk, split_document
 from services.worker.context import chunk_timeout
 from services.worker.execution import Progress
-from services.worker.heartbeat import human, log_interval
 from shared.cancellation import event_matches
+from shared.pace import human, log_interval
 from shared.params import KwargsError, Range, describe, validate
 from shared.settings import Settings, SettingsError
 from shared.token import Cancelled, CancelToken

@@ -22,6 +22,7 @@ from services.worker.db_connection import DB_CALL_TIMEOUT
 from services.worker.execution import Execution
 from services.worker.resource_guard import ResourceGuard, limits
 from shared.db.beats import Beat
+from shared.pace import human, log_interval
 from shared.settings import Settings
 from shared.states import STOPPING
 
@@ -30,27 +31,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("worker.heartbeat")
 sidecar_log = structlog.get_logger("worker.sidecar")
-
-
-def log_interval(total: int | None, settings: Settings) -> float:
-    """Bigger jobs log less often; HEARTBEAT_LOG_INTERVAL overrides."""
-    if settings.heartbeat_log_interval > 0:
-        return settings.heartbeat_log_interval
-    if total is not None and total > 500:
-        return 900.0
-    if total is not None and total > 100:
-        return 600.0
-    return 300.0
-
-
-def human(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f}h"
-    if seconds >= 60:
-        return f"{seconds / 60:.1f}min"
-    return f"{seconds:.0f}s"
 
 
 class HeartbeatLog:
