@@ -88,15 +88,18 @@ class TreeControl:
             await self.db.lock_fences(conn)
             out.rows = await self.db.cancel_subtree(conn, node, root=root, reason=reason, by=by,
                                                     forced=force, grace=grace)
+            scope = audit_scope or {"tree": str(node)}
             audit = await self.db.insert_audit(
-                conn, by=by, reason=reason, scope=audit_scope or {"tree": str(node)},
-                forced=force, cancelled=out.count(TaskStatus.CANCELLED),
+                conn, by=by, reason=reason, scope=scope, forced=force,
+                cancelled=out.count(TaskStatus.CANCELLED),
                 cancelling=out.count(TaskStatus.CANCELLING),
-                task_ids=[r["id"] for r in out.rows if r["status"] == TaskStatus.CANCELLING])
+                task_ids=[r["id"] for r in out.rows if r["status"] == TaskStatus.CANCELLING]
+            ) if out.rows else None
         if out.rows:
             await self._announce(out.rows, {"force": force, "reason": reason}, encode(
                 "tree.cancel_requested", task_id=str(node), by=by, forced=force, **out.summary))
-        sweep = self._sweep(node, root, audit["id"], by=by, reason=reason, force=force)
+        sweep = self._sweep(node, root, audit["id"] if audit is not None else None, scope,
+                            by=by, reason=reason, force=force)
         if self.defer is not None:
             out.sweeping = True
             self.defer(sweep)
@@ -106,8 +109,8 @@ class TreeControl:
                  reason=reason, swept=out.swept, sweeping=out.sweeping, **out.summary)
         return out
 
-    async def _sweep(self, node: uuid.UUID, root: uuid.UUID, audit_id: int, *, by: str,
-                     reason: str | None, force: bool) -> int:
+    async def _sweep(self, node: uuid.UUID, root: uuid.UUID, audit_id: int | None,
+                     scope: dict[str, str], *, by: str, reason: str | None, force: bool) -> int:
         """The never-started descendants to `cancelled`, SWEEP_BATCH rows a statement, each
         its own short transaction; their messages are dropped by the claim when a worker
         takes them (no revoke per message: a tree of thousands would flood every worker)."""
@@ -118,8 +121,14 @@ class TreeControl:
             swept += n
             if n < SWEEP_BATCH:
                 break
-        if swept:
+        if swept and audit_id is not None:
             await self.db.audit_add_cancelled(audit_id, swept)
+        elif swept:  # nothing was running: this is the whole of what the cancel did
+            async with self.db.transaction() as conn:
+                await self.db.insert_audit(conn, by=by, reason=reason, scope=scope,
+                                           forced=force, cancelled=swept, cancelling=0,
+                                           task_ids=[])
+        if swept:
             await self._publish(encode("tree.swept", task_id=str(node), cancelled=swept))
         return swept
 

@@ -160,3 +160,18 @@ async def test_a_busy_tree_logs_its_heartbeat_counted_over_every_node(
     assert len(lines) == 1
     assert (lines[0]["done"], lines[0]["total"], lines[0]["nodes"]) == (9, 15, 4)
     assert "💓 heartbeat - tree of 4 tasks" in lines[0]["summary"]
+
+
+async def test_cancelling_a_tree_twice_audits_it_once(
+        settings: Settings, db: Db, canceller: Canceller) -> None:
+    # given a running parent with three queued children, cancelled
+    parent = await _running_parent(db)
+    await _spawn(db, canceller.celery, settings, parent, 3)
+    await canceller.cancel(parent, by=BY)
+    # when it is cancelled again
+    again = await canceller.cancel(parent, by=BY)
+    # then nothing more happened, and the subtree has one audit row with its three children
+    assert not again.changed
+    rows = await db.pool.fetch("SELECT cancelled, cancelling FROM cancel_audit "
+                               "WHERE scope->>'tree' = $1", str(parent))
+    assert [(r["cancelled"], r["cancelling"]) for r in rows] == [(3, 0)]
