@@ -17,23 +17,14 @@ import os
 import sys
 import time
 
-import redis
 from celery import Celery, Task
 
+from bench.plain_celery import Marks, serve
 
-class ChunkMarks:
-    def __init__(self, redis_url: str, prefix: str) -> None:
-        self.redis_url = redis_url
-        self.prefix = prefix
-        self._client: redis.Redis | None = None
-        self._pid = 0
 
-    @property
-    def client(self) -> redis.Redis:
-        if self._client is None or self._pid != os.getpid():  # a pool process after the fork
-            self._client = redis.Redis.from_url(self.redis_url)
-            self._pid = os.getpid()
-        return self._client
+class ChunkMarks(Marks):
+    """Starts, saved chunks and ends of the drain bench's tasks (a client per process, as
+    plain_celery's marks keep)."""
 
     def key(self, kind: str, task_id: str) -> str:
         return f"{self.prefix}:{kind}:{task_id}"
@@ -88,9 +79,7 @@ def main(argv: list[str]) -> None:
     queue = os.environ["BENCH_QUEUE"]
     app, _ = create_app(os.environ["REDIS_URL"], os.environ["BENCH_PREFIX"], queue,
                         float(os.environ["SOFT_TIMEOUT"]))
-    app.worker_main(["worker", "-P", "prefork", "-c", os.environ.get("WORKER_CONCURRENCY", "2"),
-                     "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
-                     "--loglevel", "WARNING", *argv])
+    serve(app, queue, argv)
 
 
 if __name__ == "__main__":

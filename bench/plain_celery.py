@@ -98,12 +98,18 @@ def create_app(redis_url: str, prefix: str, queue: str) -> tuple[Celery, Marks]:
     return app, marks
 
 
-def main(argv: list[str]) -> None:
-    queue = os.environ["BENCH_QUEUE"]
-    app, _ = create_app(os.environ["REDIS_URL"], os.environ["BENCH_PREFIX"], queue)
+def serve(app: Celery, queue: str, argv: list[str]) -> None:
+    """Runs a bench app's prefork worker on `queue` (WORKER_CONCURRENCY pool processes), as
+    every plain Celery comparison does."""
     app.worker_main(["worker", "-P", "prefork", "-c", os.environ.get("WORKER_CONCURRENCY", "2"),
                      "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "--loglevel", "WARNING", *argv])
+
+
+def main(argv: list[str]) -> None:
+    queue = os.environ["BENCH_QUEUE"]
+    app, _ = create_app(os.environ["REDIS_URL"], os.environ["BENCH_PREFIX"], queue)
+    serve(app, queue, argv)
 
 
 if __name__ == "__main__":

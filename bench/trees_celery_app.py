@@ -20,7 +20,7 @@ import time
 
 from celery import Celery, Task
 
-from bench.plain_celery import Marks
+from bench.plain_celery import Marks, serve
 
 MEMBER = "bench.tree_member"
 CALLBACK = "bench.tree_callback"
@@ -101,9 +101,7 @@ def create_app(redis_url: str, prefix: str, queue: str) -> tuple[Celery, TreeMar
 def main(argv: list[str]) -> None:
     queue = os.environ["BENCH_QUEUE"]
     app, _ = create_app(os.environ["REDIS_URL"], os.environ["BENCH_PREFIX"], queue)
-    app.worker_main(["worker", "-P", "prefork", "-c", os.environ.get("WORKER_CONCURRENCY", "2"),
-                     "-Q", queue, "--without-gossip", "--without-mingle", "--without-heartbeat",
-                     "--loglevel", "WARNING", *argv])
+    serve(app, queue, argv)
 
 
 if __name__ == "__main__":

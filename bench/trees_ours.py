@@ -170,7 +170,7 @@ class Tree:
                        parent_ref="root") for _ in range(self.plan.trees_children)]
         p = time.perf_counter()
         made = await submit_batch(self.db, self.celery, self.fleet.s, items)
-        return made.rows[0]["id"], (time.perf_counter() - p) * 1000
+        return made[0]["id"], (time.perf_counter() - p) * 1000
 
     async def _running(self, root: uuid.UUID) -> list[uuid.UUID]:
         return [r["id"] for r in await self.pool.fetch(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -28,11 +28,6 @@ class Item:
     parent_id: uuid.UUID | None = None
     ref: str | None = None
     parent_ref: str | None = None
-
-
-@dataclass
-class Made:
-    rows: list[Record] = field(default_factory=list)
 
 
 def order(items: list[Item]) -> list[int]:
@@ -65,7 +60,8 @@ def order(items: list[Item]) -> list[int]:
     return out
 
 
-async def submit_batch(db: Db, celery: Celery, settings: Settings, items: list[Item]) -> Made:
+async def submit_batch(db: Db, celery: Celery, settings: Settings, items: list[Item]
+                       ) -> list[Record]:
     """Creates every item, in the order given; returns the rows in that order."""
     sequence = order(items)
     prepared = await prepare(db, [item.spec for item in items])
@@ -106,7 +102,7 @@ async def submit_batch(db: Db, celery: Celery, settings: Settings, items: list[I
     except BrokerUnavailable:
         await db.delete_new_tasks([r["id"] for r in ordered], counts)
         raise
-    return Made(ordered)
+    return ordered
 
 
 def _message(row: Record) -> Message:

@@ -52,7 +52,7 @@ async def make_tree(settings: Settings, db: Db, *, root_status: str = "waiting"
             Item(spec(), ref="g", parent_ref="a")])
     finally:
         celery.close()
-    ids = dict(zip(NAMES, (r["id"] for r in made.rows), strict=True))
+    ids = dict(zip(NAMES, (r["id"] for r in made), strict=True))
     # One batch's rows share a creation time (and go by id); spaced out, a is the oldest.
     for i, name in enumerate("abc", 1):
         await db.pool.execute("UPDATE tasks SET created_at = created_at"

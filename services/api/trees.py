@@ -122,16 +122,16 @@ async def submit_many(request: web.Request) -> web.Response:
     started = time.perf_counter()
     made = await submit_batch(app[DB], app[CELERY], app[SETTINGS], items)
     took = (time.perf_counter() - started) * 1000
-    for row in made.rows:
+    for row in made:
         app[METRICS].submitted.labels(row["actor"]).inc()
-    log.info("tasks.submitted", count=len(made.rows), by=by, took_ms=round(took, 1))
-    await publish_event(app, "tasks.submitted", count=len(made.rows), by=by)
+    log.info("tasks.submitted", count=len(made), by=by, took_ms=round(took, 1))
+    await publish_event(app, "tasks.submitted", count=len(made), by=by)
     return web.json_response({
-        "count": len(made.rows), "took_ms": round(took, 1),
+        "count": len(made), "took_ms": round(took, 1),
         "tasks": [{"id": str(r["id"]), "actor": r["actor"], "queue": r["queue"],
                    "status": "queued", "ref": item.ref,
                    "parent_id": str(r["parent_id"]) if r.get("parent_id") else None}
-                  for r, item in zip(made.rows, items, strict=True)]}, status=202)
+                  for r, item in zip(made, items, strict=True)]}, status=202)
 
 
 async def get_tree(request: web.Request) -> web.Response:
